@@ -1,0 +1,1 @@
+"""mohlog agent/sinks."""

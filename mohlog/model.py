@@ -1,0 +1,108 @@
+"""The log entry model shared by the SDK, the agent and the hub.
+
+An entry (spec US-005): id, timestamp (ns since the epoch, UTC), level, source,
+component, host, pid, tid (thread), process (name), message, metadata (object),
+context (object).
+
+Levels are ranked by ``LEVEL_RANK``; a minimum level keeps every level whose
+rank is >= the minimum's. SECURITY and CRITICAL rank highest: they are never
+dropped by spool pressure.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import xxhash
+
+from mohlog.errors import InvalidInput
+
+
+class Level(StrEnum):
+    TRACE = "TRACE"
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    AI_INFERENCE = "AI_INFERENCE"
+    PERFORMANCE = "PERFORMANCE"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+    CRITICAL = "CRITICAL"
+    SECURITY = "SECURITY"
+
+
+class Component(StrEnum):
+    KERNEL = "KERNEL"
+    MEMORY_MANAGER = "MEMORY_MANAGER"
+    PROCESS_MANAGER = "PROCESS_MANAGER"
+    IPC_MANAGER = "IPC_MANAGER"
+    AI_ENGINE = "AI_ENGINE"
+    WEB_RUNTIME = "WEB_RUNTIME"
+    P2P_NETWORK = "P2P_NETWORK"
+    PLUGIN = "PLUGIN"
+    APPLICATION = "APPLICATION"
+
+
+LEVELS: tuple[str, ...] = tuple(level.value for level in Level)
+COMPONENTS: tuple[str, ...] = tuple(c.value for c in Component)
+LEVEL_RANK: dict[str, int] = {name: rank for rank, name in enumerate(LEVELS)}
+LEVEL_CODE = LEVEL_RANK  # stored as a small integer column
+COMPONENT_CODE: dict[str, int] = {name: code for code, name in enumerate(COMPONENTS)}
+NEVER_DROP = frozenset({"CRITICAL", "SECURITY"})
+
+FIELDS: tuple[str, ...] = (
+    "id", "timestamp", "level", "source", "component", "host",
+    "pid", "tid", "process", "message", "metadata", "context",
+)
+
+
+def new_id() -> str:
+    """A 128-bit random id as 32 hex characters."""
+    return os.urandom(16).hex()
+
+
+def stable_id(*parts: str | int) -> str:
+    """A deterministic 128-bit id from the parts (xxh3-128)."""
+    return xxhash.xxh3_128_hexdigest("\x1f".join(str(p) for p in parts))
+
+
+def check_level(level: str) -> str:
+    if level not in LEVEL_RANK:
+        raise InvalidInput(f"unknown level {level!r}", valid_levels=list(LEVELS))
+    return level
+
+
+def check_component(component: str) -> str:
+    if component not in COMPONENT_CODE:
+        raise InvalidInput(
+            f"unknown component {component!r}", valid_components=list(COMPONENTS)
+        )
+    return component
+
+
+@dataclass
+class Entry:
+    """One log record. ``timestamp`` is nanoseconds since the epoch (UTC)."""
+
+    message: str
+    level: str = "INFO"
+    component: str = "APPLICATION"
+    source: str = "app"
+    host: str = field(default_factory=lambda: os.uname().nodename)
+    pid: int = field(default_factory=os.getpid)
+    tid: int = 0
+    process: str = ""
+    timestamp: int = field(default_factory=time.time_ns)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)
+    id: str = field(default_factory=new_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in FIELDS}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Entry:
+        return cls(**{k: data[k] for k in FIELDS if k in data})

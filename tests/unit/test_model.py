@@ -1,0 +1,34 @@
+import pytest
+
+from mohlog.errors import InvalidInput
+from mohlog.model import COMPONENTS, LEVEL_RANK, LEVELS, Entry, check_component, check_level
+
+
+def test_levels_and_components_match_spec() -> None:
+    assert set(LEVELS) == {
+        "TRACE", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL",
+        "SECURITY", "PERFORMANCE", "AI_INFERENCE",
+    }
+    assert set(COMPONENTS) == {
+        "KERNEL", "MEMORY_MANAGER", "PROCESS_MANAGER", "IPC_MANAGER", "AI_ENGINE",
+        "WEB_RUNTIME", "P2P_NETWORK", "PLUGIN", "APPLICATION",
+    }
+    assert LEVEL_RANK["SECURITY"] > LEVEL_RANK["CRITICAL"] > LEVEL_RANK["ERROR"]
+    assert LEVEL_RANK["TRACE"] == 0
+
+
+def test_unknown_level_lists_valid_ones() -> None:
+    with pytest.raises(InvalidInput) as err:
+        check_level("LOUD")
+    assert "LOUD" in err.value.message
+    assert err.value.to_dict()["error"]["valid_levels"] == list(LEVELS)
+    with pytest.raises(InvalidInput) as err2:
+        check_component("NOPE")
+    assert "valid_components" in err2.value.to_dict()["error"]
+
+
+def test_entry_roundtrip() -> None:
+    e = Entry("hello", level="ERROR", component="KERNEL", metadata={"a": 1})
+    d = e.to_dict()
+    assert len(d["id"]) == 32 and d["timestamp"] > 1_600_000_000 * 10**9
+    assert Entry.from_dict(d) == e
