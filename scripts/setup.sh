@@ -26,6 +26,13 @@ system() {
   else
     say "Debian packages present"
   fi
+  # Vagrant (to validate and drive the vagrant/ fleet); its recommends pull hundreds of
+  # packages (providers), which we do not need here.
+  if ! command -v vagrant >/dev/null; then
+    say "installing vagrant (without recommends)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends vagrant \
+      >/dev/null || say "could not install vagrant: its test will be skipped"
+  fi
   headers_link
   mounts
 }
