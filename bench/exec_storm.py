@@ -1,0 +1,124 @@
+"""Exec storm: bar >= 10,000 exec/s for 60 s, delivered to the hub = bpftrace's count,
+agent drops 0.
+
+Runs the real hub and the real agent (eBPF on, ``--probes exec`` by default), then a C
+generator (bench/c/spawner.c: WORKERS processes posix_spawn()ing a tiny static binary with a
+unique name, paced to ``--rate``). Ground truth in the same run: bpftrace counting
+``tracepoint:sched:sched_process_exec`` for that comm. Optional peer: Debian's
+``exitsnoop-bpfcc`` counting the same processes' exits (``--exitsnoop``). After the storm it
+waits for the agent to drain and counts the records in the hub
+(``metadata.event=exec`` and ``metadata.comm=<name>``).
+
+    .venv/bin/python bench/exec_storm.py --duration 60 --rate 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from agent_common import (  # noqa: E402
+    Agent,
+    Bpftrace,
+    Exitsnoop,
+    Hub,
+    build_c,
+    drops_by_stage,
+    keep_logs,
+    log,
+    metric_sum,
+    save,
+    table,
+    unique_name,
+    wait_spool_empty,
+    wait_stable_count,
+    workdir,
+)
+
+
+def storm(args: argparse.Namespace, work: Path, name: str) -> dict[str, object]:
+    target = build_c("exec_target.c", work / name, "-nostdlib")
+    spawner = build_c("spawner.c", work / "spawner")
+    hub = Hub(work / "hub").start()
+    agent = Agent(hub, work / "agent", probes=args.probes).start()
+    try:
+        time.sleep(2.0)
+        before = agent.metrics()
+        truth = Bpftrace("tracepoint:sched:sched_process_exec", f'comm == "{name}"').start()
+        peer = Exitsnoop(name).start() if args.exitsnoop else None
+        log(f"storm: {args.workers} workers, {args.rate:,.0f} exec/s, {args.duration:.0f} s")
+        out = subprocess.run([str(spawner), str(target), str(args.workers), str(args.duration),
+                              str(args.rate)], check=True, capture_output=True, text=True).stdout
+        spawned, seconds = int(out.split()[1]), float(out.split()[5])
+        time.sleep(1.0)
+        kernel = truth.stop()
+        exits = peer.stop() if peer else None
+        filters = ["metadata.event=exec", f"metadata.comm={name}"]
+        wait_spool_empty(agent, args.drain_timeout)
+        ids = wait_stable_count(hub, filters, kernel, 15.0, args.drain_timeout)
+        after = agent.metrics()
+    finally:
+        agent.stop()
+        hub.stop()
+    return {
+        "name": name, "workers": args.workers, "target_rate": args.rate, "seconds": seconds,
+        "spawned": spawned, "rate_per_s": spawned / seconds, "bpftrace_exec": kernel,
+        "exitsnoop_exits": exits, "delivered": len(ids), "unique_delivered": len(set(ids)),
+        "agent_drops": drops_by_stage(after),
+        "agent_drops_during_run": metric_sum(after, "mohlog_agent_dropped_total")
+        - metric_sum(before, "mohlog_agent_dropped_total"),
+        "agent_exec_events": metric_sum(after, "mohlog_agent_events_total", probe="exec")
+        - metric_sum(before, "mohlog_agent_events_total", probe="exec"),
+        "agent_shipped": metric_sum(after, "mohlog_agent_shipped_total"),
+    }
+
+
+def report(r: dict[str, object]) -> None:
+    print(table([
+        ("spawned (generator)", r["spawned"]), ("seconds", r["seconds"]),
+        ("exec/s", r["rate_per_s"]), ("bpftrace sched_process_exec", r["bpftrace_exec"]),
+        ("exitsnoop-bpfcc exits", r["exitsnoop_exits"] if r["exitsnoop_exits"] is not None
+         else "not run"),
+        ("agent exec events (metrics)", r["agent_exec_events"]),
+        ("delivered to hub", r["delivered"]), ("unique ids in hub", r["unique_delivered"]),
+        ("agent drops during run", r["agent_drops_during_run"]),
+    ]))
+    print(f"  agent drops by stage: {r['agent_drops'] or 'none'}")
+    ok = (r["rate_per_s"] >= 10_000 and r["delivered"] == r["bpftrace_exec"]
+          and r["agent_drops_during_run"] == 0)
+    print(f"bar: >= 10,000 exec/s, delivered == bpftrace, drops 0 -> {'PASS' if ok else 'FAIL'}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of storm")
+    parser.add_argument("--rate", type=float, default=10_500, help="exec/s target (0 = max)")
+    parser.add_argument("--workers", type=int, default=2, help="generator processes")
+    parser.add_argument("--probes", default="exec", help="agent --probes (default: exec)")
+    parser.add_argument("--exitsnoop", action="store_true", help="run exitsnoop-bpfcc too")
+    parser.add_argument("--drain-timeout", type=float, default=300.0)
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args()
+    work = workdir("exec-storm")
+    try:
+        result = storm(args, work, unique_name("mhx"))
+    finally:
+        keep_logs(work, "exec_storm")
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            log(f"kept {work}")
+    report(result)
+    print(f"saved {save('exec_storm', result)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Failed-open storm: bar >= 100,000 failed opens/s for 60 s, 0 lost
+(attempted = delivered + counted drops, drops 0).
+
+Runs the real hub and the real agent (eBPF on, ``--probes open_fail`` by default), then a
+static C generator (bench/c/openstorm.c: WORKERS processes calling openat() on a missing
+path, paced to ``--rate``) under a unique comm. Ground truth in the same run: bpftrace
+counting ``tracepoint:syscalls:sys_exit_openat`` with ret < 0 for that comm. After the storm
+it waits for the agent to drain and counts the hub's records
+(``metadata.event=open_fail`` and ``metadata.comm=<name>``).
+
+    .venv/bin/python bench/open_storm.py --duration 60 --rate 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from agent_common import (  # noqa: E402
+    Agent,
+    Bpftrace,
+    Hub,
+    build_c,
+    drops_by_stage,
+    keep_logs,
+    log,
+    metric_sum,
+    save,
+    table,
+    unique_name,
+    wait_spool_empty,
+    wait_stable_count,
+    workdir,
+)
+
+
+def storm(args: argparse.Namespace, work: Path, name: str) -> dict[str, object]:
+    generator = build_c("openstorm.c", work / name)
+    missing = f"/nonexistent-mohlog-bench/{name}/file"
+    hub = Hub(work / "hub").start()
+    agent = Agent(hub, work / "agent", probes=args.probes).start()
+    try:
+        time.sleep(2.0)
+        before = agent.metrics()
+        truth = Bpftrace("tracepoint:syscalls:sys_exit_openat",
+                         f'comm == "{name}" && args->ret < 0').start()
+        log(f"storm: {args.workers} workers, {args.rate:,.0f} failed opens/s, "
+            f"{args.duration:.0f} s")
+        out = subprocess.run([str(generator), missing, str(args.workers), str(args.duration),
+                              str(args.rate)], check=True, capture_output=True, text=True).stdout
+        attempted, seconds = int(out.split()[1]), float(out.split()[5])
+        time.sleep(1.0)
+        kernel = truth.stop()
+        filters = ["metadata.event=open_fail", f"metadata.comm={name}"]
+        wait_spool_empty(agent, args.drain_timeout)
+        ids = wait_stable_count(hub, filters, kernel, 20.0, args.drain_timeout)
+        after = agent.metrics()
+    finally:
+        agent.stop()
+        hub.stop()
+    drops = (metric_sum(after, "mohlog_agent_dropped_total")
+             - metric_sum(before, "mohlog_agent_dropped_total"))
+    return {
+        "name": name, "workers": args.workers, "target_rate": args.rate, "seconds": seconds,
+        "attempted": attempted, "rate_per_s": attempted / seconds, "bpftrace_failed_opens":
+        kernel, "delivered": len(ids), "unique_delivered": len(set(ids)),
+        "agent_drops_during_run": drops, "agent_drops": drops_by_stage(after),
+        "agent_open_events": metric_sum(after, "mohlog_agent_events_total", probe="open_fail")
+        - metric_sum(before, "mohlog_agent_events_total", probe="open_fail"),
+        "unaccounted": attempted - len(set(ids)) - drops,
+    }
+
+
+def report(r: dict[str, object]) -> None:
+    print(table([
+        ("attempted (generator)", r["attempted"]), ("seconds", r["seconds"]),
+        ("failed opens/s", r["rate_per_s"]),
+        ("bpftrace sys_exit_openat<0", r["bpftrace_failed_opens"]),
+        ("agent open_fail events", r["agent_open_events"]),
+        ("delivered to hub", r["delivered"]), ("unique ids in hub", r["unique_delivered"]),
+        ("agent drops during run", r["agent_drops_during_run"]),
+        ("attempted - delivered - drops", r["unaccounted"]),
+    ]))
+    print(f"  agent drops by stage: {r['agent_drops'] or 'none'}")
+    ok = (r["rate_per_s"] >= 100_000 and r["unaccounted"] == 0
+          and r["agent_drops_during_run"] == 0)
+    print(f"bar: >= 100,000/s, attempted = delivered + drops, drops 0 -> "
+          f"{'PASS' if ok else 'FAIL'}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of storm")
+    parser.add_argument("--rate", type=float, default=100_000, help="opens/s target (0 = max)")
+    parser.add_argument("--workers", type=int, default=2, help="generator processes")
+    parser.add_argument("--probes", default="open_fail", help="agent --probes")
+    parser.add_argument("--drain-timeout", type=float, default=600.0)
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args()
+    work = workdir("open-storm")
+    try:
+        result = storm(args, work, unique_name("mho"))
+    finally:
+        keep_logs(work, "open_storm")
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            log(f"kept {work}")
+    report(result)
+    print(f"saved {save('open_storm', result)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
