@@ -59,6 +59,7 @@ def storm(args: argparse.Namespace, work: Path, name: str) -> dict[str, object]:
         time.sleep(1.0)
         kernel = truth.stop()
         exits = peer.stop() if peer else None
+        exits_any = peer.total if peer else None
         filters = ["metadata.event=exec", f"metadata.comm={name}"]
         wait_spool_empty(agent, args.drain_timeout)
         ids = wait_stable_count(hub, filters, kernel, 15.0, args.drain_timeout)
@@ -69,7 +70,8 @@ def storm(args: argparse.Namespace, work: Path, name: str) -> dict[str, object]:
     return {
         "name": name, "workers": args.workers, "target_rate": args.rate, "seconds": seconds,
         "spawned": spawned, "rate_per_s": spawned / seconds, "bpftrace_exec": kernel,
-        "exitsnoop_exits": exits, "delivered": len(ids), "unique_delivered": len(set(ids)),
+        "exitsnoop_exits": exits, "exitsnoop_all_exits": exits_any,
+        "delivered": len(ids), "unique_delivered": len(set(ids)),
         "agent_drops": drops_by_stage(after),
         "agent_drops_during_run": metric_sum(after, "mohlog_agent_dropped_total")
         - metric_sum(before, "mohlog_agent_dropped_total"),
@@ -85,6 +87,8 @@ def report(r: dict[str, object]) -> None:
         ("exec/s", r["rate_per_s"]), ("bpftrace sched_process_exec", r["bpftrace_exec"]),
         ("exitsnoop-bpfcc exits", r["exitsnoop_exits"] if r["exitsnoop_exits"] is not None
          else "not run"),
+        ("exitsnoop-bpfcc exits, any process", r["exitsnoop_all_exits"]
+         if r["exitsnoop_all_exits"] is not None else "not run"),
         ("agent exec events (metrics)", r["agent_exec_events"]),
         ("delivered to hub", r["delivered"]), ("unique ids in hub", r["unique_delivered"]),
         ("agent drops during run", r["agent_drops_during_run"]),
