@@ -1,0 +1,94 @@
+"""Masking of variable parts of log messages (numbers, hex, IPs, ids, paths, dates...).
+
+One regular expression, written in the common subset of Python ``re`` and RE2, is used
+two ways with the same result:
+
+* per message in Python (:func:`spans`, :func:`mask`), compiled once with ``re.ASCII``
+  so that ``\\d``, ``\\w`` and ``\\b`` mean what they mean in RE2;
+* vectorised over a pyarrow string array (:func:`mark_arrow`) with the RE2 functions of
+  ``pyarrow.compute`` — no per-line Python work.
+
+The pattern never matches an empty string, has no look-around (RE2 has none) and only
+uses ``\\b``/``\\B`` for word boundaries. Alternatives are tried left to right at each
+position (leftmost-first in both engines), so the specific ones (URL, UUID, date/time,
+IP) come before the general ones (hex words, numbers).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+PLACEHOLDER = "<*>"
+# Marker wrapped around each masked value by mark_arrow; lines containing it take the
+# per-line path.
+MARK = "\x00"
+
+_HEX = "[0-9a-fA-F]"
+_PARTS: list[tuple[str, str]] = [
+    # a literal placeholder in the input is itself a variable (keeps render unambiguous)
+    ("placeholder", r"<\*>|\x00+"),
+    ("url", r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s\"'<>]+"),
+    ("uuid", rf"\b{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}\b"),
+    ("mac", rf"\b{_HEX}{{2}}(?:[:-]{_HEX}{{2}}){{5}}\b"),
+    # ISO / syslog-ish date-times and dates, times with optional fraction
+    (
+        "datetime",
+        r"\b\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2})?(?:[.,]\d+)?)?"
+        r"(?:Z|[+-]\d{2}:?\d{2})?\b",
+    ),
+    ("ipv4", r"\b\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?::\d{1,5})?\b"),
+    ("date", r"\b\d{1,4}[/.]\d{1,2}[/.]\d{1,4}\b"),
+    ("time", r"\b\d{1,2}:\d{2}:\d{2}(?:[.,]\d+)?\b"),
+    (
+        "ipv6",
+        rf"\[?\b(?:{_HEX}{{1,4}}:){{3,7}}{_HEX}{{1,4}}\b(?:\]:\d{{1,5}})?"
+        rf"|\[?\b(?:{_HEX}{{1,4}}:)+(?::{_HEX}{{1,4}})+\b(?:\]:\d{{1,5}})?"
+        rf"|\[?::(?:{_HEX}{{1,4}}:?)*\b(?:\]:\d{{1,5}})?",
+    ),
+    # absolute paths (two or more segments), not glued to a preceding word
+    ("path", r"\B/[\w.$@~+-]*(?:/[\w.$@~+-]*)+"),
+    # host or class names with three or more dotted parts, containing a digit somewhere
+    ("dotted", r"\b[\w-]+(?:\.[\w-]+){2,}\b"),
+    # durations and sizes: a number glued to a unit
+    (
+        "quantity",
+        r"\b\d+(?:\.\d+)?(?:ns|us|ms|s|sec|secs|min|mins|h|hr|hrs|d|[kKmMgGtTpP]i?[bB]?|"
+        r"[bB]|bytes|KB|MB|GB|TB)\b",
+    ),
+    ("hexnum", rf"\b0[xX]{_HEX}+\b"),
+    # a word made of hex digits with at least one decimal digit (ids, hashes, numbers)
+    ("hexword", rf"\b-?{_HEX}*\d{_HEX}*(?:\.\d+)?\b"),
+    # digits glued after letters or underscores (blk_123, node-17, user42)
+    ("suffixnum", r"(?:_-?|-)\d+\b|\d{3,}"),
+]
+
+PATTERN = "|".join(f"(?:{p})" for _, p in _PARTS)
+REGEX = re.compile(PATTERN, re.ASCII)
+
+
+def spans(message: str) -> list[tuple[int, int]]:
+    """(start, end) of every masked value in ``message``, in order."""
+    return [m.span() for m in REGEX.finditer(message)]
+
+
+def mask(message: str) -> str:
+    """``message`` with every variable replaced by ``<*>``."""
+    return REGEX.sub(PLACEHOLDER, message)
+
+
+def mark_arrow(arr: pa.Array) -> pa.Array:
+    """Wrap every masked value in MARK characters, vectorised (RE2).
+
+    ``split_pattern(result, MARK)`` then alternates literal text and values:
+    ``[lit0, val0, lit1, val1, ..., litN]``. Lines already containing MARK must be
+    handled per line (see :func:`has_mark`).
+    """
+    return pc.replace_substring_regex(arr, pattern=PATTERN, replacement=MARK + r"\0" + MARK)
+
+
+def has_mark(arr: pa.Array) -> pa.Array:
+    """Boolean array: lines that contain MARK themselves."""
+    return pc.match_substring(arr, MARK)

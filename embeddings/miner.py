@@ -1,0 +1,434 @@
+"""Online log template miner: message -> (stable template id, parameters), losslessly.
+
+Contract (docs/CONTRACTS "Template miner -> hub store"):
+
+* ``TemplateMiner(state_path)``; ``mine(messages) -> MinedBatch`` with ``template_ids``
+  (numpy uint64) and ``params`` (``list[list[str]]``); ``mine_arrow(arr)`` takes a pyarrow
+  string array and returns the parameters as a pyarrow ``list<string>`` array instead
+  (no per-line Python objects — the store's hot path).
+* ``render(template_id, params)`` gives back the exact message (whitespace included).
+* ids are ``xxhash64`` of the template text, so the same text has the same id on every
+  hub and after restarts. When a template widens, the old id stays renderable and
+  ``parent_of(old)`` gives the wider one (``resolve`` follows the chain to the live one,
+  ``family`` lists every id that resolves to a given one).
+* ``save()`` / ``load()`` persist the state as JSON (atomic: temp file, fsync, rename).
+
+Concurrency: single writer. ``mine``/``mine_arrow``/``save``/``load`` take an internal
+lock, so calling them from several threads is safe but serialised; ``render``,
+``templates`` and ``parent_of`` only read and may run beside them.
+
+Fast path: masking runs vectorised over the whole batch (RE2 in pyarrow.compute), the
+masked shapes are dictionary-encoded, and Python only runs once per *distinct* shape:
+a cache maps a known shape to its template id and to a recipe that says how the
+template's parameters are made of the shape's masked values; the per-line parameters
+are then assembled with numpy/pyarrow take operations.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import xxhash
+
+from embeddings import masking
+from embeddings.clusters import (
+    WILD,
+    Cluster,
+    ClusterConfig,
+    ClusterIndex,
+    widened,
+)
+from embeddings.masking import MARK
+from mohlog.errors import CorruptData, InvalidInput, NotFound
+
+STATE_VERSION = 1
+# A recipe: for each template parameter, its pieces — an int is the index of a masked
+# value of the line, a str is constant text of the shape.
+Recipe = list[list[int | str]]
+
+
+@dataclass
+class TemplateInfo:
+    """One template ever produced (live or superseded)."""
+
+    id: int  # xxhash64 of text
+    text: str  # the template, ``<*>`` where a parameter goes
+    count: int  # lines mined under this id
+    parent: int | None = None  # the wider template that replaced it, if any
+
+
+@dataclass
+class MinedBatch:
+    """Result of mining a batch, one entry per input message, in input order."""
+
+    template_ids: np.ndarray  # uint64
+    params: Any  # list[list[str]] from mine(); pyarrow ListArray<string> from mine_arrow()
+
+
+@dataclass
+class _Shape:
+    """Cached decision for one masked shape."""
+
+    cluster: Cluster
+    tid: int
+    recipe: Recipe
+    identity: bool  # parameters are exactly the masked values, in order
+
+
+def template_id(text: str) -> int:
+    """Stable id of a template text."""
+    return xxhash.xxh64_intdigest(text.encode("utf-8"))
+
+
+def _recipe(shape_tokens: list[str], template: list[str]) -> Recipe:
+    """How each template parameter is built from the shape's tokens and masked values."""
+    out: Recipe = []
+    var = 0
+    for s, t in zip(shape_tokens, template, strict=True):
+        marks = s.count(MARK)
+        if t == s.replace(MARK, WILD):
+            out.extend([[var + k] for k in range(marks)])
+        else:  # t is a whole-token wildcard covering s
+            pieces: list[int | str] = []
+            for k, lit in enumerate(s.split(MARK)):
+                if k:
+                    pieces.append(var + k - 1)
+                if lit:
+                    pieces.append(lit)
+            out.append(pieces or [""])
+        var += marks
+    return out
+
+
+def _is_identity(recipe: Recipe) -> bool:
+    return all(len(p) == 1 and p[0] == i for i, p in enumerate(recipe))
+
+
+def _apply(recipe: Recipe, values: Sequence[str]) -> list[str]:
+    """Per-line parameters from a recipe (used off the fast path)."""
+    return ["".join(values[p] if isinstance(p, int) else p for p in param) for param in recipe]
+
+
+class TemplateMiner:
+    """Online template miner; see the module docstring for the contract."""
+
+    def __init__(self, state_path: Path | None = None, cfg: ClusterConfig | None = None) -> None:
+        self.state_path = Path(state_path) if state_path is not None else None
+        self.cfg = cfg or ClusterConfig()
+        self._lock = threading.RLock()
+        self._reset()
+        if self.state_path is not None and self.state_path.exists():
+            self.load()
+
+    def _reset(self) -> None:
+        self._index = ClusterIndex(self.cfg)
+        self._infos: dict[int, TemplateInfo] = {}
+        self._pieces: dict[int, list[str]] = {}
+        self._shapes: dict[str, _Shape] = {}
+        self._live: dict[int, Cluster] = {}
+
+    # ---------------------------------------------------------------- reading
+    def templates(self) -> dict[int, TemplateInfo]:
+        """Every template ever produced, by id (superseded ones have ``parent`` set)."""
+        return dict(self._infos)
+
+    def parent_of(self, tid: int) -> int:
+        """The template that replaced ``tid`` (``tid`` itself while it is live)."""
+        info = self._info(tid)
+        return info.parent if info.parent is not None else tid
+
+    def resolve(self, tid: int) -> int:
+        """The live template that ``tid`` has widened into (follows ``parent_of``)."""
+        seen = 0
+        while (parent := self.parent_of(tid)) != tid and seen < len(self._infos):
+            tid, seen = parent, seen + 1
+        return tid
+
+    def family(self, tid: int) -> set[int]:
+        """Every id whose lines are findable under ``tid`` (itself and its narrower ones)."""
+        return {t for t in self._infos if self.resolve(t) == self.resolve(tid)} | {tid}
+
+    def render(self, tid: int, params: Sequence[str]) -> str:
+        """The exact original message of a line mined as ``(tid, params)``."""
+        pieces = self._pieces.get(tid)
+        if pieces is None:
+            raise NotFound(f"unknown template id {tid}", template_id=tid)
+        if len(params) != len(pieces) - 1:
+            raise InvalidInput(
+                f"template {tid} takes {len(pieces) - 1} parameters, got {len(params)}",
+                template_id=tid,
+            )
+        out = [pieces[0]]
+        for value, piece in zip(params, pieces[1:], strict=True):
+            out.append(value)
+            out.append(piece)
+        return "".join(out)
+
+    def _info(self, tid: int) -> TemplateInfo:
+        info = self._infos.get(tid)
+        if info is None:
+            raise NotFound(f"unknown template id {tid}", template_id=tid)
+        return info
+
+    # ----------------------------------------------------------------- mining
+    def mine(self, messages: Sequence[str]) -> MinedBatch:
+        """Mine a batch of messages; parameters as ``list[list[str]]``."""
+        batch = self.mine_arrow(pa.array(messages, type=pa.string()))
+        return MinedBatch(batch.template_ids, batch.params.to_pylist())
+
+    def mine_arrow(self, arr: pa.Array | pa.ChunkedArray) -> MinedBatch:
+        """Mine a pyarrow string array; parameters as a pyarrow ``list<string>`` array."""
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+        if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+            raise InvalidInput(f"messages must be strings, got {arr.type}")
+        if arr.null_count:
+            arr = pc.fill_null(arr, "")
+        with self._lock:
+            special = masking.has_mark(arr)
+            if pc.any(special).as_py():
+                return self._mine_mixed(arr, special)
+            return self._mine_fast(arr)
+
+    def _mine_fast(self, arr: pa.Array) -> MinedBatch:
+        split = pc.split_pattern(masking.mark_arrow(arr), MARK)
+        offsets = split.offsets.to_numpy()
+        offsets = offsets - offsets[0]
+        flat = split.flatten()
+        lengths = np.diff(offsets)
+        local = np.arange(len(flat), dtype=np.int64) - np.repeat(offsets[:-1], lengths)
+        odd = (local & 1).astype(bool)
+        values = flat.filter(pa.array(odd))
+        nvals = (lengths - 1) // 2
+        val_offsets = np.zeros(len(arr) + 1, dtype=np.int64)
+        np.cumsum(nvals, out=val_offsets[1:])
+        lits = pa.ListArray.from_arrays(
+            pa.array(offsets - np.concatenate(([0], np.cumsum(nvals))), type=pa.int32()),
+            flat.filter(pa.array(~odd)),
+        )
+        shapes = pc.binary_join(lits, MARK).dictionary_encode()
+        codes = shapes.indices.to_numpy(zero_copy_only=False)
+        decisions = [self._decide(s) for s in shapes.dictionary.to_pylist()]
+        self._count(decisions, codes)
+        tids = np.array([d.tid for d in decisions], dtype=np.uint64)[codes]
+        if all(d.identity for d in decisions):
+            params = pa.ListArray.from_arrays(pa.array(val_offsets, type=pa.int32()), values)
+        else:
+            params = _assemble(decisions, codes, values, val_offsets)
+        return MinedBatch(tids, params)
+
+    def _mine_mixed(self, arr: pa.Array, special: pa.Array) -> MinedBatch:
+        """Batch where some lines contain MARK: those go line by line in Python."""
+        special_np = special.to_numpy(zero_copy_only=False)
+        rest = np.flatnonzero(~special_np)
+        odd = np.flatnonzero(special_np)
+        fast = self._mine_fast(arr.take(pa.array(rest)))
+        tids = np.zeros(len(arr), dtype=np.uint64)
+        tids[rest] = fast.template_ids
+        slow_params = []
+        for i, msg in zip(odd, arr.take(pa.array(odd)).to_pylist(), strict=True):
+            tids[i], p = self._mine_one(msg)
+            slow_params.append(p)
+        allp = pa.concat_arrays(
+            [fast.params, pa.array(slow_params, type=pa.list_(pa.string()))]
+        )
+        order = np.empty(len(arr), dtype=np.int64)
+        order[rest] = np.arange(len(rest))
+        order[odd] = len(rest) + np.arange(len(odd))
+        return MinedBatch(tids, allp.take(pa.array(order)))
+
+    def _mine_one(self, message: str) -> tuple[int, list[str]]:
+        """Mine one message in Python (same masking semantics as the vectorised path)."""
+        found = list(masking.REGEX.finditer(message))
+        values = [m.group(0) for m in found]
+        lits, pos = [], 0
+        for m in found:
+            lits.append(message[pos : m.start()])
+            pos = m.end()
+        lits.append(message[pos:])
+        d = self._decide(MARK.join(lits))
+        self._infos[d.tid].count += 1
+        return d.tid, _apply(d.recipe, values)
+
+    def _count(self, decisions: list[_Shape], codes: np.ndarray) -> None:
+        counts = np.bincount(codes, minlength=len(decisions))
+        for d, n in zip(decisions, counts.tolist(), strict=True):
+            self._infos[d.tid].count += n
+
+    def _decide(self, shape: str) -> _Shape:
+        """Template id and recipe for a masked shape (learning it when new)."""
+        known = self._shapes.get(shape)
+        if known is not None and known.tid in self._live:
+            return known
+        tokens = shape.split(" ")
+        cluster = known.cluster.live() if known is not None else self._learn(tokens)
+        tid = template_id(cluster_text(cluster))
+        recipe = _recipe(tokens, cluster.tokens)
+        decision = _Shape(cluster, tid, recipe, _is_identity(recipe))
+        self._shapes[shape] = decision
+        return decision
+
+    def _learn(self, shape_tokens: list[str]) -> Cluster:
+        tokens = [t.replace(MARK, WILD) for t in shape_tokens]
+        cluster = self._index.best(tokens)
+        if cluster is None:
+            cluster = self._index.add(tokens)
+            self._register(cluster, None)
+            return cluster
+        wider = widened(cluster.tokens, tokens)
+        if wider is not None:
+            old = template_id(cluster.text)
+            cluster.tokens = wider
+            self._register(cluster, old)
+        return cluster
+
+    def _register(self, cluster: Cluster, old: int | None) -> None:
+        text = cluster.text
+        tid = template_id(text)
+        if tid not in self._infos:
+            self._infos[tid] = TemplateInfo(tid, text, 0)
+            self._pieces[tid] = text.split(WILD)
+        self._infos[tid].parent = None
+        other = self._live.get(tid)
+        if other is not None and other is not cluster:
+            self._index.merge(other, cluster)
+        self._live[tid] = cluster
+        if old is not None and old != tid:
+            self._infos[old].parent = tid
+            self._live.pop(old, None)
+
+    # ------------------------------------------------------------ persistence
+    def save(self, path: Path | None = None) -> None:
+        """Write the state atomically (temp file in the same directory, fsync, rename)."""
+        path = Path(path) if path is not None else self.state_path
+        if path is None:
+            raise InvalidInput("no state path to save to")
+        with self._lock:
+            data = orjson.dumps(self._state())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dirfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)
+
+    def load(self, path: Path | None = None) -> None:
+        """Replace the state with the one saved at ``path`` (default: state_path)."""
+        path = Path(path) if path is not None else self.state_path
+        if path is None:
+            raise InvalidInput("no state path to load from")
+        try:
+            state = orjson.loads(path.read_bytes())
+            with self._lock:
+                self._restore(state)
+        except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise CorruptData(f"cannot load miner state {path}: {err}", path=str(path)) from err
+
+    def _state(self) -> dict[str, Any]:
+        shapes = {s: d.cluster.index for s, d in self._shapes.items()}
+        return {
+            "version": STATE_VERSION,
+            "templates": [[i.id, i.text, i.count, i.parent] for i in self._infos.values()],
+            "clusters": [
+                [c.tokens, c.merged_into.index if c.merged_into else None]
+                for c in self._index.clusters
+            ],
+            "shapes": shapes,
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"unsupported state version {state.get('version')}")
+        self._reset()
+        for tid, text, count, parent in state["templates"]:
+            self._infos[tid] = TemplateInfo(tid, text, count, parent)
+            self._pieces[tid] = text.split(WILD)
+        for tokens, _ in state["clusters"]:
+            self._index.add(list(tokens))
+        for cluster, (_, into) in zip(self._index.clusters, state["clusters"], strict=True):
+            if into is not None:
+                self._index.merge(cluster, self._index.clusters[into])
+            else:
+                self._live[template_id(cluster.text)] = cluster
+        for shape, index in state["shapes"].items():
+            cluster = self._index.clusters[index].live()
+            tokens = shape.split(" ")
+            recipe = _recipe(tokens, cluster.tokens)
+            tid = template_id(cluster.text)
+            self._shapes[shape] = _Shape(cluster, tid, recipe, _is_identity(recipe))
+
+
+def cluster_text(cluster: Cluster) -> str:
+    return cluster.text
+
+
+def _assemble(
+    decisions: list[_Shape], codes: np.ndarray, values: pa.Array, val_offsets: np.ndarray
+) -> pa.Array:
+    """Per-line parameter lists from per-shape recipes, with numpy/pyarrow takes only."""
+    consts: list[str] = []
+    const_ix: dict[str, int] = {}
+    piece_codes: list[int] = []  # >=0: masked value index; <0: -(const index) - 1
+    piece_counts: list[int] = []  # pieces of each parameter
+    rec_piece_start, rec_npieces, rec_param_start, rec_nparams = [], [], [], []
+    for d in decisions:
+        rec_piece_start.append(len(piece_codes))
+        rec_param_start.append(len(piece_counts))
+        for param in d.recipe:
+            piece_counts.append(len(param))
+            for p in param:
+                if isinstance(p, str):
+                    p = -1 - const_ix.setdefault(p, len(const_ix))
+                piece_codes.append(p)
+        rec_npieces.append(len(piece_codes) - rec_piece_start[-1])
+        rec_nparams.append(len(piece_counts) - rec_param_start[-1])
+    consts = list(const_ix)
+    pcodes = np.array(piece_codes, dtype=np.int64)
+    pcounts = np.array(piece_counts, dtype=np.int64)
+    line_pieces = _gather(np.array(rec_piece_start)[codes], np.array(rec_npieces)[codes])
+    line_params = _gather(np.array(rec_param_start)[codes], np.array(rec_nparams)[codes])
+    r = pcodes[line_pieces]
+    owner = np.repeat(np.arange(len(codes)), np.array(rec_npieces)[codes])
+    take = np.where(r >= 0, val_offsets[:-1][owner] + r, len(values) + (-1 - r))
+    pool = pa.concat_arrays([values.cast(pa.string()), pa.array(consts, type=pa.string())])
+    pieces = pool.take(pa.array(take, type=pa.int64()))
+    counts = pcounts[line_params]
+    if np.all(counts == 1):
+        flat = pieces
+    else:
+        poff = np.zeros(len(counts) + 1, dtype=np.int64)
+        np.cumsum(counts, out=poff[1:])
+        flat = pc.binary_join(pa.ListArray.from_arrays(pa.array(poff, pa.int32()), pieces), "")
+    loff = np.zeros(len(codes) + 1, dtype=np.int64)
+    np.cumsum(np.array(rec_nparams)[codes], out=loff[1:])
+    return pa.ListArray.from_arrays(pa.array(loff, type=pa.int32()), flat)
+
+
+def _gather(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Concatenation of ``range(s, s + c)`` for each (s, c), vectorised."""
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    first = np.zeros(len(counts), dtype=np.int64)
+    np.cumsum(counts[:-1], out=first[1:])
+    return np.arange(total, dtype=np.int64) - np.repeat(first - starts, counts)
