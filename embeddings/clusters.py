@@ -1,15 +1,27 @@
 """Online grouping of masked message shapes into templates (one global configuration).
 
 A *shape* is a message whose masked values are replaced by ``MARK``; its tokens are the
-pieces between single spaces (so runs of spaces give empty tokens and nothing is lost).
-Shapes with the same number of tokens are compared position by position with the
-templates already known; the best one above a similarity threshold takes the shape and
-widens (differing positions become ``<*>``), otherwise the shape starts a new template.
+pieces between single spaces (runs of spaces give empty tokens, so nothing is lost).
+
+Grouping, all by hashing (no scan over the known templates):
+
+1. **Key.** A shape's key is its tokens with every *variable-like* token (one holding a
+   masked value or a digit) replaced by ``<*>``. Shapes with the same key share a
+   template; the template keeps such a token literal until a second value shows up at
+   that position (then it widens to ``<*>``), like Drain's tree ignores digit tokens.
+2. **Sibling merge.** Templates of the same length that differ at one single position
+   are siblings. Constant words usually take few values at a position ("startup" /
+   "shutdown"), variables (user or host names) many: once ``merge_values`` siblings
+   exist, they merge into one template with that position wild. Later shapes are
+   looked up with the merged positions wild too.
+
+Widening and merging are reported to the miner as (old text, cluster) events so that
+old ids stay renderable and point to the new template.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from embeddings.masking import MARK, PLACEHOLDER
 
@@ -20,19 +32,25 @@ WILD = PLACEHOLDER
 class ClusterConfig:
     """Global clustering settings (the same for every kind of log)."""
 
-    # fraction of a template's literal positions a shape must share to join it
-    similarity: float = 0.5
-    # a token counts as variable-like when it holds a masked value or a digit
-    variable_digits: bool = True
+    # distinct words at one position (other tokens equal) that make it a variable
+    merge_values: int = 4
+    # literal tokens a template must keep for a merge of plain words to happen
+    min_literals: int = 3
 
 
 @dataclass
 class Cluster:
-    """One live template: its tokens (``<*>`` where the template is wild)."""
+    """One template: its display tokens (``<*>`` where wild) and its lookup key."""
 
     tokens: list[str]
+    key: tuple[str, ...]
     index: int = 0
-    merged_into: Cluster | None = None  # set when another cluster reached the same text
+    tid: int = 0  # id of the current text (kept by the miner)
+    merged_into: Cluster | None = None  # set when this template merged into another
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.tokens)
 
     def live(self) -> Cluster:
         """The cluster that now holds this one's lines."""
@@ -41,23 +59,13 @@ class Cluster:
             c = c.merged_into
         return c
 
-    @property
-    def text(self) -> str:
-        return " ".join(self.tokens)
 
-
-def display_tokens(shape: str) -> list[str]:
-    """Tokens of a shape as they appear in a template (MARK shown as ``<*>``)."""
-    return shape.replace(MARK, WILD).split(" ")
-
-
-def similarity(template: list[str], tokens: list[str]) -> float:
-    """Share of the template's positions that the tokens match (a wild one always does)."""
-    same = 0
-    for t, s in zip(template, tokens, strict=True):
-        if t == s or t == WILD:
-            same += 1
-    return same / len(template)
+def variable_like(token: str) -> bool:
+    """A token that is mostly a value: it holds a masked value and no letters besides."""
+    if WILD not in token:
+        return False
+    rest = token.replace(WILD, "")
+    return not any(c.isalpha() for c in rest)
 
 
 def widened(template: list[str], tokens: list[str]) -> list[str] | None:
@@ -66,31 +74,112 @@ def widened(template: list[str], tokens: list[str]) -> list[str] | None:
     return None if out == template else out
 
 
+def _with_wild(key: tuple[str, ...], positions: frozenset[int]) -> tuple[str, ...]:
+    return tuple(WILD if i in positions else t for i, t in enumerate(key))
+
+
+@dataclass
 class ClusterIndex:
-    """Clusters grouped by token count; picks the best match for a new shape."""
+    """Clusters by key; see the module docstring."""
 
-    def __init__(self, cfg: ClusterConfig) -> None:
-        self.cfg = cfg
-        self.clusters: list[Cluster] = []
-        self._by_len: dict[int, list[Cluster]] = {}
+    cfg: ClusterConfig
+    clusters: list[Cluster] = field(default_factory=list)
+    # key -> live cluster
+    _by_key: dict[tuple[str, ...], Cluster] = field(default_factory=dict)
+    # length -> sets of merged wild positions, most specific first
+    _wildsets: dict[int, list[frozenset[int]]] = field(default_factory=dict)
+    # sibling key (one more position wild) -> clusters differing only there
+    _siblings: dict[tuple[str, ...], list[Cluster]] = field(default_factory=dict)
+    # (old text, cluster) for every widening/merge since the miner last drained them
+    events: list[tuple[str, Cluster]] = field(default_factory=list)
 
-    def add(self, tokens: list[str]) -> Cluster:
-        cluster = Cluster(tokens=tokens, index=len(self.clusters))
-        self.clusters.append(cluster)
-        self._by_len.setdefault(len(tokens), []).append(cluster)
+    def assign(self, shape_tokens: list[str]) -> Cluster:
+        """The cluster for a shape, creating, widening or merging as needed."""
+        display = [t.replace(MARK, WILD) for t in shape_tokens]
+        key = tuple(display)
+        cluster = self._find(key)
+        if cluster is None:
+            cluster = self._new(display, key)
+            return self._maybe_merge(cluster)
+        wider = widened(cluster.tokens, display)
+        if wider is not None:
+            self.events.append((cluster.text, cluster))
+            cluster.tokens = wider
         return cluster
 
-    def merge(self, gone: Cluster, into: Cluster) -> None:
-        """``gone`` reached the same text as ``into``: it stops matching new shapes."""
-        gone.merged_into = into
-        self._by_len[len(gone.tokens)].remove(gone)
+    def _find(self, key: tuple[str, ...]) -> Cluster | None:
+        found = self._by_key.get(key)
+        if found is not None:
+            return found
+        for wild in self._wildsets.get(len(key), ()):
+            found = self._by_key.get(_with_wild(key, wild))
+            if found is not None:
+                return found
+        return None
 
-    def best(self, tokens: list[str]) -> Cluster | None:
-        """The most similar cluster of the same length above the threshold."""
-        best: Cluster | None = None
-        best_sim = self.cfg.similarity
-        for cluster in self._by_len.get(len(tokens), ()):
-            sim = similarity(cluster.tokens, tokens)
-            if sim > best_sim or (best is None and sim >= best_sim):
-                best, best_sim = cluster, sim
-        return best
+    def _new(self, tokens: list[str], key: tuple[str, ...]) -> Cluster:
+        cluster = Cluster(tokens=tokens, key=key, index=len(self.clusters))
+        self.clusters.append(cluster)
+        self._by_key[key] = cluster
+        for i, t in enumerate(key):
+            if t != WILD:
+                self._siblings.setdefault(key[:i] + (WILD,) + key[i + 1 :], []).append(cluster)
+        return cluster
+
+    def _maybe_merge(self, cluster: Cluster) -> Cluster:
+        """Merge ``cluster`` with its siblings at a position that has enough values."""
+        key = cluster.key
+        for i, t in enumerate(key):
+            if t == WILD:
+                continue
+            sib = key[:i] + (WILD,) + key[i + 1 :]
+            live = [c for c in self._siblings.get(sib, ()) if c.merged_into is None]
+            if self._should_merge(live, i, sib):
+                return self._merge(live, sib)
+        return cluster
+
+    def _should_merge(self, live: list[Cluster], i: int, sib: tuple[str, ...]) -> bool:
+        if len(live) < 2:
+            return False
+        if any(variable_like(c.key[i]) for c in live):
+            return True
+        literals = sum(1 for t in sib if t != WILD)
+        return len(live) >= self.cfg.merge_values and literals >= self.cfg.min_literals
+
+    def _merge(self, members: list[Cluster], key: tuple[str, ...]) -> Cluster:
+        """Merge ``members`` into the cluster of ``key`` (made when there is none)."""
+        into = self._by_key.get(key)
+        tokens = list(into.tokens if into is not None else members[0].tokens)
+        for m in members:
+            tokens = widened(tokens, m.tokens) or tokens
+        if into is None:
+            into = self._new(tokens, key)
+        elif tokens != into.tokens:
+            self.events.append((into.text, into))
+            into.tokens = tokens
+        for m in members:
+            m.merged_into = into
+            self._by_key.pop(m.key, None)
+            self.events.append((m.text, into))
+        self._add_wildset(key)
+        return self._maybe_merge(into)
+
+    def _add_wildset(self, key: tuple[str, ...]) -> None:
+        wild = frozenset(i for i, t in enumerate(key) if t == WILD)
+        sets = self._wildsets.setdefault(len(key), [])
+        if wild not in sets:
+            sets.append(wild)
+            sets.sort(key=len)
+
+    def restore(self, saved: list[tuple[list[str], list[str], int | None]]) -> None:
+        """Re-add saved clusters: (tokens, key, index merged into or None), in order."""
+        for tokens, key, _ in saved:
+            self._new(list(tokens), tuple(key))
+        targets = set()
+        for cluster, (_, _, into) in zip(self.clusters, saved, strict=True):
+            if into is not None:
+                cluster.merged_into = self.clusters[into]
+                targets.add(into)
+        self._by_key = {c.key: c for c in self.clusters if c.merged_into is None}
+        for i in sorted(targets):
+            self._add_wildset(self.clusters[i].key)

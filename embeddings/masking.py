@@ -27,6 +27,8 @@ PLACEHOLDER = "<*>"
 MARK = "\x00"
 
 _HEX = "[0-9a-fA-F]"
+_DAYS = "Mon|Tue|Wed|Thu|Fri|Sat|Sun"
+_MONTHS = "Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec"
 _PARTS: list[tuple[str, str]] = [
     # a literal placeholder in the input is itself a variable (keeps render unambiguous)
     ("placeholder", r"<\*>|\x00+"),
@@ -40,6 +42,15 @@ _PARTS: list[tuple[str, str]] = [
         r"(?:Z|[+-]\d{2}:?\d{2})?\b",
     ),
     ("ipv4", r"\b\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?::\d{1,5})?\b"),
+    # "Sun Jul 10 03:55:15 2005", "Jul  1 07:57:30", "10/Oct/2000:13:55:36"
+    (
+        "namedate",
+        rf"\b(?:{_DAYS})[a-z]*,? +(?:{_MONTHS})[a-z]* +\d{{1,2}}"
+        r"(?: +\d{1,2}:\d{2}:\d{2}(?:[.,]\d+)?)?(?: +\d{4})?\b"
+        rf"|\b(?:{_MONTHS})[a-z]* +\d{{1,2}},? +(?:\d{{4}} +)?\d{{1,2}}:\d{{2}}:\d{{2}}"
+        r"(?:[.,]\d+)?(?: +\d{4})?\b"
+        rf"|\b\d{{1,2}}[-/ ](?:{_MONTHS})[a-z]*[-/ ]\d{{2,4}}(?:[: ]\d{{2}}:\d{{2}}:\d{{2}})?\b",
+    ),
     ("date", r"\b\d{1,4}[/.]\d{1,2}[/.]\d{1,4}\b"),
     ("time", r"\b\d{1,2}:\d{2}:\d{2}(?:[.,]\d+)?\b"),
     (
@@ -52,6 +63,8 @@ _PARTS: list[tuple[str, str]] = [
     ("path", r"\B/[\w.$@~+-]*(?:/[\w.$@~+-]*)+"),
     # host or class names with three or more dotted parts, containing a digit somewhere
     ("dotted", r"\b[\w-]+(?:\.[\w-]+){2,}\b"),
+    # host names under a common generic top-level domain
+    ("host", r"\b[\w-]+(?:\.[\w-]+)*\.(?:com|net|org|edu|gov|mil|info|biz|io)\b"),
     # durations and sizes: a number glued to a unit
     (
         "quantity",

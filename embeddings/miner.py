@@ -46,7 +46,6 @@ from embeddings.clusters import (
     Cluster,
     ClusterConfig,
     ClusterIndex,
-    widened,
 )
 from embeddings.masking import MARK
 from mohlog.errors import CorruptData, InvalidInput, NotFound
@@ -135,7 +134,6 @@ class TemplateMiner:
         self._infos: dict[int, TemplateInfo] = {}
         self._pieces: dict[int, list[str]] = {}
         self._shapes: dict[str, _Shape] = {}
-        self._live: dict[int, Cluster] = {}
 
     # ---------------------------------------------------------------- reading
     def templates(self) -> dict[int, TemplateInfo]:
@@ -268,44 +266,38 @@ class TemplateMiner:
     def _decide(self, shape: str) -> _Shape:
         """Template id and recipe for a masked shape (learning it when new)."""
         known = self._shapes.get(shape)
-        if known is not None and known.tid in self._live:
-            return known
+        if known is not None and known.cluster.merged_into is None:
+            if known.tid == known.cluster.tid:
+                return known
         tokens = shape.split(" ")
         cluster = known.cluster.live() if known is not None else self._learn(tokens)
-        tid = template_id(cluster_text(cluster))
         recipe = _recipe(tokens, cluster.tokens)
-        decision = _Shape(cluster, tid, recipe, _is_identity(recipe))
+        decision = _Shape(cluster, cluster.tid, recipe, _is_identity(recipe))
         self._shapes[shape] = decision
         return decision
 
     def _learn(self, shape_tokens: list[str]) -> Cluster:
-        tokens = [t.replace(MARK, WILD) for t in shape_tokens]
-        cluster = self._index.best(tokens)
-        if cluster is None:
-            cluster = self._index.add(tokens)
+        cluster = self._index.assign(shape_tokens)
+        for old_text, changed in self._index.events:
+            self._register(changed.live(), template_id(old_text))
+        self._index.events.clear()
+        if cluster.tid == 0 or cluster.tid != template_id(cluster.text):
             self._register(cluster, None)
-            return cluster
-        wider = widened(cluster.tokens, tokens)
-        if wider is not None:
-            old = template_id(cluster.text)
-            cluster.tokens = wider
-            self._register(cluster, old)
         return cluster
 
     def _register(self, cluster: Cluster, old: int | None) -> None:
+        """Record the cluster's current text; ``old`` (if known) now points to it."""
         text = cluster.text
         tid = template_id(text)
-        if tid not in self._infos:
+        info = self._infos.get(tid)
+        if info is None:
             self._infos[tid] = TemplateInfo(tid, text, 0)
             self._pieces[tid] = text.split(WILD)
-        self._infos[tid].parent = None
-        other = self._live.get(tid)
-        if other is not None and other is not cluster:
-            self._index.merge(other, cluster)
-        self._live[tid] = cluster
-        if old is not None and old != tid:
+        else:
+            info.parent = None
+        cluster.tid = tid
+        if old is not None and old != tid and old in self._infos:
             self._infos[old].parent = tid
-            self._live.pop(old, None)
 
     # ------------------------------------------------------------ persistence
     def save(self, path: Path | None = None) -> None:
@@ -345,15 +337,14 @@ class TemplateMiner:
             raise CorruptData(f"cannot load miner state {path}: {err}", path=str(path)) from err
 
     def _state(self) -> dict[str, Any]:
-        shapes = {s: d.cluster.index for s, d in self._shapes.items()}
         return {
             "version": STATE_VERSION,
             "templates": [[i.id, i.text, i.count, i.parent] for i in self._infos.values()],
             "clusters": [
-                [c.tokens, c.merged_into.index if c.merged_into else None]
+                [c.tokens, c.key, c.merged_into.index if c.merged_into else None]
                 for c in self._index.clusters
             ],
-            "shapes": shapes,
+            "shapes": {s: d.cluster.index for s, d in self._shapes.items()},
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -363,23 +354,13 @@ class TemplateMiner:
         for tid, text, count, parent in state["templates"]:
             self._infos[tid] = TemplateInfo(tid, text, count, parent)
             self._pieces[tid] = text.split(WILD)
-        for tokens, _ in state["clusters"]:
-            self._index.add(list(tokens))
-        for cluster, (_, into) in zip(self._index.clusters, state["clusters"], strict=True):
-            if into is not None:
-                self._index.merge(cluster, self._index.clusters[into])
-            else:
-                self._live[template_id(cluster.text)] = cluster
+        self._index.restore(state["clusters"])
+        for cluster in self._index.clusters:
+            cluster.tid = template_id(cluster.text)
         for shape, index in state["shapes"].items():
             cluster = self._index.clusters[index].live()
-            tokens = shape.split(" ")
-            recipe = _recipe(tokens, cluster.tokens)
-            tid = template_id(cluster.text)
-            self._shapes[shape] = _Shape(cluster, tid, recipe, _is_identity(recipe))
-
-
-def cluster_text(cluster: Cluster) -> str:
-    return cluster.text
+            recipe = _recipe(shape.split(" "), cluster.tokens)
+            self._shapes[shape] = _Shape(cluster, cluster.tid, recipe, _is_identity(recipe))
 
 
 def _assemble(
