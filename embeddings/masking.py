@@ -41,7 +41,8 @@ _PARTS: list[tuple[str, str]] = [
         r"\b\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2})?(?:[.,]\d+)?)?"
         r"(?:Z|[+-]\d{2}:?\d{2})?\b",
     ),
-    ("ipv4", r"\b\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?::\d{1,5})?\b"),
+    # IPv4 with optional port; a reverse-DNS style host name glued after it stays in it
+    ("ipv4", r"\b\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?:\.[\w-]+)*(?::\d{1,5})?\b"),
     # "Sun Jul 10 03:55:15 2005", "Jul  1 07:57:30", "10/Oct/2000:13:55:36"
     (
         "namedate",
@@ -71,11 +72,11 @@ _PARTS: list[tuple[str, str]] = [
         r"\b\d+(?:\.\d+)?(?:ns|us|ms|s|sec|secs|min|mins|h|hr|hrs|d|[kKmMgGtTpP]i?[bB]?|"
         r"[bB]|bytes|KB|MB|GB|TB)\b",
     ),
-    ("hexnum", rf"\b0[xX]{_HEX}+\b"),
+    ("hexnum", rf"\b0[xX]{_HEX}+\b|\b{_HEX}{{8,}}\b"),
     # a word made of hex digits with at least one decimal digit (ids, hashes, numbers)
     ("hexword", rf"\b-?{_HEX}*\d{_HEX}*(?:\.\d+)?\b"),
     # digits glued after letters or underscores (blk_123, node-17, user42)
-    ("suffixnum", r"(?:_-?|-)\d+\b|\d{3,}"),
+    ("suffixnum", r"(?:_-?|-)\d+(?:\.\d+)?\b|\d{3,}"),
 ]
 
 PATTERN = "|".join(f"(?:{p})" for _, p in _PARTS)
