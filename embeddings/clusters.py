@@ -79,6 +79,15 @@ def _with_wild(key: tuple[str, ...], positions: frozenset[int]) -> tuple[str, ..
 
 
 @dataclass
+class _Siblings:
+    """Clusters that differ only at one position (their shared key has it wild)."""
+
+    literals: int  # literal tokens of the shared key
+    members: list[Cluster] = field(default_factory=list)
+    varlike: bool = False  # some member's value there is variable-like
+
+
+@dataclass
 class ClusterIndex:
     """Clusters by key; see the module docstring."""
 
@@ -89,7 +98,7 @@ class ClusterIndex:
     # length -> sets of merged wild positions, most specific first
     _wildsets: dict[int, list[frozenset[int]]] = field(default_factory=dict)
     # sibling key (one more position wild) -> clusters differing only there
-    _siblings: dict[tuple[str, ...], list[Cluster]] = field(default_factory=dict)
+    _siblings: dict[tuple[str, ...], _Siblings] = field(default_factory=dict)
     # (old text, cluster) for every widening/merge since the miner last drained them
     events: list[tuple[str, Cluster]] = field(default_factory=list)
 
@@ -123,7 +132,12 @@ class ClusterIndex:
         self._by_key[key] = cluster
         for i, t in enumerate(key):
             if t != WILD:
-                self._siblings.setdefault(key[:i] + (WILD,) + key[i + 1 :], []).append(cluster)
+                sib = key[:i] + (WILD,) + key[i + 1 :]
+                group = self._siblings.get(sib)
+                if group is None:
+                    group = self._siblings[sib] = _Siblings(sum(1 for x in sib if x != WILD))
+                group.members.append(cluster)
+                group.varlike = group.varlike or variable_like(t)
         return cluster
 
     def _maybe_merge(self, cluster: Cluster) -> Cluster:
@@ -133,18 +147,21 @@ class ClusterIndex:
             if t == WILD:
                 continue
             sib = key[:i] + (WILD,) + key[i + 1 :]
-            live = [c for c in self._siblings.get(sib, ()) if c.merged_into is None]
-            if self._should_merge(live, i, sib):
+            group = self._siblings.get(sib)
+            if group is None or not self._may_merge(group):
+                continue
+            live = [c for c in group.members if c.merged_into is None]
+            group.members = live
+            if len(live) >= 2 and self._may_merge(group):
                 return self._merge(live, sib)
         return cluster
 
-    def _should_merge(self, live: list[Cluster], i: int, sib: tuple[str, ...]) -> bool:
-        if len(live) < 2:
-            return False
-        if any(variable_like(c.key[i]) for c in live):
-            return True
-        literals = sum(1 for t in sib if t != WILD)
-        return len(live) >= self.cfg.merge_values and literals >= self.cfg.min_literals
+    def _may_merge(self, group: _Siblings) -> bool:
+        """Enough distinct values (counting members that may have merged elsewhere)."""
+        n = len(group.members)
+        if group.varlike:
+            return n >= 2
+        return n >= self.cfg.merge_values and group.literals >= self.cfg.min_literals
 
     def _merge(self, members: list[Cluster], key: tuple[str, ...]) -> Cluster:
         """Merge ``members`` into the cluster of ``key`` (made when there is none)."""

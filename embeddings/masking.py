@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -81,6 +82,7 @@ _PARTS: list[tuple[str, str]] = [
 
 PATTERN = "|".join(f"(?:{p})" for _, p in _PARTS)
 REGEX = re.compile(PATTERN, re.ASCII)
+_MARK_BYTES = re.compile(re.escape(MARK.encode()))
 
 
 def spans(message: str) -> list[tuple[int, int]]:
@@ -101,6 +103,16 @@ def mark_arrow(arr: pa.Array) -> pa.Array:
     handled per line (see :func:`has_mark`).
     """
     return pc.replace_substring_regex(arr, pattern=PATTERN, replacement=MARK + r"\0" + MARK)
+
+
+def any_mark(arr: pa.StringArray) -> bool:
+    """Whether any line of a string array contains MARK (one memchr-like scan)."""
+    _, offsets, data = arr.buffers()
+    if data is None or len(arr) == 0:
+        return False
+    bounds = np.frombuffer(offsets, dtype=np.int32)[[arr.offset, arr.offset + len(arr)]]
+    start, end = int(bounds[0]), int(bounds[1])
+    return _MARK_BYTES.search(memoryview(data)[start:end]) is not None
 
 
 def has_mark(arr: pa.Array) -> pa.Array:

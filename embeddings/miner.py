@@ -30,6 +30,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,42 +189,33 @@ class TemplateMiner:
         """Mine a pyarrow string array; parameters as a pyarrow ``list<string>`` array."""
         if isinstance(arr, pa.ChunkedArray):
             arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
-        if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        if pa.types.is_large_string(arr.type):
+            arr = arr.cast(pa.string())
+        if not pa.types.is_string(arr.type):
             raise InvalidInput(f"messages must be strings, got {arr.type}")
         if arr.null_count:
             arr = pc.fill_null(arr, "")
         with self._lock:
-            special = masking.has_mark(arr)
-            if pc.any(special).as_py():
-                return self._mine_mixed(arr, special)
+            if masking.any_mark(arr):
+                return self._mine_mixed(arr, masking.has_mark(arr))
             return self._mine_fast(arr)
 
     def _mine_fast(self, arr: pa.Array) -> MinedBatch:
-        split = pc.split_pattern(masking.mark_arrow(arr), MARK)
-        offsets = split.offsets.to_numpy()
-        offsets = offsets - offsets[0]
-        flat = split.flatten()
-        lengths = np.diff(offsets)
-        local = np.arange(len(flat), dtype=np.int64) - np.repeat(offsets[:-1], lengths)
-        odd = (local & 1).astype(bool)
-        values = flat.filter(pa.array(odd))
-        nvals = (lengths - 1) // 2
-        val_offsets = np.zeros(len(arr) + 1, dtype=np.int64)
-        np.cumsum(nvals, out=val_offsets[1:])
-        lits = pa.ListArray.from_arrays(
-            pa.array(offsets - np.concatenate(([0], np.cumsum(nvals))), type=pa.int32()),
-            flat.filter(pa.array(~odd)),
+        """Vectorised mining: Python runs once per distinct masked shape only."""
+        chunks = _chunks(arr)
+        splits = list(_pool().map(_split, chunks)) if len(chunks) > 1 else [_split(arr)]
+        parts = []
+        for sp in splits:  # in input order: first appearances are learnt in order
+            decisions = [self._decide(s) for s in sp.shapes.dictionary.to_pylist()]
+            self._count(decisions, sp.codes)
+            parts.append((decisions, sp))
+        if len(parts) == 1:
+            return _output(*parts[0])
+        outs = list(_pool().map(lambda part: _output(*part), parts))
+        return MinedBatch(
+            np.concatenate([o.template_ids for o in outs]),
+            pa.concat_arrays([o.params for o in outs]),
         )
-        shapes = pc.binary_join(lits, MARK).dictionary_encode()
-        codes = shapes.indices.to_numpy(zero_copy_only=False)
-        decisions = [self._decide(s) for s in shapes.dictionary.to_pylist()]
-        self._count(decisions, codes)
-        tids = np.array([d.tid for d in decisions], dtype=np.uint64)[codes]
-        if all(d.identity for d in decisions):
-            params = pa.ListArray.from_arrays(pa.array(val_offsets, type=pa.int32()), values)
-        else:
-            params = _assemble(decisions, codes, values, val_offsets)
-        return MinedBatch(tids, params)
 
     def _mine_mixed(self, arr: pa.Array, special: pa.Array) -> MinedBatch:
         """Batch where some lines contain MARK: those go line by line in Python."""
@@ -361,6 +353,65 @@ class TemplateMiner:
             cluster = self._index.clusters[index].live()
             recipe = _recipe(shape.split(" "), cluster.tokens)
             self._shapes[shape] = _Shape(cluster, cluster.tid, recipe, _is_identity(recipe))
+
+
+# Batches at least this long are split across the worker threads (pyarrow releases the GIL).
+PARALLEL_MIN_LINES = 65536
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1)), "mohlog-miner")
+    return _POOL
+
+
+def _chunks(arr: pa.Array) -> list[pa.Array]:
+    workers = _pool()._max_workers
+    if workers < 2 or len(arr) < PARALLEL_MIN_LINES:
+        return [arr]
+    step = -(-len(arr) // workers)
+    return [arr.slice(i, step) for i in range(0, len(arr), step)]
+
+
+@dataclass
+class _Split:
+    """The vectorised part of mining one chunk."""
+
+    values: pa.Array  # every masked value of every line, flat
+    val_offsets: np.ndarray  # line i's values are values[val_offsets[i]:val_offsets[i+1]]
+    shapes: pa.DictionaryArray  # masked shape of each line
+    codes: np.ndarray  # shapes.indices as numpy
+
+
+def _split(arr: pa.Array) -> _Split:
+    split = pc.split_pattern(masking.mark_arrow(arr), MARK)
+    offsets = split.offsets.to_numpy()
+    offsets = offsets - offsets[0]
+    flat = split.flatten()
+    lengths = np.diff(offsets)
+    local = np.arange(len(flat), dtype=np.int64) - np.repeat(offsets[:-1], lengths)
+    odd = (local & 1).astype(bool)
+    nvals = (lengths - 1) // 2
+    val_offsets = np.zeros(len(arr) + 1, dtype=np.int64)
+    np.cumsum(nvals, out=val_offsets[1:])
+    lits = pa.ListArray.from_arrays(
+        pa.array(offsets - np.concatenate(([0], val_offsets[1:])), type=pa.int32()),
+        flat.filter(pa.array(~odd)),
+    )
+    shapes = pc.binary_join(lits, MARK).dictionary_encode()
+    codes = shapes.indices.to_numpy(zero_copy_only=False)
+    return _Split(flat.filter(pa.array(odd)), val_offsets, shapes, codes)
+
+
+def _output(decisions: list[_Shape], sp: _Split) -> MinedBatch:
+    tids = np.array([d.tid for d in decisions], dtype=np.uint64)[sp.codes]
+    if all(d.identity for d in decisions):
+        params = pa.ListArray.from_arrays(pa.array(sp.val_offsets, type=pa.int32()), sp.values)
+    else:
+        params = _assemble(decisions, sp.codes, sp.values, sp.val_offsets)
+    return MinedBatch(tids, params)
 
 
 def _assemble(
