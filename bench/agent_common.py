@@ -133,15 +133,34 @@ def hub_get(hub: Hub, path: str, params: list[tuple[str, str]] | None = None,
 
 
 def hub_export(hub: Hub, filters: list[str], start: str = "-1d") -> Iterator[dict[str, Any]]:
-    """Every stored record matching ``filters`` (``f=`` expressions) via the NDJSON export."""
+    """Every stored record matching ``filters`` (``f=`` expressions): the NDJSON export,
+    or paging through ``GET /api/v1/logs`` when the hub has no export route."""
     params = [("format", "ndjson"), ("start", start)] + [("f", f) for f in filters]
-    query = urllib.parse.urlencode(params)
-    req = urllib.request.Request(f"{hub.url}/api/v1/export?{query}",
+    req = urllib.request.Request(f"{hub.url}/api/v1/export?{urllib.parse.urlencode(params)}",
                                  headers={"Authorization": f"Bearer {hub.token}"})
-    with urllib.request.urlopen(req, timeout=600) as resp:
+    try:
+        resp = urllib.request.urlopen(req, timeout=600)
+    except urllib.error.HTTPError as err:
+        if err.code not in (404, 405):
+            raise
+        yield from hub_pages(hub, filters, start)
+        return
+    with resp:
         for line in resp:
             if line.strip():
                 yield json.loads(line)
+
+
+def hub_pages(hub: Hub, filters: list[str], start: str) -> Iterator[dict[str, Any]]:
+    cursor: str | None = None
+    while True:
+        params = [("start", start), ("limit", "10000"), ("sort", "asc")]
+        params += [("f", f) for f in filters] + ([("cursor", cursor)] if cursor else [])
+        page = json.loads(hub_get(hub, "/api/v1/logs", params))
+        yield from page["records"]
+        cursor = page.get("next_cursor")
+        if not cursor or not page["records"]:
+            return
 
 
 def hub_ids(hub: Hub, filters: list[str]) -> list[str]:
