@@ -38,7 +38,7 @@ class ClusterConfig:
     min_literals: int = 3
 
 
-@dataclass
+@dataclass(slots=True)
 class Cluster:
     """One template: its display tokens (``<*>`` where wild) and its lookup key."""
 
@@ -47,10 +47,17 @@ class Cluster:
     index: int = 0
     tid: int = 0  # id of the current text (kept by the miner)
     merged_into: Cluster | None = None  # set when this template merged into another
+    groups: list[_Siblings] = field(default_factory=list)  # sibling groups it belongs to
 
     @property
     def text(self) -> str:
         return " ".join(self.tokens)
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
 
     def live(self) -> Cluster:
         """The cluster that now holds this one's lines."""
@@ -78,13 +85,16 @@ def _with_wild(key: tuple[str, ...], positions: frozenset[int]) -> tuple[str, ..
     return tuple(WILD if i in positions else t for i, t in enumerate(key))
 
 
-@dataclass
 class _Siblings:
     """Clusters that differ only at one position (their shared key has it wild)."""
 
-    literals: int  # literal tokens of the shared key
-    members: list[Cluster] = field(default_factory=list)
-    varlike: bool = False  # some member's value there is variable-like
+    __slots__ = ("key", "literals", "members", "varlike")
+
+    def __init__(self, key: tuple[str, ...], literals: int) -> None:
+        self.key = key  # the shared key
+        self.literals = literals  # literal tokens of the shared key
+        self.members: list[Cluster] = []
+        self.varlike = False  # some member's value there is variable-like
 
 
 @dataclass
@@ -98,7 +108,7 @@ class ClusterIndex:
     # length -> sets of merged wild positions, most specific first
     _wildsets: dict[int, list[frozenset[int]]] = field(default_factory=dict)
     # sibling key (one more position wild) -> clusters differing only there
-    _siblings: dict[tuple[str, ...], _Siblings] = field(default_factory=dict)
+    _siblings: dict[tuple[str, ...], _Siblings | Cluster] = field(default_factory=dict)
     # (old text, cluster) for every widening/merge since the miner last drained them
     events: list[tuple[str, Cluster]] = field(default_factory=list)
 
@@ -130,30 +140,36 @@ class ClusterIndex:
         cluster = Cluster(tokens=tokens, key=key, index=len(self.clusters))
         self.clusters.append(cluster)
         self._by_key[key] = cluster
+        literals = len(key) - key.count(WILD) - 1
+        siblings = self._siblings
         for i, t in enumerate(key):
-            if t != WILD:
-                sib = key[:i] + (WILD,) + key[i + 1 :]
-                group = self._siblings.get(sib)
-                if group is None:
-                    group = self._siblings[sib] = _Siblings(sum(1 for x in sib if x != WILD))
-                group.members.append(cluster)
-                group.varlike = group.varlike or variable_like(t)
+            if t == WILD:
+                continue
+            sib = (*key[:i], WILD, *key[i + 1 :])
+            group = siblings.get(sib)
+            if group is None:  # a lone cluster is stored as itself (fewer objects)
+                siblings[sib] = cluster
+                continue
+            if isinstance(group, Cluster):
+                first = group
+                group = siblings[sib] = _Siblings(sib, literals)
+                group.members.append(first)
+                group.varlike = variable_like(first.key[i])
+            group.members.append(cluster)
+            if not group.varlike and variable_like(t):
+                group.varlike = True
+            cluster.groups.append(group)
         return cluster
 
     def _maybe_merge(self, cluster: Cluster) -> Cluster:
         """Merge ``cluster`` with its siblings at a position that has enough values."""
-        key = cluster.key
-        for i, t in enumerate(key):
-            if t == WILD:
-                continue
-            sib = key[:i] + (WILD,) + key[i + 1 :]
-            group = self._siblings.get(sib)
-            if group is None or not self._may_merge(group):
+        for group in cluster.groups:
+            if not self._may_merge(group):
                 continue
             live = [c for c in group.members if c.merged_into is None]
             group.members = live
             if len(live) >= 2 and self._may_merge(group):
-                return self._merge(live, sib)
+                return self._merge(live, group.key)
         return cluster
 
     def _may_merge(self, group: _Siblings) -> bool:

@@ -26,11 +26,13 @@ are then assembled with numpy/pyarrow take operations.
 
 from __future__ import annotations
 
+import gc
 import os
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +56,7 @@ from mohlog.errors import CorruptData, InvalidInput, NotFound
 STATE_VERSION = 1
 # A recipe: for each template parameter, its pieces — an int is the index of a masked
 # value of the line, a str is constant text of the shape.
-Recipe = list[list[int | str]]
+Recipe = tuple[tuple[int | str, ...], ...]
 
 
 @dataclass
@@ -75,7 +77,7 @@ class MinedBatch:
     params: Any  # list[list[str]] from mine(); pyarrow ListArray<string> from mine_arrow()
 
 
-@dataclass
+@dataclass(slots=True)
 class _Shape:
     """Cached decision for one masked shape."""
 
@@ -92,12 +94,16 @@ def template_id(text: str) -> int:
 
 def _recipe(shape_tokens: list[str], template: list[str]) -> Recipe:
     """How each template parameter is built from the shape's tokens and masked values."""
-    out: Recipe = []
+    out: list[tuple[int | str, ...]] = []
     var = 0
     for s, t in zip(shape_tokens, template, strict=True):
+        if MARK not in s:
+            if t != s:  # a wildcard over a constant token
+                out.append((s,))
+            continue
         marks = s.count(MARK)
-        if t == s.replace(MARK, WILD):
-            out.extend([[var + k] for k in range(marks)])
+        if s == MARK or t == s.replace(MARK, WILD):
+            out.extend((var + k,) for k in range(marks))
         else:  # t is a whole-token wildcard covering s
             pieces: list[int | str] = []
             for k, lit in enumerate(s.split(MARK)):
@@ -105,9 +111,9 @@ def _recipe(shape_tokens: list[str], template: list[str]) -> Recipe:
                     pieces.append(var + k - 1)
                 if lit:
                     pieces.append(lit)
-            out.append(pieces or [""])
+            out.append(tuple(pieces))
         var += marks
-    return out
+    return tuple(out)
 
 
 def _is_identity(recipe: Recipe) -> bool:
@@ -195,7 +201,7 @@ class TemplateMiner:
             raise InvalidInput(f"messages must be strings, got {arr.type}")
         if arr.null_count:
             arr = pc.fill_null(arr, "")
-        with self._lock:
+        with self._lock, _no_gc():
             if masking.any_mark(arr):
                 return self._mine_mixed(arr, masking.has_mark(arr))
             return self._mine_fast(arr)
@@ -353,6 +359,19 @@ class TemplateMiner:
             cluster = self._index.clusters[index].live()
             recipe = _recipe(shape.split(" "), cluster.tokens)
             self._shapes[shape] = _Shape(cluster, cluster.tid, recipe, _is_identity(recipe))
+
+
+@contextmanager
+def _no_gc() -> Iterator[None]:
+    """Pause the cyclic GC while mining: learning creates many small long-lived objects and
+    the collector's passes over them halved the learning rate. Nothing mined is a cycle."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 # Batches at least this long are split across the worker threads (pyarrow releases the GIL).
