@@ -11,6 +11,9 @@ Two workloads:
   words, numbers, ids), each seen 4 times, shuffled, mined from an empty state in batches
   of ``--batch`` lines — a quarter of the lines bring a template never seen before.
 
+drain3 is slow on these lines, so it runs on the first ``--peer-known`` /
+``--peer-learning`` lines of the same corpora (a prefix: fewer templates, which favours it).
+
 Each figure is the median of ``--runs`` runs. Usage:
   .venv/bin/python bench/miner_throughput.py [--lines 1000000] [--runs 3]
 """
@@ -87,25 +90,40 @@ def median_rate(n: int, runs: int, fn: Callable[[], object]) -> float:
     return n / statistics.median(timed(fn) for _ in range(runs))
 
 
-def bench_known(lines: list[str], runs: int, batch: int) -> dict[str, float]:
+def one_thread(fn: Callable[[], float]) -> float:
+    """Run with the miner's chunk threads off (every batch mined in one chunk)."""
+    from embeddings import miner as miner_mod
+
+    saved = miner_mod.PARALLEL_MIN_LINES
+    miner_mod.PARALLEL_MIN_LINES = 1 << 62
+    try:
+        return fn()
+    finally:
+        miner_mod.PARALLEL_MIN_LINES = saved
+
+
+def bench_known(lines: list[str], runs: int, batch: int, peer: int) -> dict[str, float]:
     arr = pa.array(lines, type=pa.string())
     miner = TemplateMiner(None)
     miner.mine_arrow(arr)  # learn
     batches = [arr.slice(i, batch) for i in range(0, len(arr), batch)]
     out = {
         "ours mine_arrow, one call": median_rate(len(arr), runs, lambda: miner.mine_arrow(arr)),
+        "ours mine_arrow, one call, one thread": one_thread(
+            lambda: median_rate(len(arr), runs, lambda: miner.mine_arrow(arr))
+        ),
         f"ours mine_arrow, batches of {batch}": median_rate(
             len(arr), runs, lambda: [miner.mine_arrow(b) for b in batches]
         ),
     }
-    sub = lines[: min(len(lines), 200_000)]
+    sub = lines[: min(len(lines), peer)]
     out[f"ours mine (list in/out, {len(sub)} lines)"] = median_rate(
         len(sub), runs, lambda: miner.mine(sub)
     )
     from drain3 import TemplateMiner as Drain3
 
     d3 = Drain3()
-    for line in lines:
+    for line in sub:  # learn first, as ours did
         d3.add_log_message(line)
     out[f"drain3 add_log_message ({len(sub)} lines)"] = median_rate(
         len(sub), runs, lambda: [d3.add_log_message(x) for x in sub]
@@ -116,7 +134,7 @@ def bench_known(lines: list[str], runs: int, batch: int) -> dict[str, float]:
     return out
 
 
-def bench_learning(lines: list[str], runs: int, batch: int) -> dict[str, float]:
+def bench_learning(lines: list[str], runs: int, batch: int, peer: int) -> dict[str, float]:
     arr = pa.array(lines, type=pa.string())
 
     def ours() -> None:
@@ -128,12 +146,14 @@ def bench_learning(lines: list[str], runs: int, batch: int) -> dict[str, float]:
         from drain3 import TemplateMiner as Drain3
 
         d3 = Drain3()
-        for line in lines:
+        for line in lines[:peer]:
             d3.add_log_message(line)
 
     return {
         f"ours mine_arrow, batches of {batch}": median_rate(len(lines), runs, ours),
-        "drain3 add_log_message": median_rate(len(lines), runs, drain3),
+        f"drain3 add_log_message (first {min(peer, len(lines))} lines)": median_rate(
+            min(peer, len(lines)), runs, drain3
+        ),
     }
 
 
@@ -143,17 +163,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--templates", type=int, default=50_000, help="new templates to learn")
     ap.add_argument("--batch", type=int, default=100_000, help="lines per mine call")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--peer-known", type=int, default=100_000, help="drain3 known lines")
+    ap.add_argument("--peer-learning", type=int, default=10_000, help="drain3 learning lines")
     args = ap.parse_args(argv)
     import logging
 
     logging.disable(logging.WARNING)  # drain3 warns about its missing ini file
     known = known_corpus(args.lines)
     print(f"known templates: {len(known)} lines (median of {args.runs} runs)")
-    for name, rate in bench_known(known, args.runs, args.batch).items():
+    for name, rate in bench_known(known, args.runs, args.batch, args.peer_known).items():
         print(f"  {name:<45} {rate:>12,.0f} lines/s")
     learn = learning_corpus(args.templates)
     print(f"learning: {len(learn)} lines, {args.templates} new templates x4, shuffled")
-    for name, rate in bench_learning(learn, args.runs, min(args.batch, 10_000)).items():
+    for name, rate in bench_learning(
+        learn, args.runs, min(args.batch, 10_000), args.peer_learning
+    ).items():
         print(f"  {name:<45} {rate:>12,.0f} lines/s")
     return 0
 
