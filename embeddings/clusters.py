@@ -1,7 +1,8 @@
 """Online grouping of masked message shapes into templates (one global configuration).
 
 A *shape* is a message whose masked values are replaced by ``MARK``; its tokens are the
-pieces between single spaces (runs of spaces give empty tokens, so nothing is lost).
+pieces between spaces, extra spaces leading the next token (see :func:`tokenize`), so
+joining them with one space gives the shape back exactly.
 
 Grouping, all by hashing (no scan over the known templates):
 
@@ -21,6 +22,7 @@ old ids stay renderable and point to the new template.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from embeddings.masking import MARK, PLACEHOLDER
@@ -65,6 +67,15 @@ class Cluster:
         while c.merged_into is not None:
             c = c.merged_into
         return c
+
+
+_SPLIT = re.compile(r"(?<=[^ ]) ")
+
+
+def tokenize(shape: str) -> list[str]:
+    """Tokens of a shape: split at single spaces that follow a non-space, so extra spaces
+    lead the next token (``"a  b"`` -> ``["a", " b"]``); ``" ".join`` gives it back."""
+    return _SPLIT.split(shape)
 
 
 def variable_like(token: str) -> bool:

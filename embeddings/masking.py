@@ -71,7 +71,9 @@ _PARTS: list[tuple[str, str]] = [
     (
         "quantity",
         r"\b\d+(?:\.\d+)?(?:ns|us|ms|s|sec|secs|min|mins|h|hr|hrs|d|[kKmMgGtTpP]i?[bB]?|"
-        r"[bB]|bytes|KB|MB|GB|TB)\b",
+        r"[bB]|bytes|KB|MB|GB|TB)\b"
+        # a size with its unit after one space: "93.0 B", "5.2 KB", "4 MiB"
+        r"|\b\d+(?:\.\d+)? (?:[KMGTP]i?B|B)\b",
     ),
     ("hexnum", rf"\b0[xX]{_HEX}+\b|\b{_HEX}{{8,}}\b"),
     # a word made of hex digits with at least one decimal digit (ids, hashes, numbers)

@@ -49,6 +49,7 @@ from embeddings.clusters import (
     Cluster,
     ClusterConfig,
     ClusterIndex,
+    tokenize,
 )
 from embeddings.masking import MARK
 from mohlog.errors import CorruptData, InvalidInput, NotFound
@@ -267,7 +268,7 @@ class TemplateMiner:
         if known is not None and known.cluster.merged_into is None:
             if known.tid == known.cluster.tid:
                 return known
-        tokens = shape.split(" ")
+        tokens = tokenize(shape)
         cluster = known.cluster.live() if known is not None else self._learn(tokens)
         recipe = _recipe(tokens, cluster.tokens)
         decision = _Shape(cluster, cluster.tid, recipe, _is_identity(recipe))
@@ -357,7 +358,7 @@ class TemplateMiner:
             cluster.tid = template_id(cluster.text)
         for shape, index in state["shapes"].items():
             cluster = self._index.clusters[index].live()
-            recipe = _recipe(shape.split(" "), cluster.tokens)
+            recipe = _recipe(tokenize(shape), cluster.tokens)
             self._shapes[shape] = _Shape(cluster, cluster.tid, recipe, _is_identity(recipe))
 
 
