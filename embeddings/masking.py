@@ -54,7 +54,7 @@ _PARTS: list[tuple[str, str]] = [
         rf"|\b\d{{1,2}}[-/ ](?:{_MONTHS})[a-z]*[-/ ]\d{{2,4}}(?:[: ]\d{{2}}:\d{{2}}:\d{{2}})?\b",
     ),
     ("date", r"\b\d{1,4}[/.]\d{1,2}[/.]\d{1,4}\b"),
-    ("time", r"\b\d{1,2}:\d{2}:\d{2}(?:[.,]\d+)?\b"),
+    ("time", r"\b\d{1,2}:\d{2}(?::\d{2})?(?:[.,]\d+)?\b"),
     (
         "ipv6",
         rf"\[?\b(?:{_HEX}{{1,4}}:){{3,7}}{_HEX}{{1,4}}\b(?:\]:\d{{1,5}})?"
@@ -63,6 +63,8 @@ _PARTS: list[tuple[str, str]] = [
     ),
     # absolute paths (two or more segments), not glued to a preceding word
     ("path", r"\B/[\w.$@~+-]*(?:/[\w.$@~+-]*)+"),
+    # Windows paths (drive letter or UNC share)
+    ("winpath", r"\b[A-Za-z]:\\[^\s\"'<>|]*|\\\\[\w.$-]+\\[^\s\"'<>|]*"),
     # host or class names with three or more dotted parts, containing a digit somewhere
     ("dotted", r"\b[\w-]+(?:\.[\w-]+){2,}\b"),
     # host names under a common generic top-level domain
@@ -72,8 +74,8 @@ _PARTS: list[tuple[str, str]] = [
         "quantity",
         r"\b\d+(?:\.\d+)?(?:ns|us|ms|s|sec|secs|min|mins|h|hr|hrs|d|[kKmMgGtTpP]i?[bB]?|"
         r"[bB]|bytes|KB|MB|GB|TB)\b"
-        # a size with its unit after one space: "93.0 B", "5.2 KB", "4 MiB"
-        r"|\b\d+(?:\.\d+)? (?:[KMGTP]i?B|B)\b",
+        # a size or duration with its unit after one space: "93.0 B", "5.2 KB", "3 sec"
+        r"|\b\d+(?:\.\d+)? (?:[KMGTP]i?B|B|ms|msecs?|secs?|seconds?|mins?|minutes?)\b",
     ),
     ("hexnum", rf"\b0[xX]{_HEX}+\b|\b{_HEX}{{8,}}\b"),
     # a word made of hex digits with at least one decimal digit (ids, hashes, numbers)

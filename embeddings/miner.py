@@ -55,6 +55,9 @@ from embeddings.masking import MARK
 from mohlog.errors import CorruptData, InvalidInput, NotFound
 
 STATE_VERSION = 1
+# Distinct masked shapes remembered (shape -> template and recipe); past it the cache
+# restarts empty. Shapes are not persisted: the cluster index finds them again by key.
+SHAPE_CACHE_MAX = 1_000_000
 # A recipe: for each template parameter, its pieces — an int is the index of a masked
 # value of the line, a str is constant text of the shape.
 Recipe = tuple[tuple[int | str, ...], ...]
@@ -272,6 +275,8 @@ class TemplateMiner:
         cluster = known.cluster.live() if known is not None else self._learn(tokens)
         recipe = _recipe(tokens, cluster.tokens)
         decision = _Shape(cluster, cluster.tid, recipe, _is_identity(recipe))
+        if len(self._shapes) >= SHAPE_CACHE_MAX:
+            self._shapes.clear()  # only a cache: a shape's cluster is found again by key
         self._shapes[shape] = decision
         return decision
 
@@ -343,7 +348,6 @@ class TemplateMiner:
                 [c.tokens, c.key, c.merged_into.index if c.merged_into else None]
                 for c in self._index.clusters
             ],
-            "shapes": {s: d.cluster.index for s, d in self._shapes.items()},
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -356,10 +360,6 @@ class TemplateMiner:
         self._index.restore(state["clusters"])
         for cluster in self._index.clusters:
             cluster.tid = template_id(cluster.text)
-        for shape, index in state["shapes"].items():
-            cluster = self._index.clusters[index].live()
-            recipe = _recipe(tokenize(shape), cluster.tokens)
-            self._shapes[shape] = _Shape(cluster, cluster.tid, recipe, _is_identity(recipe))
 
 
 @contextmanager

@@ -38,6 +38,9 @@ MASK_CASES = [
     ("host db1.example.org up", "host <*> up"),
     ("rhost=68.143.156.89.nw.nuvox.net user=root", "rhost=<*> user=root"),
     ("literal <*> stays a value", "literal <*> stays a value"),
+    (r"Core: C:\Windows\winsxs\x_6.1\cbs.dll v6.1.7601.23505", "Core: <*> <*>"),
+    (r"share \\srv\pub\a.txt", "share <*>"),
+    ("size 93.0 B, free 5.2 KB in 3 sec at 10:30", "size <*>, free <*> in <*> at <*>"),
 ]
 
 
@@ -113,6 +116,29 @@ def test_variable_shaped_token_widens_at_once() -> None:
         ["connect from 1.2.3.4 () at x", "connect from 1.2.3.5 (h7.example.com) at x"]
     ).template_ids
     assert miner.resolve(int(ids[0])) == miner.resolve(int(ids[1]))
+
+
+def test_padding_spaces_do_not_split_a_template() -> None:
+    miner = TemplateMiner(None)
+    lines = ["took  5 ms for job", "took 15 ms for job", "took 150 ms for job"]
+    batch = miner.mine(lines)
+    assert len({miner.resolve(int(t)) for t in batch.template_ids}) == 1
+    for line, tid, params in zip(lines, batch.template_ids, batch.params, strict=True):
+        assert miner.render(int(tid), params) == line
+
+
+def test_shape_cache_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from embeddings import miner as miner_mod
+
+    lines = [f"job {w} done in {i} ms" for i, w in enumerate("ab cd ef gh ij kl".split())]
+    ref = TemplateMiner(None)
+    want = [ref.resolve(int(t)) for t in ref.mine(lines).template_ids]
+    monkeypatch.setattr(miner_mod, "SHAPE_CACHE_MAX", 2)
+    small = TemplateMiner(None)
+    got = small.mine(lines * 3)
+    assert [small.resolve(int(t)) for t in got.template_ids] == want * 3
+    for line, tid, params in zip(lines * 3, got.template_ids, got.params, strict=True):
+        assert small.render(int(tid), params) == line
 
 
 def test_persistence_and_id_stability(tmp_path: Path) -> None:
