@@ -130,7 +130,8 @@ class ClusterIndex:
         cluster = self._find(key)
         if cluster is None:
             cluster = self._new(display, key)
-            return self._maybe_merge(cluster)
+            self._absorb_narrower(cluster)
+            return self._maybe_merge(cluster.live()).live()
         wider = widened(cluster.tokens, display)
         if wider is not None:
             self.events.append((cluster.text, cluster))
@@ -145,7 +146,28 @@ class ClusterIndex:
             found = self._by_key.get(_with_wild(key, wild))
             if found is not None:
                 return found
+        # a value-like token (" <*>", "(<*>)") where a known template has a plain <*>
+        for i, t in enumerate(key):
+            if t != WILD and variable_like(t):
+                found = self._by_key.get((*key[:i], WILD, *key[i + 1 :]))
+                if found is not None:
+                    return found
         return None
+
+    def _absorb_narrower(self, cluster: Cluster) -> None:
+        """Merge into a new cluster the ones that differ from it only by having a
+        value-like token where it has a plain ``<*>``."""
+        group = self._siblings.get(cluster.key)
+        members = [group] if isinstance(group, Cluster) else group.members if group else []
+        narrower = [
+            m for m in members
+            if m.merged_into is None and m is not cluster and any(
+                a != b and b == WILD and variable_like(a)
+                for a, b in zip(m.key, cluster.key, strict=True)
+            )
+        ]
+        if narrower:
+            self._merge(narrower, cluster.key)
 
     def _new(self, tokens: list[str], key: tuple[str, ...]) -> Cluster:
         cluster = Cluster(tokens=tokens, key=key, index=len(self.clusters))
