@@ -1,0 +1,520 @@
+"""The eBPF source: kernel events from tracepoint probes (bpf/*.c) as log entries.
+
+Each probe (``PROBES``) is compiled as its own BPF object from its group's file in bpf/
+with ``-DPROBE_<NAME>`` (bcc compiles one in ~0.2 s), so a probe that cannot compile,
+attach or find its tracepoint fails alone: the reason is logged and kept in ``stats()``,
+and the others run. Kernel struct offsets come from BTF (agent/btf.py) as -D macros.
+
+Every probe writes to its own BPF ring buffer, which this module reads itself through
+mmap (the layout of libbpf's ring_buffer__consume: consumer page, producer page, data
+mapped twice), from one thread that waits on all of them with epoll. Records are decoded
+in place from the mmap (agent/sources/ebpf_decode.py) and handed on in batches, so there is
+no per-record ctypes callback. Failed reserves in the kernel are counted per event type in
+each object's ``mh_drops`` map; ``stats()`` reports them per probe.
+
+The ``syscall_errors`` probe has no ring buffer traffic: its map is drained every
+``syscall_errors_interval_s``. The ``printk`` probe is /dev/kmsg (agent/sources/kmsg.py),
+read in the same loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import select
+import struct
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent import btf
+from agent.sources import ebpf_decode as dec
+from agent.sources.base import Emit, Source
+from agent.sources.kmsg import KmsgReader
+from mohlog import log
+from mohlog.errors import MohlogError
+
+BPF_DIR = Path(__file__).resolve().parent.parent.parent / "bpf"
+_BUSY, _DISCARD = 1 << 31, 1 << 30
+_U32, _U64 = struct.Struct("<I"), struct.Struct("<Q")
+
+
+class EbpfError(MohlogError):
+    """The eBPF source cannot run at all (bcc missing, not root, bad config)."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One switchable probe: its BPF file, tracepoints (macro, default, function) and event."""
+
+    name: str
+    file: str
+    event: int
+    tracepoints: tuple[tuple[str, str, str], ...]
+    default: bool
+    ring_mb: int
+    description: str
+
+
+PROBES: tuple[Probe, ...] = (
+    Probe("exec", "mohlog.c", dec.EV_EXEC,
+          (("TP_EXEC", "sched:sched_process_exec", "mh_exec"),), True, 16,
+          "process exec: filename, argv (bounded), ppid, uid, cgroup id"),
+    Probe("exit", "mohlog.c", dec.EV_EXIT,
+          (("TP_EXIT", "sched:sched_process_exit", "mh_exit"),), True, 8,
+          "process exit: exit code, signal, lifetime (one per process)"),
+    Probe("fork", "mohlog.c", dec.EV_FORK,
+          (("TP_FORK", "task:task_newtask", "mh_fork"),), True, 8,
+          "fork/clone of a process (threads skipped unless fork_threads)"),
+    Probe("oom", "mohlog.c", dec.EV_OOM,
+          (("TP_OOM", "oom:mark_victim", "mh_oom"),), True, 1,
+          "OOM kill: victim pid, comm, memory figures"),
+    Probe("signal", "mohlog.c", dec.EV_SIGNAL,
+          (("TP_SIGNAL", "signal:signal_generate", "mh_signal"),), True, 2,
+          "signals sent (fatal ones by default): sender, target, signal, result"),
+    Probe("tcp_state", "mohlog.c", dec.EV_TCP_STATE,
+          (("TP_TCP_STATE", "sock:inet_sock_set_state", "mh_tcp_state"),), True, 8,
+          "TCP connect, accept, close (with duration), listen"),
+    Probe("tcp_retransmit", "mohlog.c", dec.EV_TCP_RETRANSMIT,
+          (("TP_TCP_RETRANSMIT", "tcp:tcp_retransmit_skb", "mh_tcp_retransmit"),), True, 2,
+          "TCP retransmits"),
+    Probe("tcp_reset", "mohlog.c", dec.EV_TCP_RESET,
+          (("TP_TCP_SEND_RESET", "tcp:tcp_send_reset", "mh_tcp_send_reset"),
+           ("TP_TCP_RECEIVE_RESET", "tcp:tcp_receive_reset", "mh_tcp_receive_reset")),
+          True, 1, "TCP resets sent and received"),
+    Probe("open_fail", "mohlog.c", dec.EV_OPEN_FAIL,
+          (("TP_OPENAT_ENTER", "syscalls:sys_enter_openat", "mh_openat_enter"),
+           ("TP_OPENAT_EXIT", "syscalls:sys_exit_openat", "mh_openat_exit"),
+           ("TP_OPENAT2_ENTER", "syscalls:sys_enter_openat2", "mh_openat2_enter"),
+           ("TP_OPENAT2_EXIT", "syscalls:sys_exit_openat2", "mh_openat2_exit")), True, 32,
+          "failed opens (openat, openat2): path and errno"),
+    Probe("syscall_errors", "mohlog.c", dec.EV_SYSCALL_ERRORS,
+          (("TP_SYS_EXIT", "raw_syscalls:sys_exit", "mh_sys_exit"),), True, 0,
+          "failed syscalls counted in the kernel per (process, syscall, errno), drained "
+          "every interval into one record per key"),
+    Probe("printk", "", 0, (), True, 0, "the kernel log (/dev/kmsg) with priorities"),
+)
+PROBE_NAMES = tuple(p.name for p in PROBES)
+FATAL_SIGNALS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 15, 24, 25, 31)
+# HUP INT QUIT ILL TRAP ABRT BUS FPE KILL SEGV PIPE TERM XCPU XFSZ SYS
+
+
+@dataclass
+class EbpfConfig:
+    """Settings of the eBPF source (the agent config's ``ebpf`` section)."""
+
+    # Probes to load by name (see list_probes()); None = every probe that is on by default.
+    probes: list[str] | None = None
+    # Processes (tgids) whose events are dropped in the kernel; the agent's own always is.
+    exclude_pids: list[int] = field(default_factory=list)
+    # Command names (comm, at most 15 chars) whose events are dropped in the kernel.
+    exclude_comms: list[str] = field(default_factory=list)
+    # cgroup v2 ids or cgroup directory paths whose events are dropped in the kernel.
+    exclude_cgroups: list[int | str] = field(default_factory=list)
+    # Ring buffer size in MB per probe name, overriding the probe's default (power of 2).
+    ringbuf_mb: dict[str, int] = field(default_factory=dict)
+    # Bytes of the argument area read per exec (power of 2, 64..4096).
+    argv_bytes: int = 512
+    # Signals reported: "fatal" (default action ends the process), "all", or numbers.
+    signals: str | list[int] = "fatal"
+    # Report new threads (clone with CLONE_THREAD) as fork events too.
+    fork_threads: bool = False
+    # Report every TCP state transition, not only connect/accept/close/listen.
+    tcp_all_states: bool = False
+    # Seconds between drains of the in-kernel syscall error counts (one record per key).
+    syscall_errors_interval_s: float = 1.0
+    # Most distinct (process, syscall, errno) keys per interval; more are counted as drops.
+    syscall_errors_max_keys: int = 16384
+    # Tracepoint replacements "category:event" -> "category:event" (renamed on a kernel).
+    tracepoints: dict[str, str] = field(default_factory=dict)
+    # Directory for the BTF offset cache and the kmsg position (None: no cache, no resume).
+    state_dir: str | None = None
+    # With no saved kmsg position: read the whole kernel log buffer instead of new records.
+    kmsg_from_start: bool = False
+    # Most entries handed to emit() per call.
+    batch_max: int = 8192
+    # Milliseconds the reader waits for events when idle.
+    poll_timeout_ms: int = 100
+    # Where tracefs is mounted (tracepoint existence and formats).
+    tracefs: str = "/sys/kernel/tracing"
+
+
+def list_probes() -> list[dict[str, Any]]:
+    """Every probe: name, tracepoints, on by default, description (``--list-probes``)."""
+    return [{"name": p.name, "tracepoints": [tp for _m, tp, _f in p.tracepoints]
+             or ["/dev/kmsg"], "default": p.default, "description": p.description}
+            for p in PROBES]
+
+
+def enabled_probes(cfg: EbpfConfig) -> list[Probe]:
+    names = cfg.probes if cfg.probes is not None else [p.name for p in PROBES if p.default]
+    unknown = [n for n in names if n not in PROBE_NAMES]
+    if unknown:
+        raise EbpfError(f"unknown probe(s) {unknown}; known: {list(PROBE_NAMES)}")
+    return [p for p in PROBES if p.name in names]
+
+
+def signal_mask(signals: str | list[int]) -> int:
+    if signals == "all":
+        return (1 << 64) - 2
+    nums = FATAL_SIGNALS if signals == "fatal" else signals
+    if isinstance(nums, str) or not all(isinstance(n, int) and 0 < n < 64 for n in nums):
+        raise EbpfError(f"signals must be 'fatal', 'all' or numbers 1..63, not {signals!r}")
+    return sum(1 << n for n in nums)
+
+
+def _power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def tracepoint_of(cfg: EbpfConfig, default: str) -> str:
+    return cfg.tracepoints.get(default, default)
+
+
+def probe_cflags(cfg: EbpfConfig, probe: Probe, offsets: dict[str, int]) -> list[str]:
+    """The compiler flags of one probe's BPF object."""
+    ring_mb = cfg.ringbuf_mb.get(probe.name, probe.ring_mb)
+    pages = max(ring_mb * (1 << 20) // mmap.PAGESIZE, 1)
+    flags = [f"-I{BPF_DIR / 'include'}", *btf.cflags(offsets), f"-DAGENT_TGID={os.getpid()}",
+             f"-DRINGBUF_PAGES={pages}", f"-DPROBE_{probe.name.upper()}",
+             f"-DARGV_BYTES={cfg.argv_bytes}", f"-DSIGNAL_MASK={signal_mask(cfg.signals)}ULL",
+             f"-DSYSCALL_ERRORS_MAX={cfg.syscall_errors_max_keys}"]
+    for macro, default, _fn in probe.tracepoints:
+        tp = tracepoint_of(cfg, default)
+        if tp != default:
+            flags.append(f"-D{macro}={tp.replace(':', ',')}")
+    flags += [f"-D{name}" for name, on in (
+        ("FORK_THREADS", cfg.fork_threads), ("TCP_ALL_STATES", cfg.tcp_all_states),
+        ("FILTER_PIDS", bool(cfg.exclude_pids)), ("FILTER_COMMS", bool(cfg.exclude_comms)),
+        ("FILTER_CGROUPS", bool(cfg.exclude_cgroups)),
+        ("TCP_RETRANSMIT_HAS_ERR", _has_field(cfg, "tcp:tcp_retransmit_skb", "err"))) if on]
+    return flags
+
+
+def _has_field(cfg: EbpfConfig, tp: str, name: str) -> bool:
+    cat, _, evt = tp.partition(":")
+    try:
+        text = (Path(cfg.tracefs) / "events" / cat / evt / "format").read_text()
+    except OSError:
+        return False
+    return f" {name};" in text
+
+
+def check_config(cfg: EbpfConfig) -> None:
+    if not _power_of_two(cfg.argv_bytes) or not 64 <= cfg.argv_bytes <= 4096:
+        raise EbpfError(f"argv_bytes must be a power of 2 in 64..4096, not {cfg.argv_bytes}")
+    for name, mb in cfg.ringbuf_mb.items():
+        if not _power_of_two(mb):
+            raise EbpfError(f"ringbuf_mb[{name}] must be a power of 2, not {mb}")
+    for comm in cfg.exclude_comms:
+        if not 0 < len(comm.encode()) <= 15:
+            raise EbpfError(f"exclude_comms: {comm!r} is not a comm (1..15 bytes)")
+    signal_mask(cfg.signals)
+    enabled_probes(cfg)
+
+
+def dump_bpf(cfg: EbpfConfig) -> str:
+    """The C of every enabled probe with its compiler flags (``--dump-bpf``)."""
+    check_config(cfg)
+    offsets = btf.offsets(Path(cfg.state_dir) if cfg.state_dir else None)
+    parts = [f"/* ==== bpf/include/mohlog.h ==== */\n{(BPF_DIR / 'include/mohlog.h').read_text()}"]
+    for probe in enabled_probes(cfg):
+        if not probe.file:
+            parts.append(f"/* ==== probe {probe.name}: /dev/kmsg, no BPF program ==== */")
+            continue
+        flags = " ".join(probe_cflags(cfg, probe, offsets))
+        parts.append(f"/* ==== probe {probe.name}: bpf/{probe.file}\n * cflags: {flags}\n */\n"
+                     + (BPF_DIR / probe.file).read_text())
+    return "\n".join(parts)
+
+
+class RingReader:
+    """Reads a BPF ring buffer map through mmap, the way libbpf does, without callbacks."""
+
+    def __init__(self, map_fd: int, size: int) -> None:
+        page = mmap.PAGESIZE
+        self.size, self.mask, self.page = size, size - 1, page
+        self.consumer = mmap.mmap(map_fd, page, mmap.MAP_SHARED,
+                                  mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
+        self.data = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ,
+                              offset=page)
+        self.pos = _U64.unpack_from(self.consumer, 0)[0]
+
+    def read(self, decode: Any, out: list[dict[str, Any]], limit: int) -> int:
+        """Decode up to ``limit`` records into ``out``; returns decode errors."""
+        data, page, mask, pos = self.data, self.page, self.mask, self.pos
+        end = _U64.unpack_from(data, 0)[0]
+        errors, n = 0, 0
+        while pos < end and n < limit:
+            off = page + (pos & mask)
+            length = _U32.unpack_from(data, off)[0]
+            if length & _BUSY:
+                break
+            if not length & _DISCARD:
+                try:
+                    out.append(decode(data, off + 8))
+                except (KeyError, IndexError, ValueError, struct.error):
+                    errors += 1
+                n += 1
+            pos += ((length & ~(_BUSY | _DISCARD)) + 8 + 7) & ~7
+        if pos != self.pos:
+            _U64.pack_into(self.consumer, 0, pos)
+            self.pos = pos
+        return errors
+
+    def pending(self) -> bool:
+        return _U64.unpack_from(self.data, 0)[0] > self.pos
+
+    def close(self) -> None:
+        self.data.close()
+        self.consumer.close()
+
+
+@dataclass
+class LoadedProbe:
+    """A probe's state: its BPF object and ring reader once loaded, or why it failed."""
+
+    probe: Probe
+    bpf: Any = None
+    ring: RingReader | None = None
+    error: str = ""
+    events: int = 0
+    attached: list[str] = field(default_factory=list)
+
+
+class EbpfSource(Source):
+    """Loads the enabled probes and turns their events into entries (see module doc)."""
+
+    name = "ebpf"
+
+    def __init__(self, cfg: EbpfConfig) -> None:
+        super().__init__()
+        check_config(cfg)
+        self.cfg = cfg
+        self.decoder = dec.Decoder(argv_bytes=cfg.argv_bytes)
+        self.loaded: dict[str, LoadedProbe] = {}
+        self.kmsg: KmsgReader | None = None
+        self.decode_errors = 0
+        self.syscall_counted = 0
+        self._errgen = 0
+        self._loaded = False
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Compile and attach every enabled probe (idempotent; run_forever calls it)."""
+        if self._loaded:
+            return
+        self._loaded = True
+        try:
+            from bcc import BPF  # noqa: F401 - checked here so the error names the cause
+        except ImportError as err:
+            raise EbpfError("bcc is not importable (apt-get install python3-bpfcc)") from err
+        state = Path(self.cfg.state_dir) if self.cfg.state_dir else None
+        offsets = btf.offsets(state)
+        for probe in enabled_probes(self.cfg):
+            lp = LoadedProbe(probe)
+            self.loaded[probe.name] = lp
+            try:
+                self._load_one(lp, offsets, state)
+            except Exception as err:  # noqa: BLE001 - any failure disables this probe only
+                lp.error = str(err) or type(err).__name__
+                self._unload(lp)
+                log.bpf.error("probe %s not loaded: %s", probe.name, lp.error)
+            else:
+                log.bpf.info("probe %s loaded (%s)", probe.name, ", ".join(lp.attached))
+
+    def _load_one(self, lp: LoadedProbe, offsets: dict[str, int], state: Path | None) -> None:
+        probe = lp.probe
+        if probe.name == "printk":
+            state_file = state / "kmsg.json" if state else None
+            self.kmsg = KmsgReader(state_file, self.cfg.kmsg_from_start, source="ebpf")
+            lp.attached.append("/dev/kmsg")
+            return
+        for _m, default, _f in probe.tracepoints:
+            tp = tracepoint_of(self.cfg, default)
+            cat, _, evt = tp.partition(":")
+            if not (Path(self.cfg.tracefs) / "events" / cat / evt / "format").exists():
+                raise EbpfError(f"tracepoint {tp} does not exist on this kernel "
+                                f"({self.cfg.tracefs}/events/{cat}/{evt} missing)")
+        lp.bpf = _compile(BPF_DIR / probe.file, probe_cflags(self.cfg, probe, offsets))
+        for _m, default, fn in probe.tracepoints:
+            tp = tracepoint_of(self.cfg, default)
+            _captured(f"attach of {fn} to {tp}", lp.bpf.attach_tracepoint, tp=tp.encode(),
+                      fn_name=fn.encode())
+            lp.attached.append(tp)
+        self._fill_filters(lp.bpf)
+        if probe.ring_mb or probe.name in self.cfg.ringbuf_mb:
+            ring = lp.bpf["mh_events"]
+            size = self.cfg.ringbuf_mb.get(probe.name, probe.ring_mb) << 20
+            lp.ring = RingReader(ring.map_fd, size)
+
+    def _fill_filters(self, bpf: Any) -> None:
+        import ctypes
+
+        cfg = self.cfg
+        for pid in cfg.exclude_pids:
+            table = bpf["mh_filter_pids"]
+            table[table.Key(pid)] = table.Leaf(1)
+        for comm in cfg.exclude_comms:
+            table = bpf["mh_filter_comms"]
+            key = table.Key()
+            ctypes.memmove(key.comm, comm.encode(), len(comm.encode()))
+            table[key] = table.Leaf(1)
+        for cg in cfg.exclude_cgroups:
+            table = bpf["mh_filter_cgroups"]
+            table[table.Key(_cgroup_id(cg))] = table.Leaf(1)
+
+    def _unload(self, lp: LoadedProbe) -> None:
+        if lp.ring is not None:
+            lp.ring.close()
+            lp.ring = None
+        if lp.bpf is not None:
+            with contextlib.suppress(Exception):
+                lp.bpf.cleanup()
+            lp.bpf = None
+
+    # -- running ---------------------------------------------------------------------------
+
+    def run_forever(self, emit: Emit) -> None:
+        self.load()
+        poller = select.epoll()
+        rings = [lp for lp in self.loaded.values() if lp.ring is not None]
+        for lp in rings:
+            poller.register(lp.bpf["mh_events"].map_fd, select.EPOLLIN)
+        if self.kmsg is not None:
+            poller.register(self.kmsg.fd, select.EPOLLIN)
+        next_drain = time.monotonic() + self.cfg.syscall_errors_interval_s
+        try:
+            while not self.stopping.is_set():
+                if not self.poll_once(emit, rings):
+                    poller.poll(self.cfg.poll_timeout_ms / 1000)
+                if time.monotonic() >= next_drain:
+                    next_drain += self.cfg.syscall_errors_interval_s
+                    self.drain_syscall_errors(emit)
+            self.poll_once(emit, rings)
+            self.drain_syscall_errors(emit)
+        finally:
+            poller.close()
+            self.close()
+
+    def poll_once(self, emit: Emit, rings: list[LoadedProbe] | None = None) -> int:
+        """Read every ring buffer and the kernel log once; returns entries emitted."""
+        total = 0
+        for lp in rings if rings is not None else self.loaded.values():
+            if lp.ring is None:
+                continue
+            out: list[dict[str, Any]] = []
+            self.decode_errors += lp.ring.read(self.decoder.decode, out, self.cfg.batch_max)
+            if out:
+                lp.events += len(out)
+                total += len(out)
+                emit(out)
+        if self.kmsg is not None:
+            out = self.kmsg.read(self.cfg.batch_max)
+            if out:
+                self.loaded["printk"].events += len(out)
+                total += len(out)
+                emit(out)
+                self.kmsg.save()
+        return total
+
+    def drain_syscall_errors(self, emit: Emit) -> int:
+        """Flip the generation, then read and delete the old one: one entry per key."""
+        lp = self.loaded.get("syscall_errors")
+        if lp is None or lp.bpf is None:
+            return 0
+        gen_table, errors = lp.bpf["mh_errgen"], lp.bpf["mh_errors"]
+        old = self._errgen
+        self._errgen ^= 1
+        gen_table[gen_table.Key(0)] = gen_table.Leaf(self._errgen)
+        time.sleep(0.005)  # let programs that read the old generation finish
+        out = []
+        for key in list(errors.keys()):
+            if key.gen != old:
+                continue
+            try:
+                value = errors[key]
+            except KeyError:
+                continue
+            with contextlib.suppress(KeyError):
+                del errors[key]
+            out.append(self.decoder.syscall_errors(bytes(key), bytes(value),
+                                                   self.cfg.syscall_errors_interval_s))
+            self.syscall_counted += value.count
+        if out:
+            lp.events += len(out)
+            emit(out)
+        return len(out)
+
+    # -- counters --------------------------------------------------------------------------
+
+    def kernel_drops(self, lp: LoadedProbe) -> int:
+        if lp.bpf is None:
+            return 0
+        try:
+            values = lp.bpf["mh_drops"][lp.bpf["mh_drops"].Key(lp.probe.event)]
+        except (KeyError, ValueError):
+            return 0
+        return int(sum(values))
+
+    def stats(self) -> dict[str, Any]:  # type: ignore[override]
+        probes = {name: {"events": lp.events, "kernel_drops": self.kernel_drops(lp),
+                         "loaded": not lp.error, "error": lp.error,
+                         "tracepoints": lp.attached}
+                  for name, lp in self.loaded.items()}
+        out: dict[str, Any] = {"probes": probes, "decode_errors": self.decode_errors,
+                               "syscall_errors_counted": self.syscall_counted}
+        if self.kmsg is not None:
+            out["kmsg"] = self.kmsg.stats()
+        return out
+
+    def close(self) -> None:
+        for lp in self.loaded.values():
+            self._unload(lp)
+        if self.kmsg is not None:
+            self.kmsg.close()
+            self.kmsg = None
+
+
+def _cgroup_id(cg: int | str) -> int:
+    """A cgroup v2 id: given, or the inode number of the cgroup's directory."""
+    if isinstance(cg, int):
+        return cg
+    path = Path(cg) if cg.startswith("/sys/fs/cgroup") else Path("/sys/fs/cgroup") / cg.lstrip("/")
+    try:
+        return path.stat().st_ino
+    except OSError as err:
+        raise EbpfError(f"exclude_cgroups: no cgroup {cg} ({err})") from err
+
+
+def _errors(errf: Any) -> str:
+    errf.seek(0)
+    lines = [ln.strip() for ln in errf.read().decode("utf-8", "replace").splitlines()
+             if "error" in ln.lower() or "invalid" in ln.lower() or "unknown" in ln.lower()]
+    return "; ".join(lines[:3])
+
+
+def _captured(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call ``fn`` with fd 2 captured: bcc prints compiler and verifier messages there,
+    and they are the reason a probe failed."""
+    with tempfile.TemporaryFile() as errf:
+        saved = os.dup(2)
+        os.dup2(errf.fileno(), 2)
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:
+            os.dup2(saved, 2)
+            raise EbpfError(f"{what} failed: {_errors(errf) or err}") from err
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _compile(src: Path, cflags: list[str]) -> Any:
+    from bcc import BPF
+
+    return _captured(f"compile of {src.name}", BPF, src_file=str(src).encode(), cflags=cflags)
