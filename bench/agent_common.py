@@ -383,3 +383,32 @@ def keep_logs(work: Path, bench: str) -> None:
     for name in ("hub.log", "agent.log"):
         if (work / name).exists():
             shutil.copy(work / name, dest / f"{bench}-{name}")
+
+
+def source_only(probe: str, comm: str, generate: Any) -> dict[str, Any]:
+    """The eBPF source alone, in this process (no pipeline, no hub): how many events of
+    ``comm`` it decodes while ``generate()`` runs, and its kernel drop counters.
+    A stepping stone when the agent or the hub is not runnable."""
+    sys.path.insert(0, str(ROOT))
+    from agent.sources.ebpf import EbpfConfig, EbpfSource
+
+    seen = {"match": 0, "all": 0}
+
+    def emit(batch: list[dict[str, Any]]) -> None:
+        seen["all"] += len(batch)
+        seen["match"] += sum(1 for e in batch if e.get("metadata", {}).get("comm") == comm)
+
+    source = EbpfSource(EbpfConfig(probes=[probe]))
+    source.load()
+    source.start(emit)
+    try:
+        out = generate()
+        last = -1
+        while seen["match"] != last:  # until the reader has caught up
+            last = seen["match"]
+            time.sleep(2.0)
+        stats = source.stats()
+    finally:
+        source.stop(30)
+    return {"generator": out, "source_events_for_comm": seen["match"],
+            "source_events_all": seen["all"], "source_stats": stats}

@@ -15,6 +15,7 @@ waits for the agent to drain and counts the records in the hub
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from agent_common import (  # noqa: E402
     log,
     metric_sum,
     save,
+    source_only,
     table,
     unique_name,
     wait_spool_empty,
@@ -81,6 +83,17 @@ def storm(args: argparse.Namespace, work: Path, name: str) -> dict[str, object]:
     }
 
 
+def source_only_run(args: argparse.Namespace, work: Path, name: str) -> dict[str, object]:
+    target = build_c("exec_target.c", work / name, "-nostdlib")
+    spawner = build_c("spawner.c", work / "spawner")
+    truth = Bpftrace("tracepoint:sched:sched_process_exec", f'comm == "{name}"').start()
+    cmd = [str(spawner), str(target), str(args.workers), str(args.duration), str(args.rate)]
+    res = source_only("exec", name, lambda: subprocess.run(
+        cmd, check=True, capture_output=True, text=True).stdout.strip())
+    res["bpftrace_exec"] = truth.stop()
+    return res
+
+
 def report(r: dict[str, object]) -> None:
     print(table([
         ("spawned (generator)", r["spawned"]), ("seconds", r["seconds"]),
@@ -108,9 +121,19 @@ def main() -> int:
     parser.add_argument("--probes", default="exec", help="agent --probes (default: exec)")
     parser.add_argument("--exitsnoop", action="store_true", help="run exitsnoop-bpfcc too")
     parser.add_argument("--drain-timeout", type=float, default=300.0)
+    parser.add_argument("--source-only", action="store_true",
+                        help="only the eBPF source in this process (no agent, no hub)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
     work = workdir("exec-storm")
+    if args.source_only:
+        try:
+            result = source_only_run(args, work, unique_name("mhx"))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        print(json.dumps(result, indent=2))
+        print(f"saved {save('exec_storm_source_only', result)}")
+        return 0
     try:
         result = storm(args, work, unique_name("mhx"))
     finally:

@@ -14,6 +14,7 @@ it waits for the agent to drain and counts the hub's records
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from agent_common import (  # noqa: E402
     log,
     metric_sum,
     save,
+    source_only,
     table,
     unique_name,
     wait_spool_empty,
@@ -77,6 +79,18 @@ def storm(args: argparse.Namespace, work: Path, name: str) -> dict[str, object]:
     }
 
 
+def source_only_run(args: argparse.Namespace, work: Path, name: str) -> dict[str, object]:
+    generator = build_c("openstorm.c", work / name)
+    truth = Bpftrace("tracepoint:syscalls:sys_exit_openat",
+                     f'comm == "{name}" && args->ret < 0').start()
+    cmd = [str(generator), f"/nonexistent-mohlog-bench/{name}/file", str(args.workers),
+           str(args.duration), str(args.rate)]
+    res = source_only("open_fail", name, lambda: subprocess.run(
+        cmd, check=True, capture_output=True, text=True).stdout.strip())
+    res["bpftrace_failed_opens"] = truth.stop()
+    return res
+
+
 def report(r: dict[str, object]) -> None:
     print(table([
         ("attempted (generator)", r["attempted"]), ("seconds", r["seconds"]),
@@ -102,9 +116,19 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2, help="generator processes")
     parser.add_argument("--probes", default="open_fail", help="agent --probes")
     parser.add_argument("--drain-timeout", type=float, default=600.0)
+    parser.add_argument("--source-only", action="store_true",
+                        help="only the eBPF source in this process (no agent, no hub)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
     work = workdir("open-storm")
+    if args.source_only:
+        try:
+            result = source_only_run(args, work, unique_name("mho"))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        print(json.dumps(result, indent=2))
+        print(f"saved {save('open_storm_source_only', result)}")
+        return 0
     try:
         result = storm(args, work, unique_name("mho"))
     finally:
