@@ -28,12 +28,14 @@ PLACEHOLDER = "<*>"
 MARK = "\x00"
 
 _HEX = "[0-9a-fA-F]"
+# white space spelt out: RE2's \s lacks \v, Python's has it
+_WS = r" \t\n\r\f\x0b"
 _DAYS = "Mon|Tue|Wed|Thu|Fri|Sat|Sun"
 _MONTHS = "Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec"
 _PARTS: list[tuple[str, str]] = [
     # a literal placeholder in the input is itself a variable (keeps render unambiguous)
     ("placeholder", r"<\*>|\x00+"),
-    ("url", r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s\"'<>]+"),
+    ("url", rf"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^{_WS}\"'<>]+"),
     ("uuid", rf"\b{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}\b"),
     ("mac", rf"\b{_HEX}{{2}}(?:[:-]{_HEX}{{2}}){{5}}\b"),
     # ISO / syslog-ish date-times and dates, times with optional fraction
@@ -64,7 +66,7 @@ _PARTS: list[tuple[str, str]] = [
     # absolute paths (two or more segments), not glued to a preceding word
     ("path", r"\B/[\w.$@~+-]*(?:/[\w.$@~+-]*)+"),
     # Windows paths (drive letter or UNC share)
-    ("winpath", r"\b[A-Za-z]:\\[^\s\"'<>|]*|\\\\[\w.$-]+\\[^\s\"'<>|]*"),
+    ("winpath", rf"\b[A-Za-z]:\\[^{_WS}\"'<>|]*|\\\\[\w.$-]+\\[^{_WS}\"'<>|]*"),
     # host or class names with three or more dotted parts, containing a digit somewhere
     ("dotted", r"\b[\w-]+(?:\.[\w-]+){2,}\b"),
     # host names under a common generic top-level domain
