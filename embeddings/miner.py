@@ -4,11 +4,14 @@ Contract (docs/CONTRACTS "Template miner -> hub store"):
 
 * ``TemplateMiner(state_path)``; ``mine(messages) -> MinedBatch`` with ``template_ids``
   (numpy uint64) and ``params`` (``list[list[str]]``); ``mine_arrow(arr)`` takes a pyarrow
-  string array and returns the parameters as a pyarrow ``list<string>`` array instead
-  (no per-line Python objects — the store's hot path).
+  string array (string, large_string or chunked; nulls are mined as ``""``) and returns
+  the parameters as a pyarrow ``list<string>`` array instead: ``params[i]`` holds line i's
+  values, in the order of the ``<*>`` of its template (no per-line Python objects — the
+  store's hot path; ``params.flatten()`` / ``params.offsets`` give the flat values).
 * ``render(template_id, params)`` gives back the exact message (whitespace included).
-* ids are ``xxhash64`` of the template text, so the same text has the same id on every
-  hub and after restarts. When a template widens, the old id stays renderable and
+* ids are ``xxhash64`` (seed 0) of the UTF-8 template text, so the same text has the
+  same id on every hub and after restarts (hubs fed the same lines in the same order
+  build the same templates). When a template widens, the old id stays renderable and
   ``parent_of(old)`` gives the wider one (``resolve`` follows the chain to the live one,
   ``family`` lists every id that resolves to a given one).
 * ``save()`` / ``load()`` persist the state as JSON (atomic: temp file, fsync, rename).
@@ -21,7 +24,10 @@ Fast path: masking runs vectorised over the whole batch (RE2 in pyarrow.compute)
 masked shapes are dictionary-encoded, and Python only runs once per *distinct* shape:
 a cache maps a known shape to its template id and to a recipe that says how the
 template's parameters are made of the shape's masked values; the per-line parameters
-are then assembled with numpy/pyarrow take operations.
+are then assembled with numpy/pyarrow take operations. Batches of PARALLEL_MIN_LINES
+lines or more are cut into one chunk per worker thread for the vectorised steps. Lines
+that contain a NUL character (the marker) are mined one by one in Python after the rest
+of their batch, with the same regular expression (``re`` and RE2 agree on it).
 """
 
 from __future__ import annotations
