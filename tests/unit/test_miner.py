@@ -221,3 +221,14 @@ def test_parallel_chunks_give_same_result(monkeypatch: pytest.MonkeyPatch) -> No
 def test_bad_input_type() -> None:
     with pytest.raises(InvalidInput):
         TemplateMiner(None).mine_arrow(pa.array([1, 2]))
+
+
+def test_wildcard_over_a_partly_masked_token_keeps_it_whole() -> None:
+    miner = TemplateMiner(None)
+    words = ["alpha", "beta", "gamma", "delta"]
+    miner.mine([f"cache load {w} ok now" for w in words] + ["cache load item_5 ok now"])
+    lines = ["cache load item_77 ok now", "cache load zeta ok now", "cache load x_1_2 ok now"]
+    batch = miner.mine_arrow(pa.array(lines * 40))
+    tids = set(batch.template_ids.tolist())
+    assert {miner.templates()[t].text for t in tids} == {"cache load <*> ok now"}
+    assert batch.params.to_pylist()[:3] == [["item_77"], ["zeta"], ["x_1_2"]]
