@@ -348,7 +348,7 @@ class EbpfSource(Source):
             lp.attached.append(tp)
         self._fill_filters(lp.bpf)
         if probe.ring_mb or probe.name in self.cfg.ringbuf_mb:
-            ring = lp.bpf["mh_events"]
+            ring = lp.bpf[b"mh_events"]
             size = self.cfg.ringbuf_mb.get(probe.name, probe.ring_mb) << 20
             lp.ring = RingReader(ring.map_fd, size)
 
@@ -357,15 +357,15 @@ class EbpfSource(Source):
 
         cfg = self.cfg
         for pid in cfg.exclude_pids:
-            table = bpf["mh_filter_pids"]
+            table = bpf[b"mh_filter_pids"]
             table[table.Key(pid)] = table.Leaf(1)
         for comm in cfg.exclude_comms:
-            table = bpf["mh_filter_comms"]
+            table = bpf[b"mh_filter_comms"]
             key = table.Key()
             ctypes.memmove(key.comm, comm.encode(), len(comm.encode()))
             table[key] = table.Leaf(1)
         for cg in cfg.exclude_cgroups:
-            table = bpf["mh_filter_cgroups"]
+            table = bpf[b"mh_filter_cgroups"]
             table[table.Key(_cgroup_id(cg))] = table.Leaf(1)
 
     def _unload(self, lp: LoadedProbe) -> None:
@@ -384,7 +384,7 @@ class EbpfSource(Source):
         poller = select.epoll()
         rings = [lp for lp in self.loaded.values() if lp.ring is not None]
         for lp in rings:
-            poller.register(lp.bpf["mh_events"].map_fd, select.EPOLLIN)
+            poller.register(lp.bpf[b"mh_events"].map_fd, select.EPOLLIN)
         if self.kmsg is not None:
             poller.register(self.kmsg.fd, select.EPOLLIN)
         next_drain = time.monotonic() + self.cfg.syscall_errors_interval_s
@@ -395,11 +395,17 @@ class EbpfSource(Source):
                 if time.monotonic() >= next_drain:
                     next_drain += self.cfg.syscall_errors_interval_s
                     self.drain_syscall_errors(emit)
-            self.poll_once(emit, rings)
-            self.drain_syscall_errors(emit)
+            self._drain_all(emit, rings)
         finally:
             poller.close()
             self.close()
+
+    def _drain_all(self, emit: Emit, rings: list[LoadedProbe], timeout: float = 5.0) -> None:
+        """At stop: hand on what the rings still hold (bounded, producers may go on)."""
+        deadline = time.monotonic() + timeout
+        while self.poll_once(emit, rings) and time.monotonic() < deadline:
+            pass
+        self.drain_syscall_errors(emit)
 
     def poll_once(self, emit: Emit, rings: list[LoadedProbe] | None = None) -> int:
         """Read every ring buffer and the kernel log once; returns entries emitted."""
@@ -427,7 +433,7 @@ class EbpfSource(Source):
         lp = self.loaded.get("syscall_errors")
         if lp is None or lp.bpf is None:
             return 0
-        gen_table, errors = lp.bpf["mh_errgen"], lp.bpf["mh_errors"]
+        gen_table, errors = lp.bpf[b"mh_errgen"], lp.bpf[b"mh_errors"]
         old = self._errgen
         self._errgen ^= 1
         gen_table[gen_table.Key(0)] = gen_table.Leaf(self._errgen)
@@ -456,7 +462,7 @@ class EbpfSource(Source):
         if lp.bpf is None:
             return 0
         try:
-            values = lp.bpf["mh_drops"][lp.bpf["mh_drops"].Key(lp.probe.event)]
+            values = lp.bpf[b"mh_drops"][lp.bpf[b"mh_drops"].Key(lp.probe.event)]
         except (KeyError, ValueError):
             return 0
         return int(sum(values))
@@ -480,11 +486,25 @@ class EbpfSource(Source):
             self.kmsg = None
 
 
+def cgroup2_root() -> Path:
+    """Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or .../unified on hybrid
+    hosts): the ids of bpf_get_current_cgroup_id() are inode numbers of its directories."""
+    try:
+        for line in Path("/proc/self/mounts").read_text().splitlines():
+            parts = line.split()
+            if len(parts) > 2 and parts[2] == "cgroup2":
+                return Path(parts[1])
+    except OSError:
+        pass
+    return Path("/sys/fs/cgroup")
+
+
 def _cgroup_id(cg: int | str) -> int:
     """A cgroup v2 id: given, or the inode number of the cgroup's directory."""
     if isinstance(cg, int):
         return cg
-    path = Path(cg) if cg.startswith("/sys/fs/cgroup") else Path("/sys/fs/cgroup") / cg.lstrip("/")
+    root = cgroup2_root()
+    path = Path(cg) if cg.startswith(str(root)) else root / cg.lstrip("/")
     try:
         return path.stat().st_ino
     except OSError as err:
