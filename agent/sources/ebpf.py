@@ -353,8 +353,6 @@ class EbpfSource(Source):
             lp.ring = RingReader(ring.map_fd, size)
 
     def _fill_filters(self, bpf: Any) -> None:
-        import ctypes
-
         cfg = self.cfg
         for pid in cfg.exclude_pids:
             table = bpf[b"mh_filter_pids"]
@@ -362,7 +360,7 @@ class EbpfSource(Source):
         for comm in cfg.exclude_comms:
             table = bpf[b"mh_filter_comms"]
             key = table.Key()
-            ctypes.memmove(key.comm, comm.encode(), len(comm.encode()))
+            key.comm = comm.encode()  # a c_char array field: zero padded
             table[key] = table.Leaf(1)
         for cg in cfg.exclude_cgroups:
             table = bpf[b"mh_filter_cgroups"]
