@@ -153,22 +153,25 @@ class KmsgReader:
                 raise
             if not raw:
                 break
-            self._take(raw, out)
+            entry = self.take(raw)
+            if entry is not None:
+                out.append(entry)
         return out
 
-    def _take(self, raw: bytes, out: list[dict]) -> None:
+    def take(self, raw: bytes) -> dict | None:
+        """The entry of one record, None when bad or already handed on; counts gaps."""
         try:
             rec = parse_record(raw)
         except ValueError:
             self.bad += 1
-            return
+            return None
         if rec.seq <= self.last_seq:
-            return  # handed on before a restart
+            return None  # handed on before a restart
         if self.last_seq >= 0 and rec.seq > self.last_seq + 1:
             self.lost += rec.seq - self.last_seq - 1
         self.last_seq = rec.seq
         self.records += 1
-        out.append(to_entry(rec, self.host, self.mono_offset, self.source))
+        return to_entry(rec, self.host, self.mono_offset, self.source)
 
     def close(self) -> None:
         self.save()
