@@ -69,7 +69,7 @@ SHAPE_CACHE_MAX = 1_000_000
 Recipe = tuple[tuple[int | str, ...], ...]
 
 
-@dataclass
+@dataclass(slots=True)
 class TemplateInfo:
     """One template ever produced (live or superseded)."""
 
