@@ -198,8 +198,20 @@ class TemplateMiner:
     # ----------------------------------------------------------------- mining
     def mine(self, messages: Sequence[str]) -> MinedBatch:
         """Mine a batch of messages; parameters as ``list[list[str]]``."""
+        if len(messages) <= SMALL_BATCH:
+            return self._mine_small(list(messages))
         batch = self.mine_arrow(pa.array(messages, type=pa.string()))
         return MinedBatch(batch.template_ids, batch.params.to_pylist())
+
+    def _mine_small(self, messages: list[str | None]) -> MinedBatch:
+        """A few lines: Python's ``re`` per line beats compiling the RE2 pattern."""
+        for m in messages:
+            if m is not None and not isinstance(m, str):
+                raise InvalidInput(f"messages must be strings, got {type(m).__name__}")
+        with self._lock, _no_gc():
+            mined = [self._mine_one(m or "") for m in messages]
+        tids = np.array([t for t, _ in mined], dtype=np.uint64)
+        return MinedBatch(tids, [p for _, p in mined])
 
     def mine_arrow(self, arr: pa.Array | pa.ChunkedArray) -> MinedBatch:
         """Mine a pyarrow string array; parameters as a pyarrow ``list<string>`` array."""
@@ -211,6 +223,9 @@ class TemplateMiner:
             raise InvalidInput(f"messages must be strings, got {arr.type}")
         if arr.null_count:
             arr = pc.fill_null(arr, "")
+        if len(arr) <= SMALL_BATCH:
+            small = self._mine_small(arr.to_pylist())
+            return MinedBatch(small.template_ids, pa.array(small.params, pa.list_(pa.string())))
         with self._lock, _no_gc():
             if masking.any_mark(arr):
                 return self._mine_mixed(arr, masking.has_mark(arr))
@@ -381,6 +396,9 @@ def _no_gc() -> Iterator[None]:
             gc.enable()
 
 
+# Batches up to this many lines are mined line by line with Python's re (compiling the
+# RE2 pattern costs about a millisecond per pyarrow call).
+SMALL_BATCH = 32
 # Batches at least this long are split across the worker threads (pyarrow releases the GIL).
 PARALLEL_MIN_LINES = 65536
 _POOL: ThreadPoolExecutor | None = None

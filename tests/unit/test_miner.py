@@ -232,3 +232,25 @@ def test_wildcard_over_a_partly_masked_token_keeps_it_whole() -> None:
     tids = set(batch.template_ids.tolist())
     assert {miner.templates()[t].text for t in tids} == {"cache load <*> ok now"}
     assert batch.params.to_pylist()[:3] == [["item_77"], ["zeta"], ["x_1_2"]]
+
+
+def test_small_and_large_batches_group_the_same() -> None:
+    rnd = random.Random(11)
+    users = ["ann", "bo", "cy", "di", "ed", "flo"]
+    msgs = [
+        f"{rnd.choice(['Accepted', 'Failed'])} password for {rnd.choice(users)} from "
+        f"10.0.0.{rnd.randrange(255)} port {rnd.randrange(65535)} ssh2"
+        for _ in range(400)
+    ] + ["odd \x00 line 3", "  spaced  out  7 "]
+    one, many = TemplateMiner(None), TemplateMiner(None)
+    singles = [one.mine([m]) for m in msgs]  # small path (Python re)
+    batch = many.mine(msgs)  # vectorised path (RE2)
+    assert [one.resolve(int(b.template_ids[0])) for b in singles] == [
+        many.resolve(int(t)) for t in batch.template_ids
+    ]
+    for m, b in zip(msgs, singles, strict=True):
+        assert one.render(int(b.template_ids[0]), b.params[0]) == m
+    small = one.mine_arrow(pa.array(msgs[:5]))  # arrow input, small path
+    assert isinstance(small.params, pa.ListArray)
+    for t, p, m in zip(small.template_ids, small.params.to_pylist(), msgs[:5], strict=True):
+        assert one.render(int(t), p) == m
