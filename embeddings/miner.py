@@ -169,6 +169,12 @@ class TemplateMiner:
             tid, seen = parent, seen + 1
         return tid
 
+    def resolve_many(self, ids: np.ndarray) -> np.ndarray:
+        """``resolve`` over a uint64 array (Python runs once per distinct id)."""
+        uniq, inverse = np.unique(np.asarray(ids, dtype=np.uint64), return_inverse=True)
+        live = np.array([self.resolve(int(t)) for t in uniq.tolist()], dtype=np.uint64)
+        return live[inverse.reshape(-1)] if len(uniq) else np.zeros(0, dtype=np.uint64)
+
     def family(self, tid: int) -> set[int]:
         """Every id whose lines are findable under ``tid`` (itself and its narrower ones)."""
         return {t for t in self._infos if self.resolve(t) == self.resolve(tid)} | {tid}

@@ -98,6 +98,8 @@ def test_generalisation_keeps_old_ids_renderable() -> None:
     assert miner.family(wide) >= narrow | {wide}
     for (tid, params), line in zip(mined, lines, strict=True):
         assert miner.render(tid, params) == line
+    ids = np.array([tid for tid, _ in mined], dtype=np.uint64)
+    assert miner.resolve_many(ids).tolist() == [wide] * len(mined)
     # a new user now lands on the wide template directly
     b = miner.mine(["Invalid user zed from 10.9.9.9"])
     assert int(b.template_ids[0]) == wide and b.params[0] == ["zed", "10.9.9.9"]
