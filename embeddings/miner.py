@@ -39,7 +39,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,10 @@ class _Shape:
     tid: int
     recipe: Recipe
     identity: bool  # parameters are exactly the masked values, in order
+    # the recipe for numpy: pieces (>=0 masked value index, <0 -1-constant id) and
+    # the number of pieces of each parameter
+    pieces: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def template_id(text: str) -> int:
@@ -151,6 +155,7 @@ class TemplateMiner:
         self._infos: dict[int, TemplateInfo] = {}
         self._pieces: dict[int, list[str]] = {}
         self._shapes: dict[str, _Shape] = {}
+        self._consts = _Constants()
 
     # ---------------------------------------------------------------- reading
     def templates(self) -> dict[int, TemplateInfo]:
@@ -247,8 +252,8 @@ class TemplateMiner:
             self._count(decisions, sp.codes)
             parts.append((decisions, sp))
         if len(parts) == 1:
-            return _output(*parts[0])
-        outs = list(_pool().map(lambda part: _output(*part), parts))
+            return _output(*parts[0], self._consts.values)
+        outs = list(_pool().map(lambda part: _output(*part, self._consts.values), parts))
         return MinedBatch(
             np.concatenate([o.template_ids for o in outs]),
             pa.concat_arrays([o.params for o in outs]),
@@ -302,8 +307,10 @@ class TemplateMiner:
         cluster = known.cluster.live() if known is not None else self._learn(tokens)
         recipe = _recipe(tokens, cluster.tokens)
         decision = _Shape(cluster, cluster.tid, recipe, _is_identity(recipe))
+        decision.pieces, decision.counts = self._consts.encode(recipe)
         if len(self._shapes) >= SHAPE_CACHE_MAX:
             self._shapes.clear()  # only a cache: a shape's cluster is found again by key
+            self._consts = _Constants()
         self._shapes[shape] = decision
         return decision
 
@@ -455,46 +462,57 @@ def _split(arr: pa.Array) -> _Split:
     return _Split(flat.filter(pa.array(odd)), val_offsets, shapes, codes)
 
 
-def _output(decisions: list[_Shape], sp: _Split) -> MinedBatch:
+def _output(decisions: list[_Shape], sp: _Split, consts: list[str]) -> MinedBatch:
     tids = np.array([d.tid for d in decisions], dtype=np.uint64)[sp.codes]
     if all(d.identity for d in decisions):
         params = pa.ListArray.from_arrays(pa.array(sp.val_offsets, type=pa.int32()), sp.values)
     else:
-        params = _assemble(decisions, sp.codes, sp.values, sp.val_offsets)
+        params = _assemble(decisions, sp, consts)
     return MinedBatch(tids, params)
 
 
-def _assemble(
-    decisions: list[_Shape], codes: np.ndarray, values: pa.Array, val_offsets: np.ndarray
-) -> pa.Array:
+class _Constants:
+    """Constant pieces of recipes, numbered once (so a batch needs no Python per piece)."""
+
+    def __init__(self) -> None:
+        self.values: list[str] = []
+        self._ids: dict[str, int] = {}
+
+    def encode(self, recipe: Recipe) -> tuple[np.ndarray, np.ndarray]:
+        pieces = [p if isinstance(p, int) else -1 - self._id(p) for param in recipe for p in param]
+        counts = [len(param) for param in recipe]
+        return np.array(pieces, dtype=np.int64), np.array(counts, dtype=np.int64)
+
+    def _id(self, text: str) -> int:
+        i = self._ids.get(text)
+        if i is None:
+            i = self._ids[text] = len(self.values)
+            self.values.append(text)
+        return i
+
+
+def _assemble(decisions: list[_Shape], sp: _Split, consts: list[str]) -> pa.Array:
     """Per-line parameter lists from per-shape recipes, with numpy/pyarrow takes only."""
-    consts: list[str] = []
-    const_ix: dict[str, int] = {}
-    piece_codes: list[int] = []  # >=0: masked value index; <0: -(const index) - 1
-    piece_counts: list[int] = []  # pieces of each parameter
-    rec_piece_start, rec_npieces, rec_param_start, rec_nparams = [], [], [], []
-    for d in decisions:
-        rec_piece_start.append(len(piece_codes))
-        rec_param_start.append(len(piece_counts))
-        for param in d.recipe:
-            piece_counts.append(len(param))
-            for p in param:
-                if isinstance(p, str):
-                    p = -1 - const_ix.setdefault(p, len(const_ix))
-                piece_codes.append(p)
-        rec_npieces.append(len(piece_codes) - rec_piece_start[-1])
-        rec_nparams.append(len(piece_counts) - rec_param_start[-1])
-    consts = list(const_ix)
-    pcodes = np.array(piece_codes, dtype=np.int64)
-    pcounts = np.array(piece_counts, dtype=np.int64)
-    line_pieces = _gather(np.array(rec_piece_start)[codes], np.array(rec_npieces)[codes])
-    line_params = _gather(np.array(rec_param_start)[codes], np.array(rec_nparams)[codes])
-    r = pcodes[line_pieces]
-    owner = np.repeat(np.arange(len(codes)), np.array(rec_npieces)[codes])
-    take = np.where(r >= 0, val_offsets[:-1][owner] + r, len(values) + (-1 - r))
-    pool = pa.concat_arrays([values.cast(pa.string()), pa.array(consts, type=pa.string())])
+    codes, values, val_offsets = sp.codes, sp.values, sp.val_offsets
+    encoded = [(d.pieces, d.counts) for d in decisions]
+    rec_npieces = np.array([len(e[0]) for e in encoded], dtype=np.int64)
+    rec_nparams = np.array([len(e[1]) for e in encoded], dtype=np.int64)
+    pcodes = np.concatenate([e[0] for e in encoded] + [np.zeros(0, np.int64)])
+    pcounts = np.concatenate([e[1] for e in encoded] + [np.zeros(0, np.int64)])
+    rec_piece_start = np.concatenate(([0], np.cumsum(rec_npieces)[:-1]))
+    rec_param_start = np.concatenate(([0], np.cumsum(rec_nparams)[:-1]))
+    line_npieces = rec_npieces[codes]
+    r = pcodes[_gather(rec_piece_start[codes], line_npieces)]
+    owner = np.repeat(np.arange(len(codes)), line_npieces)
+    is_const = r < 0
+    used, local = np.unique(-1 - r[is_const], return_inverse=True)
+    take = val_offsets[:-1][owner] + r
+    take[is_const] = len(values) + local.reshape(-1)
+    pool = pa.concat_arrays(
+        [values.cast(pa.string()), pa.array([consts[i] for i in used.tolist()], pa.string())]
+    )
     pieces = pool.take(pa.array(take, type=pa.int64()))
-    counts = pcounts[line_params]
+    counts = pcounts[_gather(rec_param_start[codes], rec_nparams[codes])]
     if np.all(counts == 1):
         flat = pieces
     else:
@@ -502,7 +520,7 @@ def _assemble(
         np.cumsum(counts, out=poff[1:])
         flat = pc.binary_join(pa.ListArray.from_arrays(pa.array(poff, pa.int32()), pieces), "")
     loff = np.zeros(len(codes) + 1, dtype=np.int64)
-    np.cumsum(np.array(rec_nparams)[codes], out=loff[1:])
+    np.cumsum(rec_nparams[codes], out=loff[1:])
     return pa.ListArray.from_arrays(pa.array(loff, type=pa.int32()), flat)
 
 
