@@ -23,7 +23,10 @@
 #endif
 
 BPF_RINGBUF_OUTPUT(mh_events, RINGBUF_PAGES);
-BPF_PERCPU_ARRAY(mh_drops, u64, MH_EV_MAX);
+/* mmap-able so user space reads it without a bpf() syscall: map syscalls from user space
+ * raise the CPU's bpf_prog_active, and tracepoint programs that fire on that CPU meanwhile
+ * are skipped by the kernel (counted only as the program's recursion_misses) */
+BPF_F_TABLE("array", u32, u64, mh_drops, MH_EV_MAX, BPF_F_MMAPABLE);
 
 #ifdef FILTER_PIDS
 BPF_HASH(mh_filter_pids, u32, u8, 1024);
@@ -40,7 +43,7 @@ static __always_inline void mh_count_drop(u32 type)
 {
     u64 *n = mh_drops.lookup(&type);
     if (n)
-        (*n)++;
+        __sync_fetch_and_add(n, 1);
 }
 
 /* true when the current task is not to be traced */
@@ -645,16 +648,18 @@ MH_TP(TP_OPENAT2_EXIT, mh_openat2_exit)
 /* ======================================================================= */
 /* Failed system calls, aggregated in the kernel.
  *
- * syscall_errors  raw_syscalls:sys_exit with -4095 <= ret < 0 counts into mh_errors keyed
- *                 (tgid, syscall nr, errno, generation) with first/last time and comm. User
- *                 space flips the generation (mh_errgen) every drain interval, waits a few
- *                 milliseconds for programs in flight, then reads and deletes the old
- *                 generation: one record per key and interval, no count lost to the race.
+ * syscall_errors  raw_syscalls:sys_exit with -4095 <= ret < 0 counts into a hash map keyed
+ *                 (tgid, syscall nr, errno) with first/last time and comm. There are two
+ *                 maps, mh_errors0 and mh_errors1; mh_errgen (an mmap-able array user space
+ *                 writes without a syscall) says which one is counted into. Every drain
+ *                 interval user space flips it, waits a few milliseconds for programs in
+ *                 flight, then empties the other map with one lookup-and-delete batch: one
+ *                 record per key and interval, no count lost to the swap, and few map
+ *                 syscalls (each one briefly blocks BPF programs on its CPU).
  * Overhead: every syscall exit on the host runs this program (a compare for successes, a
  *           hash lookup and atomic add for failures). Caveat: a full map (SYSCALL_ERRORS_MAX
  *           keys per interval) counts new keys as drops of MH_EV_SYSCALL_ERRORS.
  */
-
 #ifndef SYSCALL_ERRORS_MAX
 #define SYSCALL_ERRORS_MAX 16384
 #endif
@@ -663,7 +668,7 @@ struct mh_err_key {
     u32 tgid;
     u32 nr;
     s32 err;
-    u32 gen;
+    u32 pad;
 };
 
 struct mh_err_val {
@@ -677,8 +682,9 @@ struct mh_err_val {
 };
 
 #ifdef PROBE_SYSCALL_ERRORS
-BPF_HASH(mh_errors, struct mh_err_key, struct mh_err_val, SYSCALL_ERRORS_MAX);
-BPF_ARRAY(mh_errgen, u32, 1);
+BPF_HASH(mh_errors0, struct mh_err_key, struct mh_err_val, SYSCALL_ERRORS_MAX);
+BPF_HASH(mh_errors1, struct mh_err_key, struct mh_err_val, SYSCALL_ERRORS_MAX);
+BPF_F_TABLE("array", u32, u32, mh_errgen, 1, BPF_F_MMAPABLE);
 
 #ifndef TP_SYS_EXIT
 #define TP_SYS_EXIT raw_syscalls, sys_exit
@@ -693,11 +699,11 @@ MH_TP(TP_SYS_EXIT, mh_sys_exit)
     if (mh_skip(tgid))
         return 0;
     u32 zero = 0;
-    u32 *gen = mh_errgen.lookup(&zero);
-    struct mh_err_key key = {.tgid = tgid, .nr = (u32)args->id, .err = -ret,
-                             .gen = gen ? *gen : 0};
+    u32 *genp = mh_errgen.lookup(&zero);
+    u32 gen = genp ? *genp & 1 : 0;
+    struct mh_err_key key = {.tgid = tgid, .nr = (u32)args->id, .err = -ret, .pad = 0};
     u64 now = bpf_ktime_get_ns();
-    struct mh_err_val *v = mh_errors.lookup(&key);
+    struct mh_err_val *v = gen ? mh_errors1.lookup(&key) : mh_errors0.lookup(&key);
     if (v) {
         __sync_fetch_and_add(&v->count, 1);
         v->last_ts = now;
@@ -707,8 +713,9 @@ MH_TP(TP_SYS_EXIT, mh_sys_exit)
     nv.uid = (u32)bpf_get_current_uid_gid();
     nv.cgroup_id = bpf_get_current_cgroup_id();
     bpf_get_current_comm(&nv.comm, sizeof(nv.comm));
-    if (mh_errors.insert(&key, &nv) != 0) {
-        v = mh_errors.lookup(&key);   /* another CPU inserted it first */
+    int err = gen ? mh_errors1.insert(&key, &nv) : mh_errors0.insert(&key, &nv);
+    if (err != 0) {
+        v = gen ? mh_errors1.lookup(&key) : mh_errors0.lookup(&key);  /* another CPU won */
         if (v)
             __sync_fetch_and_add(&v->count, 1);
         else

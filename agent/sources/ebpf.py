@@ -273,6 +273,48 @@ class RingReader:
         self.consumer.close()
 
 
+class MmapArray:
+    """A BPF_F_MMAPABLE array map read and written through mmap: no bpf() syscall, so the
+    tracepoint programs on the reading CPU are never skipped because of it."""
+
+    def __init__(self, map_fd: int, value_size: int, entries: int) -> None:
+        length = max(value_size * entries, 1)
+        length = (length + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE
+        self.value_size = value_size
+        self.mem = mmap.mmap(map_fd, length, mmap.MAP_SHARED,
+                             mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
+
+    def u64(self, index: int) -> int:
+        return int(_U64.unpack_from(self.mem, index * self.value_size)[0])
+
+    def set_u32(self, index: int, value: int) -> None:
+        _U32.pack_into(self.mem, index * self.value_size, value)
+
+    def close(self) -> None:
+        self.mem.close()
+
+
+_PROG_INFO_SIZE, _PROG_INFO_MISSES = 232, 208  # struct bpf_prog_info (UAPI, append-only)
+
+
+def prog_recursion_misses(prog_fd: int) -> int:
+    """Times the kernel skipped this program because another BPF program (or a map syscall)
+    was active on the CPU: events the probe never saw, invisible to the ring buffer."""
+    import ctypes
+
+    from bcc.libbcc import lib
+
+    info = ctypes.create_string_buffer(_PROG_INFO_SIZE)
+    size = ctypes.c_uint32(_PROG_INFO_SIZE)
+    lib.bpf_obj_get_info_by_fd.argtypes = [ctypes.c_int, ctypes.c_void_p,
+                                           ctypes.POINTER(ctypes.c_uint32)]
+    if lib.bpf_obj_get_info_by_fd(prog_fd, info, ctypes.byref(size)) != 0:
+        return 0
+    if size.value < _PROG_INFO_MISSES + 8:
+        return 0
+    return int(_U64.unpack_from(info.raw, _PROG_INFO_MISSES)[0])
+
+
 @dataclass
 class LoadedProbe:
     """A probe's state: its BPF object and ring reader once loaded, or why it failed."""
@@ -280,6 +322,8 @@ class LoadedProbe:
     probe: Probe
     bpf: Any = None
     ring: RingReader | None = None
+    drops: MmapArray | None = None
+    errgen: MmapArray | None = None
     error: str = ""
     events: int = 0
     attached: list[str] = field(default_factory=list)
@@ -347,6 +391,9 @@ class EbpfSource(Source):
                       fn_name=fn.encode())
             lp.attached.append(tp)
         self._fill_filters(lp.bpf)
+        lp.drops = MmapArray(lp.bpf[b"mh_drops"].map_fd, 8, dec.EV_MAX)
+        if probe.name == "syscall_errors":
+            lp.errgen = MmapArray(lp.bpf[b"mh_errgen"].map_fd, 4, 1)
         if probe.ring_mb or probe.name in self.cfg.ringbuf_mb:
             ring = lp.bpf[b"mh_events"]
             size = self.cfg.ringbuf_mb.get(probe.name, probe.ring_mb) << 20
@@ -367,9 +414,11 @@ class EbpfSource(Source):
             table[table.Key(_cgroup_id(cg))] = table.Leaf(1)
 
     def _unload(self, lp: LoadedProbe) -> None:
-        if lp.ring is not None:
-            lp.ring.close()
-            lp.ring = None
+        for attr in ("ring", "drops", "errgen"):
+            mapped = getattr(lp, attr)
+            if mapped is not None:
+                mapped.close()
+                setattr(lp, attr, None)
         if lp.bpf is not None:
             with contextlib.suppress(Exception):
                 lp.bpf.cleanup()
@@ -427,25 +476,17 @@ class EbpfSource(Source):
         return total
 
     def drain_syscall_errors(self, emit: Emit) -> int:
-        """Flip the generation, then read and delete the old one: one entry per key."""
+        """Switch the kernel to the other map, then empty this one: one entry per key."""
         lp = self.loaded.get("syscall_errors")
-        if lp is None or lp.bpf is None:
+        if lp is None or lp.bpf is None or lp.errgen is None:
             return 0
-        gen_table, errors = lp.bpf[b"mh_errgen"], lp.bpf[b"mh_errors"]
         old = self._errgen
         self._errgen ^= 1
-        gen_table[gen_table.Key(0)] = gen_table.Leaf(self._errgen)
+        lp.errgen.set_u32(0, self._errgen)
         time.sleep(0.005)  # let programs that read the old generation finish
+        table = lp.bpf[f"mh_errors{old}".encode()]
         out = []
-        for key in list(errors.keys()):
-            if key.gen != old:
-                continue
-            try:
-                value = errors[key]
-            except KeyError:
-                continue
-            with contextlib.suppress(KeyError):
-                del errors[key]
+        for key, value in _lookup_and_delete_all(table):
             out.append(self.decoder.syscall_errors(bytes(key), bytes(value),
                                                    self.cfg.syscall_errors_interval_s))
             self.syscall_counted += value.count
@@ -457,16 +498,23 @@ class EbpfSource(Source):
     # -- counters --------------------------------------------------------------------------
 
     def kernel_drops(self, lp: LoadedProbe) -> int:
+        """Failed ring-buffer reserves (or full maps) of this probe's event type."""
+        return lp.drops.u64(lp.probe.event) if lp.drops is not None else 0
+
+    def kernel_misses(self, lp: LoadedProbe) -> int:
+        """Runs of this probe's programs the kernel skipped (recursion_misses)."""
         if lp.bpf is None:
             return 0
-        try:
-            values = lp.bpf[b"mh_drops"][lp.bpf[b"mh_drops"].Key(lp.probe.event)]
-        except (KeyError, ValueError):
-            return 0
-        return int(sum(values))
+        total = 0
+        for _m, _tp, fn in lp.probe.tracepoints:
+            func = lp.bpf.funcs.get(fn.encode())
+            if func is not None:
+                total += prog_recursion_misses(func.fd)
+        return total
 
     def stats(self) -> dict[str, Any]:  # type: ignore[override]
         probes = {name: {"events": lp.events, "kernel_drops": self.kernel_drops(lp),
+                         "kernel_misses": self.kernel_misses(lp),
                          "loaded": not lp.error, "error": lp.error,
                          "tracepoints": lp.attached}
                   for name, lp in self.loaded.items()}
@@ -482,6 +530,19 @@ class EbpfSource(Source):
         if self.kmsg is not None:
             self.kmsg.close()
             self.kmsg = None
+
+
+def _lookup_and_delete_all(table: Any) -> list[tuple[Any, Any]]:
+    """Every (key, value) of a hash map, deleted, in as few syscalls as the kernel allows."""
+    try:
+        return list(table.items_lookup_and_delete_batch())
+    except Exception:  # noqa: BLE001 - kernels without batch ops: one key at a time
+        items = []
+        for key in list(table.keys()):
+            with contextlib.suppress(KeyError):
+                items.append((key, table[key]))
+                del table[key]
+        return items
 
 
 def cgroup2_root() -> Path:

@@ -28,6 +28,7 @@ from mohlog.model import new_id
 # event type numbers (enum mh_event_type in bpf/include/mohlog.h)
 EV_EXEC, EV_EXIT, EV_FORK, EV_OOM, EV_SIGNAL = 1, 2, 3, 4, 5
 EV_TCP_STATE, EV_TCP_RETRANSMIT, EV_TCP_RESET, EV_OPEN_FAIL, EV_SYSCALL_ERRORS = 6, 7, 8, 9, 10
+EV_MAX = 12
 EVENT_NAMES: dict[int, str] = {
     EV_EXEC: "exec", EV_EXIT: "exit", EV_FORK: "fork", EV_OOM: "oom", EV_SIGNAL: "signal",
     EV_TCP_STATE: "tcp_state", EV_TCP_RETRANSMIT: "tcp_retransmit", EV_TCP_RESET: "tcp_reset",
@@ -71,7 +72,7 @@ OOM = struct.Struct("<QQIIII16sIIQQQQQiI16s")             # 120
 SIGNAL = struct.Struct("<QQIIII16siiiIii16s")             # 88
 NET = struct.Struct("<QQIIII16sQIiiiHHHH16s16sII16s")      # 136
 OPEN_FAIL = struct.Struct("<QQIIII16siIII")               # 64, then path[256]
-ERR_KEY = struct.Struct("<IIiI")                          # struct mh_err_key
+ERR_KEY = struct.Struct("<IIiI")                          # struct mh_err_key (pad)
 ERR_VAL = struct.Struct("<QQQIIQ16s")                     # struct mh_err_val
 PATH_MAX = 256
 
