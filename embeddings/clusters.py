@@ -6,15 +6,15 @@ joining them with one space gives the shape back exactly.
 
 Grouping, all by hashing (no scan over the known templates):
 
-1. **Key.** A shape's key is its tokens with every *variable-like* token (one holding a
-   masked value or a digit) replaced by ``<*>``. Shapes with the same key share a
-   template; the template keeps such a token literal until a second value shows up at
-   that position (then it widens to ``<*>``), like Drain's tree ignores digit tokens.
+1. **Key.** A shape's key is its tokens with the masked values shown as ``<*>``; shapes
+   with the same key share a template. A *value-like* token (a masked value with no
+   letters around it: ``" <*>"``, ``"(<*>)"``) also matches a plain ``<*>`` there.
 2. **Sibling merge.** Templates of the same length that differ at one single position
-   are siblings. Constant words usually take few values at a position ("startup" /
-   "shutdown"), variables (user or host names) many: once ``merge_values`` siblings
-   exist, they merge into one template with that position wild. Later shapes are
-   looked up with the merged positions wild too.
+   are siblings. When a value there is value-like they merge at once ("()" next to
+   "(<*>)"). Otherwise they are words: constant words take few values at a position
+   ("startup" / "shutdown"), variables (user names) many, so plain words merge once
+   ``merge_values`` siblings exist and the merged template keeps ``min_literals``
+   literal tokens. Later shapes are looked up with the merged positions wild too.
 
 Widening and merging are reported to the miner as (old text, cluster) events so that
 old ids stay renderable and point to the new template.
