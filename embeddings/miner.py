@@ -200,6 +200,28 @@ class TemplateMiner:
             out.append(piece)
         return "".join(out)
 
+    def render_many(self, template_ids: np.ndarray, params: pa.Array) -> pa.Array:
+        """``render`` over a batch, vectorised: uint64 ids and a ``list<string>`` array of
+        parameters (as ``mine_arrow`` returns them) -> a string array of the messages."""
+        tids = np.asarray(template_ids, dtype=np.uint64)
+        if isinstance(params, pa.ChunkedArray):
+            params = params.combine_chunks()
+        if len(params) != len(tids):
+            raise InvalidInput(f"{len(tids)} template ids but {len(params)} parameter lists")
+        uniq, inverse = np.unique(tids, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        texts = [self._pieces.get(int(t)) for t in uniq.tolist()]
+        missing = [int(t) for t, x in zip(uniq.tolist(), texts, strict=True) if x is None]
+        if missing:
+            raise NotFound(f"unknown template id {missing[0]}", template_id=missing[0])
+        nparams = np.array([len(x) - 1 for x in texts], dtype=np.int64)
+        offsets = params.offsets.to_numpy().astype(np.int64)
+        offsets = offsets - offsets[0]
+        line_k = nparams[inverse]
+        if not np.array_equal(np.diff(offsets), line_k):
+            raise InvalidInput("parameter counts do not match their templates")
+        return _interleave(texts, inverse, line_k, offsets, params.flatten())
+
     def _info(self, tid: int) -> TemplateInfo:
         info = self._infos.get(tid)
         if info is None:
@@ -522,6 +544,30 @@ def _assemble(decisions: list[_Shape], sp: _Split, consts: list[str]) -> pa.Arra
     loff = np.zeros(len(codes) + 1, dtype=np.int64)
     np.cumsum(rec_nparams[codes], out=loff[1:])
     return pa.ListArray.from_arrays(pa.array(loff, type=pa.int32()), flat)
+
+
+def _interleave(
+    texts: list[list[str]], inverse: np.ndarray, line_k: np.ndarray, offsets: np.ndarray,
+    values: pa.Array,
+) -> pa.Array:
+    """Messages as piece0 + value0 + piece1 + ... for every line, with takes only."""
+    piece_start = np.concatenate(([0], np.cumsum([len(x) for x in texts])[:-1])).astype(np.int64)
+    lengths = 2 * line_k + 1
+    first = np.zeros(len(lengths), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=first[1:])
+    owner = np.repeat(np.arange(len(lengths)), lengths)
+    pos = np.arange(int(lengths.sum()), dtype=np.int64) - first[owner]
+    j = pos >> 1
+    idx = np.where(
+        pos & 1, offsets[:-1][owner] + j, len(values) + piece_start[inverse][owner] + j
+    )
+    pool = pa.concat_arrays(
+        [values.cast(pa.string()), pa.array([p for x in texts for p in x], pa.string())]
+    )
+    loff = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=loff[1:])
+    pieces = pool.take(pa.array(idx, type=pa.int64()))
+    return pc.binary_join(pa.ListArray.from_arrays(pa.array(loff, pa.int32()), pieces), "")
 
 
 def _gather(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:

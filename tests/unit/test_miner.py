@@ -220,6 +220,21 @@ def test_parallel_chunks_give_same_result(monkeypatch: pytest.MonkeyPatch) -> No
         assert two.render(int(tid), params.as_py()) == msg
 
 
+def test_render_many_checks_its_input() -> None:
+    miner = TemplateMiner(None)
+    batch = miner.mine_arrow(pa.array(["job 1 ok", "no params", "job 2 ok"] * 20))
+    out = miner.render_many(batch.template_ids, batch.params)
+    assert out.to_pylist() == ["job 1 ok", "no params", "job 2 ok"] * 20
+    with pytest.raises(InvalidInput):
+        miner.render_many(batch.template_ids[:2], batch.params)
+    swapped = batch.template_ids.copy()
+    swapped[0], swapped[1] = swapped[1], swapped[0]
+    with pytest.raises(InvalidInput):
+        miner.render_many(swapped, batch.params)
+    with pytest.raises(NotFound):
+        miner.render_many(np.array([1] * 60, dtype=np.uint64), batch.params)
+
+
 def test_bad_input_type() -> None:
     with pytest.raises(InvalidInput):
         TemplateMiner(None).mine_arrow(pa.array([1, 2]))

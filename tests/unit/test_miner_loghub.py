@@ -70,6 +70,16 @@ def test_python_and_re2_masking_agree_on_every_loghub_line(loghub: Path) -> None
             assert [line[a:b] for a, b in masking.spans(line)] == values
 
 
+def test_render_many_on_every_loghub_line(loghub: Path) -> None:
+    import pyarrow as pa
+
+    miner = TemplateMiner(None)
+    for folder in _systems(loghub):
+        raw = (folder / f"{folder.name}_2k.log").read_text(encoding="utf-8").split("\n")
+        batch = miner.mine_arrow(pa.array(raw))
+        assert miner.render_many(batch.template_ids, batch.params).to_pylist() == raw
+
+
 def test_grouping_accuracy_at_the_bar(loghub: Path) -> None:
     scores = {}
     for folder in _systems(loghub):
