@@ -117,6 +117,10 @@ def bench_known(lines: list[str], runs: int, batch: int, peer: int) -> dict[str,
             len(arr), runs, lambda: [miner.mine_arrow(b) for b in batches]
         ),
     }
+    mined = miner.mine_arrow(arr)
+    out["ours render_many (read path), one call"] = median_rate(
+        len(arr), runs, lambda: miner.render_many(mined.template_ids, mined.params)
+    )
     sub = lines[: min(len(lines), peer)]
     out[f"ours mine (list in/out, {len(sub)} lines)"] = median_rate(
         len(sub), runs, lambda: miner.mine(sub)

@@ -8,12 +8,13 @@ Contract (docs/CONTRACTS "Template miner -> hub store"):
   the parameters as a pyarrow ``list<string>`` array instead: ``params[i]`` holds line i's
   values, in the order of the ``<*>`` of its template (no per-line Python objects — the
   store's hot path; ``params.flatten()`` / ``params.offsets`` give the flat values).
-* ``render(template_id, params)`` gives back the exact message (whitespace included).
+* ``render(template_id, params)`` gives back the exact message (whitespace included);
+  ``render_many(ids, params_list_array)`` does it for a batch, vectorised.
 * ids are ``xxhash64`` (seed 0) of the UTF-8 template text, so the same text has the
   same id on every hub and after restarts (hubs fed the same lines in the same order
   build the same templates). When a template widens, the old id stays renderable and
   ``parent_of(old)`` gives the wider one (``resolve`` follows the chain to the live one,
-  ``family`` lists every id that resolves to a given one).
+  ``family`` lists every id that resolves to a given one, ``resolve_many`` maps arrays).
 * ``save()`` / ``load()`` persist the state as JSON (atomic: temp file, fsync, rename).
 
 Concurrency: single writer. ``mine``/``mine_arrow``/``save``/``load`` take an internal
