@@ -1,0 +1,159 @@
+"""Structured queries (POST /api/v1/query): search, aggregation, time series; template stats."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+
+from mohlog.errors import InvalidInput
+from server.store.query import FIELDS, Filter, LogQuery, check_filter, parse_filter, parse_time
+
+if TYPE_CHECKING:
+    from server.store.engine import Store
+
+METRIC_OPS = ("count", "min", "max", "avg", "sum")
+_INTERVAL = re.compile(r"^(\d+)(ms|s|m|h|d)$")
+_NS = {"ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9, "d": 86400 * 10**9}
+
+
+def spec_query(spec: dict[str, Any]) -> LogQuery:
+    """The LogQuery part of a structured query."""
+    if not isinstance(spec, dict):
+        raise InvalidInput("query must be a JSON object")
+    q = LogQuery(start=parse_time(spec.get("start")), end=parse_time(spec.get("end")),
+                 text=spec.get("q"), case=bool(spec.get("case", False)),
+                 cursor=spec.get("cursor"), sort=str(spec.get("sort", "desc")))
+    if q.sort not in ("asc", "desc"):
+        raise InvalidInput("sort must be asc or desc", valid=["asc", "desc"])
+    q.limit = _limit(spec.get("limit", 100))
+    flt = spec.get("filters") or []
+    if isinstance(flt, dict):
+        q.filters = [check_filter(Filter(k, "=", str(v))) for k, v in flt.items()]
+    elif isinstance(flt, list):
+        q.filters = [_one_filter(f) for f in flt]
+    else:
+        raise InvalidInput("filters must be an object or a list")
+    return q
+
+
+def _limit(v: Any) -> int:
+    if not isinstance(v, int) or not 1 <= v <= 100_000:
+        raise InvalidInput("limit must be an integer between 1 and 100000")
+    return v
+
+
+def _one_filter(f: Any) -> Filter:
+    if isinstance(f, str):
+        return parse_filter(f)
+    if isinstance(f, list | tuple) and len(f) == 3:
+        return check_filter(Filter(str(f[0]), str(f[1]), str(f[2])))
+    if isinstance(f, dict) and {"field", "op", "value"} <= f.keys():
+        return check_filter(Filter(str(f["field"]), str(f["op"]), str(f["value"])))
+    raise InvalidInput(f"bad filter {f!r}: use \"field<op>value\", [field, op, value] "
+                       "or {field, op, value}")
+
+
+def run_query(store: Store, spec: dict[str, Any]) -> dict[str, Any]:
+    q = spec_query(spec)
+    kind = spec.get("type", "search")
+    if kind == "search":
+        page = store.search(q)
+        return {"type": "search", "records": page.records, "next_cursor": page.next_cursor}
+    if kind == "aggregation":
+        return _aggregate(store, q, spec, bucket=None)
+    if kind == "time_series":
+        return _aggregate(store, q, spec, bucket=_interval(spec.get("interval", "1m")))
+    raise InvalidInput(f"unknown query type {kind!r}",
+                       valid=["search", "aggregation", "time_series"])
+
+
+def _interval(v: Any) -> int:
+    m = _INTERVAL.match(str(v))
+    if not m:
+        raise InvalidInput(f"bad interval {v!r}: use e.g. 10s, 1m, 1h, 1d")
+    return int(m.group(1)) * _NS[m.group(2)]
+
+
+def _column(name: str) -> str:
+    if name in FIELDS and name != "message":
+        return f'"{name}"'
+    if name == "message":
+        return '"message"'
+    if name.startswith("metadata.") and re.fullmatch(r"metadata\.[A-Za-z0-9_.-]+", name):
+        return f"json_extract_string(metadata, '$.{name[9:]}')"
+    raise InvalidInput(f"unknown field {name!r}", valid=[*FIELDS, "metadata.<key>"])
+
+
+def _metrics(spec: dict[str, Any]) -> list[tuple[str, str]]:
+    out = []
+    for m in spec.get("metrics") or [{"op": "count"}]:
+        if not isinstance(m, dict) or m.get("op") not in METRIC_OPS:
+            raise InvalidInput(f"bad metric {m!r}", valid=list(METRIC_OPS))
+        op, fld = m["op"], m.get("field")
+        if op == "count":
+            out.append(("count", "count(*)"))
+        else:
+            if not fld:
+                raise InvalidInput(f"metric {op} needs a field")
+            col = _column(fld)
+            out.append((f"{op}_{fld}", f"{op}(TRY_CAST({col} AS DOUBLE))"))
+    return out
+
+
+def _aggregate(store: Store, q: LogQuery, spec: dict[str, Any], bucket: int | None
+               ) -> dict[str, Any]:
+    group = spec.get("group_by") or []
+    if isinstance(group, str):
+        group = [group]
+    keys = [(g, _column(g)) for g in group]
+    metrics = _metrics(spec)
+    table = store.matching(q)
+    sel = [f"{expr} AS \"{name}\"" for name, expr in keys]
+    grp = [f'"{name}"' for name, _ in keys]
+    if bucket:
+        sel.insert(0, f"(timestamp // {bucket}) * {bucket} AS bucket")
+        grp.insert(0, "bucket")
+    sel += [f"{expr} AS \"{name}\"" for name, expr in metrics]
+    sql = f"SELECT {', '.join(sel)} FROM t"
+    if grp:
+        sql += f" GROUP BY {', '.join(grp)} ORDER BY {', '.join(grp)}"
+    con = duckdb.connect()
+    try:
+        con.register("t", table)
+        rows = _fetch(con.execute(sql))
+    finally:
+        con.close()
+    out: dict[str, Any] = {"type": spec.get("type"), "rows": rows[: max(q.limit, 1) * 100]}
+    if bucket:
+        out["interval_ns"] = bucket
+    return out
+
+
+def template_stats(store: Store, q: LogQuery) -> list[dict[str, Any]]:
+    table = store.matching(q, ["template_id", "timestamp", "host", "message"])
+    if not table.num_rows:
+        return []
+    con = duckdb.connect()
+    try:
+        con.register("t", table)
+        rows = con.execute(  # type: ignore[assignment]
+            "SELECT template_id, count(*) AS count, min(timestamp) AS first_seen, "
+            "max(timestamp) AS last_seen, list(DISTINCT host) AS hosts, "
+            "arg_max(message, timestamp) AS example FROM t GROUP BY template_id "
+            "ORDER BY count DESC")
+        rows = _fetch(rows)
+    finally:
+        con.close()
+    infos = store.miner.templates()
+    for r in rows:
+        info = infos.get(r["template_id"])
+        r["template"] = info.text if info else None
+        r["hosts"] = sorted(r["hosts"])[:100]
+    return rows[: q.limit] if q.limit else rows
+
+
+def _fetch(cur: Any) -> list[dict[str, Any]]:
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]

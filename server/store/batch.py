@@ -1,0 +1,241 @@
+"""Request bodies -> validated Arrow batches (NDJSON or Arrow IPC; zstd/gzip bodies).
+
+A batch is all-or-nothing: the first bad line raises ``InvalidInput`` naming the line
+(1-based) and the reason, and nothing of the batch is stored.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import zstandard
+
+from mohlog.errors import InvalidInput, TooLarge
+from mohlog.model import COMPONENTS, LEVELS, new_id
+
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+
+# The record schema of the write-ahead log and the memory tail.
+SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("timestamp", pa.int64()),
+    ("level", pa.string()),
+    ("source", pa.string()),
+    ("component", pa.string()),
+    ("host", pa.string()),
+    ("pid", pa.int64()),
+    ("tid", pa.int64()),
+    ("process", pa.string()),
+    ("message", pa.string()),
+    ("metadata", pa.string()),
+    ("context", pa.string()),
+])
+_STR_FIELDS = ("id", "level", "source", "component", "host", "process", "message")
+_INT_FIELDS = ("timestamp", "pid", "tid")
+_OBJ_FIELDS = ("metadata", "context")
+_HOST = os.uname().nodename
+
+
+@dataclass
+class Batch:
+    """A validated batch: the Arrow table and the size of its decoded body."""
+
+    table: pa.Table
+    raw_bytes: int
+
+    @property
+    def rows(self) -> int:
+        return self.table.num_rows
+
+
+def decode_body(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """Undo the Content-Encoding, refusing bodies that decode to more than ``limit``."""
+    enc = (encoding or "identity").strip().lower()
+    if enc in ("identity", ""):
+        out = body
+    elif enc == "zstd":
+        out = _unzstd(body, limit)
+    elif enc in ("gzip", "x-gzip"):
+        out = _gunzip(body, limit)
+    else:
+        raise InvalidInput(f"unsupported content-encoding {enc!r}", valid=["zstd", "gzip"])
+    if len(out) > limit:
+        raise TooLarge(f"body of {len(out)} bytes exceeds the limit of {limit}", limit=limit)
+    return out
+
+
+def _unzstd(body: bytes, limit: int) -> bytes:
+    try:
+        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body))
+        out = reader.read(limit + 1)
+    except zstandard.ZstdError as err:
+        raise InvalidInput(f"body is not valid zstd: {err}", reason="bad zstd") from err
+    return out
+
+
+def _gunzip(body: bytes, limit: int) -> bytes:
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(body)) as f:
+            return f.read(limit + 1)
+    except (OSError, EOFError, zlib.error) as err:
+        raise InvalidInput(f"body is not valid gzip: {err}", reason="bad gzip") from err
+
+
+def parse_ndjson(data: bytes) -> pa.Table:
+    """Parse NDJSON entries into a table of SCHEMA; InvalidInput names the bad line."""
+    lines = [ln for ln in data.split(b"\n")]
+    numbered = [(i + 1, ln) for i, ln in enumerate(lines) if ln.strip()]
+    if not numbered:
+        raise InvalidInput("empty batch: no entries", reason="empty")
+    try:
+        docs = orjson.loads(b"[" + b",".join(ln for _, ln in numbered) + b"]")
+    except orjson.JSONDecodeError:
+        docs = [_load_line(n, ln) for n, ln in numbered]
+    cols = _columns(docs, [n for n, _ in numbered])
+    return pa.table(cols, schema=SCHEMA)
+
+
+def _load_line(n: int, line: bytes) -> Any:
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError as err:
+        raise InvalidInput(f"line {n}: invalid JSON: {err}", line=n, reason=str(err)) from err
+
+
+def _bad(n: int, reason: str, **extra: Any) -> InvalidInput:
+    return InvalidInput(f"line {n}: {reason}", line=n, reason=reason, **extra)
+
+
+def _columns(docs: list[Any], numbers: list[int]) -> dict[str, pa.Array]:
+    for doc, n in zip(docs, numbers, strict=True):
+        if not isinstance(doc, dict):
+            raise _bad(n, "entry is not a JSON object")
+    cols: dict[str, pa.Array] = {}
+    for name in _STR_FIELDS:
+        cols[name] = _str_col(docs, numbers, name)
+    for name in _INT_FIELDS:
+        cols[name] = _int_col(docs, numbers, name)
+    for name in _OBJ_FIELDS:
+        cols[name] = _obj_col(docs, numbers, name)
+    return cols
+
+
+def _str_col(docs: list[dict], numbers: list[int], name: str) -> pa.Array:
+    values = [d.get(name) for d in docs]
+    try:
+        arr = pa.array(values, type=pa.string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        i = next(i for i, v in enumerate(values) if v is not None and not isinstance(v, str))
+        raise _bad(numbers[i], f"field {name!r} must be a string") from None
+    return arr
+
+
+def _int_col(docs: list[dict], numbers: list[int], name: str) -> pa.Array:
+    values = [d.get(name) for d in docs]
+    try:
+        return pa.array(values, type=pa.int64())
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        i = next(i for i, v in enumerate(values)
+                 if v is not None and (not isinstance(v, int) or isinstance(v, bool)))
+        raise _bad(numbers[i], f"field {name!r} must be an integer") from None
+
+
+def _obj_col(docs: list[dict], numbers: list[int], name: str) -> pa.Array:
+    out: list[str | None] = []
+    for doc, n in zip(docs, numbers, strict=True):
+        v = doc.get(name)
+        if v is None:
+            out.append(None)
+        elif isinstance(v, dict):
+            out.append(orjson.dumps(v).decode())
+        else:
+            raise _bad(n, f"field {name!r} must be an object")
+    return pa.array(out, type=pa.string())
+
+
+def parse_arrow(data: bytes) -> pa.Table:
+    """Read an Arrow IPC stream; columns are cast to SCHEMA (absent ones are null)."""
+    try:
+        table = pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+    except (pa.ArrowInvalid, OSError) as err:
+        raise InvalidInput(f"body is not an Arrow IPC stream: {err}", reason=str(err)) from err
+    cols = {}
+    for field in SCHEMA:
+        if field.name in table.column_names:
+            try:
+                cols[field.name] = table[field.name].cast(field.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+                raise InvalidInput(f"column {field.name!r}: {err}", reason=str(err)) from err
+        else:
+            cols[field.name] = pa.nulls(table.num_rows, field.type)
+    return pa.table(cols, schema=SCHEMA)
+
+
+def complete(table: pa.Table, line_numbers: bool = True) -> pa.Table:
+    """Check required fields and known levels/components; fill defaults (id, time, host...)."""
+    _require(table, "message")
+    for name, valid in (("level", LEVELS), ("component", COMPONENTS)):
+        _require(table, name)
+        ok = pc.is_in(table[name], value_set=pa.array(valid))
+        if not pc.all(ok).as_py():
+            i = pc.index(ok, False).as_py()
+            bad = table[name][i].as_py()
+            raise InvalidInput(f"line {i + 1}: unknown {name} {bad!r}", line=i + 1,
+                               reason=f"unknown {name}", valid=list(valid))
+    return _defaults(table)
+
+
+def _require(table: pa.Table, name: str) -> None:
+    nulls = table[name].null_count
+    if nulls:
+        i = pc.index(pc.is_null(table[name]), True).as_py()
+        raise InvalidInput(f"line {i + 1}: missing field {name!r}", line=i + 1,
+                           reason=f"missing {name}")
+
+
+def _defaults(table: pa.Table) -> pa.Table:
+    n = table.num_rows
+    ids = table["id"]
+    if ids.null_count:
+        fresh = pa.array([new_id() for _ in range(ids.null_count)], pa.string())
+        ids = _fill(ids, fresh)
+    now = time.time_ns()
+    fills = {
+        "id": ids,
+        "timestamp": pc.fill_null(table["timestamp"], now),
+        "source": pc.fill_null(table["source"], "api"),
+        "host": pc.fill_null(table["host"], _HOST),
+        "pid": pc.fill_null(table["pid"], 0),
+        "tid": pc.fill_null(table["tid"], 0),
+        "process": pc.fill_null(table["process"], ""),
+        "metadata": pc.fill_null(table["metadata"], "{}"),
+        "context": pc.fill_null(table["context"], "{}"),
+    }
+    cols = [fills.get(f.name, table[f.name]) for f in SCHEMA]
+    assert all(len(c) == n for c in cols)
+    return pa.table(cols, schema=SCHEMA)
+
+
+def _fill(arr: pa.ChunkedArray | pa.Array, fresh: pa.Array) -> pa.Array:
+    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+    mask = pc.is_null(arr)
+    return pc.replace_with_mask(arr, mask, fresh)
+
+
+def parse(body: bytes, encoding: str | None, content_type: str | None, limit: int) -> Batch:
+    """Decode, parse and validate one request body."""
+    data = decode_body(body, encoding, limit)
+    if (content_type or "").split(";")[0].strip() == ARROW_STREAM:
+        table = parse_arrow(data)
+    else:
+        table = parse_ndjson(data)
+    return Batch(complete(table), len(data))

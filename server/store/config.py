@@ -1,0 +1,35 @@
+"""Settings of the storage engine (every field is documented in the README)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class StoreConfig:
+    # Directory holding the write-ahead log, segments, archive and template state.
+    data_dir: Path
+    # Age (seconds) after which a time partition is archived and removed; None keeps all.
+    retention_age_s: int | None = None
+    # Upper bound on stored segment bytes; the oldest partitions are archived first. None: no bound.
+    retention_bytes: int | None = None
+    # Largest accepted request body after decompression, in bytes (larger: 413).
+    max_batch_bytes: int = 64 << 20
+    # Records buffered in memory (and the WAL) before they are written as a segment.
+    flush_rows: int = 500_000
+    # Seconds after which buffered records are written as a segment even if fewer.
+    flush_interval_s: float = 5.0
+    # Span of one time partition, in seconds (segments never straddle two).
+    partition_s: int = 3600
+    # Rows per Parquet row group inside a segment (the unit of skipping by statistics).
+    row_group_rows: int = 65_536
+    # zstd level for segments.
+    zstd_level: int = 9
+    # Idempotency keys remembered for deduplication (oldest forgotten first).
+    max_keys: int = 1_000_000
+    # Seconds between retention passes of the background task.
+    retention_interval_s: float = 60.0
+    # Mine message templates (store template id + parameters); False stores raw messages
+    # as a single parameter of an empty template.
+    templates: bool = True

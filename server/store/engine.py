@@ -1,0 +1,618 @@
+"""The storage engine: durable append, memory tail, segments, queries, retention."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tarfile
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from embeddings.miner import TemplateMiner
+from mohlog import log
+from mohlog.errors import InvalidInput, NotFound
+from server.store import batch as batchmod
+from server.store import filters
+from server.store.config import StoreConfig
+from server.store.metrics import StoreMetrics
+from server.store.query import LogQuery, decode_cursor, encode_cursor
+from server.store.segments import (
+    Manifest,
+    SegmentInfo,
+    fsync_dir,
+    partition_name,
+    verify,
+    write_segment,
+)
+from server.store.wal import Pending, Wal, encode
+
+MEM_SCHEMA = batchmod.SCHEMA.append(pa.field("template_id", pa.uint64())).append(
+    pa.field("params", pa.list_(pa.string())))
+
+
+@dataclass
+class Batch:
+    table: pa.Table          # MEM_SCHEMA
+    raw_bytes: int
+    record: bytes            # the encoded WAL record (no key yet: see Store.append)
+
+    @property
+    def rows(self) -> int:
+        return self.table.num_rows
+
+
+@dataclass
+class AppendResult:
+    accepted: int
+    duplicate: bool
+
+
+@dataclass
+class SearchPage:
+    records: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+@dataclass
+class Chunk:
+    wal: int
+    key: str | None
+    table: pa.Table
+    raw_bytes: int
+    added: float = field(default_factory=time.monotonic)
+
+
+class Subscription:
+    """New records matching a query, as lists, for the live tail."""
+
+    def __init__(self, store: Store, q: LogQuery, maxsize: int = 1000) -> None:
+        self.store, self.query = store, q
+        self.queue: asyncio.Queue[list[dict]] = asyncio.Queue(maxsize)
+        self.loop = asyncio.get_running_loop()
+        self.dropped = 0
+
+    def offer(self, records: list[dict]) -> None:
+        try:
+            self.queue.put_nowait(records)
+        except asyncio.QueueFull:
+            self.dropped += len(records)
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> list[dict]:
+        return await self.queue.get()
+
+    def close(self) -> None:
+        self.store._subs.discard(self)
+
+
+class Store:
+    """See server/store/__init__.py for the contract."""
+
+    def __init__(self, cfg: StoreConfig, registry: Any = None) -> None:
+        self.cfg = cfg
+        self.dir = Path(cfg.data_dir)
+        self.seg_dir = self.dir / "segments"
+        self.archive_dir = self.dir / "archive"
+        self.metrics = StoreMetrics(registry)
+        self.miner = TemplateMiner(self.dir / "templates.json")
+        self.wal = Wal(self.dir / "wal", self.metrics.fsync_seconds.observe)
+        self._lock = threading.RLock()
+        self._flush_lock = threading.Lock()
+        self._chunks: list[Chunk] = []
+        self._segments: list[SegmentInfo] = []
+        self._corrupt: list[dict] = []
+        self._manifest = Manifest([])
+        self._keys: OrderedDict[str, int] = OrderedDict()
+        self._inflight: dict[str, Future] = {}
+        self._subs: set[Subscription] = set()
+        self._counts: dict[str, Counter] = {"level": Counter(), "component": Counter(),
+                                            "host": Counter()}
+        self._rate: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._bg: threading.Thread | None = None
+        self._pf_cache: dict[str, pq.ParquetFile] = {}
+
+    # ---- lifecycle ----------------------------------------------------------
+    async def open(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self._open_sync)
+
+    def _open_sync(self) -> None:
+        for d in (self.dir, self.seg_dir, self.archive_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        for tmp in self.seg_dir.rglob(".tmp-*"):
+            tmp.unlink(missing_ok=True)
+        if self.miner.state_path and Path(self.miner.state_path).exists():
+            self.miner.load()
+        self._manifest = Manifest.load(self.dir / "manifest.json")
+        self._load_segments()
+        self._load_keys()
+        replayed = 0
+        for n, key, table in self.wal.replay(self._manifest.wal_upto):
+            table = self._mine(table)
+            self._chunks.append(Chunk(n, key, table, _raw_estimate(table)))
+            self._remember(key, table.num_rows)
+            self._count(table)
+            replayed += table.num_rows
+        self.wal.open_next()
+        self.wal.start()
+        self._bg = threading.Thread(target=self._background, name="store-bg", daemon=True)
+        self._bg.start()
+        log.store.info("store open: %d segments, %d corrupt, %d records replayed from the WAL",
+                       len(self._segments), len(self._corrupt), replayed)
+
+    def _load_segments(self) -> None:
+        good = []
+        for s in self._manifest.segments:
+            path = self.seg_dir / s.path
+            if verify(path, s.xxh64):
+                good.append(s)
+                self._count_segment(path)
+            else:
+                log.store.error("segment %s is corrupt or missing: skipped", s.path)
+                self._corrupt.append({"path": s.path, "rows": s.rows})
+                self.metrics.corrupt_segments.inc()
+        self._segments = good
+
+    def _count_segment(self, path: Path) -> None:
+        t = pq.read_table(path, columns=["level", "component", "host"])
+        for name in ("level", "component", "host"):
+            for item in pc.value_counts(t[name]).to_pylist():
+                self._counts[name][item["values"]] += item["counts"]
+
+    async def close(self) -> None:
+        self._stop.set()
+        if self._bg:
+            await asyncio.get_running_loop().run_in_executor(None, self._bg.join, 30)
+        self.wal.stop()
+        with self._lock:
+            if self.miner.state_path:
+                self.miner.save()
+
+    # ---- ingest -------------------------------------------------------------
+    def parse(self, body: bytes, content_encoding: str | None = None,
+              content_type: str | None = None) -> Batch:
+        """Decode, validate and template one request body (CPU-heavy: run in an executor)."""
+        try:
+            b = batchmod.parse(body, content_encoding, content_type, self.cfg.max_batch_bytes)
+        except InvalidInput:
+            self.metrics.rejected.inc()
+            raise
+        return Batch(self._mine(b.table), b.raw_bytes, b"")
+
+    def _mine(self, table: pa.Table) -> pa.Table:
+        msgs = table["message"].combine_chunks()
+        if self.cfg.templates:
+            mined = self.miner.mine_arrow(msgs)
+            ids = pa.array(mined.template_ids, pa.uint64())
+            params = mined.params
+        else:
+            ids = pa.array(np.zeros(len(msgs), np.uint64))
+            params = pa.ListArray.from_arrays(pa.array(np.arange(len(msgs) + 1, dtype=np.int32)),
+                                              msgs)
+        return table.append_column("template_id", ids).append_column("params", params)
+
+    async def append(self, b: Batch, idempotency_key: str | None = None) -> AppendResult:
+        key = idempotency_key or None
+        if key:
+            if key in self._keys:
+                self.metrics.deduplicated.inc(b.rows)
+                return AppendResult(self._keys[key], True)
+            if key in self._inflight:
+                await asyncio.wrap_future(self._inflight[key])
+                self.metrics.deduplicated.inc(b.rows)
+                return AppendResult(b.rows, True)
+        loop = asyncio.get_running_loop()
+        record = await loop.run_in_executor(
+            None, encode, key, b.table.select(batchmod.SCHEMA.names))
+        fut: Future = Future()
+        if key:
+            self._inflight[key] = fut
+        self.wal.submit(Pending(record, fut, lambda n: self._install(n, key, b)))
+        try:
+            await asyncio.wrap_future(fut)
+        finally:
+            if key:
+                self._inflight.pop(key, None)
+        self.metrics.received.inc(b.rows)
+        self.metrics.raw_bytes.inc(b.raw_bytes)
+        self._publish(b.table)
+        return AppendResult(b.rows, False)
+
+    def _install(self, wal_no: int, key: str | None, b: Batch) -> None:
+        with self._lock:
+            self._chunks.append(Chunk(wal_no, key, b.table, b.raw_bytes))
+            self._remember(key, b.rows)
+            self._count(b.table)
+            self._rate.append((time.monotonic(), b.rows))
+
+    def _remember(self, key: str | None, rows: int) -> None:
+        if not key:
+            return
+        self._keys[key] = rows
+        while len(self._keys) > self.cfg.max_keys:
+            self._keys.popitem(last=False)
+
+    def _count(self, table: pa.Table) -> None:
+        for name in ("level", "component", "host"):
+            for item in pc.value_counts(table[name]).to_pylist():
+                self._counts[name][item["values"]] += item["counts"]
+
+    def _load_keys(self) -> None:
+        path = self.dir / "keys.log"
+        if not path.exists():
+            return
+        for line in path.read_text(errors="replace").splitlines():
+            key, _, n = line.rpartition("\t")
+            if key and n.isdigit():
+                self._remember(key, int(n))
+
+    # ---- live tail ------------------------------------------------------------
+    def subscribe(self, q: LogQuery) -> Subscription:
+        sub = Subscription(self, q)
+        self._subs.add(sub)
+        return sub
+
+    def _publish(self, table: pa.Table) -> None:
+        for sub in list(self._subs):
+            q = LogQuery(start=sub.query.start, end=None, text=sub.query.text,
+                         filters=sub.query.filters, case=sub.query.case, limit=100_000,
+                         sort="asc")
+            hit = filters.apply(table, q, self.miner)
+            if hit.num_rows:
+                sub.offer(_records(hit))
+
+    # ---- background: flush + retention --------------------------------------
+    def _background(self) -> None:
+        last_retention = time.monotonic()
+        while not self._stop.wait(0.25):
+            try:
+                if self._should_flush():
+                    self.flush()
+                if time.monotonic() - last_retention > self.cfg.retention_interval_s:
+                    last_retention = time.monotonic()
+                    self.enforce_retention()
+            except Exception:  # noqa: BLE001 - keep the loop alive, say why
+                log.store.exception("background flush/retention failed; will retry")
+                self._stop.wait(2.0)
+        try:
+            self.flush()
+        except Exception:  # noqa: BLE001
+            log.store.exception("final flush failed; records stay in the WAL")
+
+    def _should_flush(self) -> bool:
+        with self._lock:
+            if not self._chunks:
+                return False
+            rows = sum(c.table.num_rows for c in self._chunks)
+            age = time.monotonic() - self._chunks[0].added
+        return rows >= self.cfg.flush_rows or age >= self.cfg.flush_interval_s
+
+    def flush(self) -> int:
+        """Write buffered records as segments; returns the number of records written."""
+        with self._flush_lock:
+            closed = self.wal.rotate()
+            with self._lock:
+                chunks = [c for c in self._chunks if c.wal <= closed]
+            if not chunks:
+                self.wal.remove_upto(min(closed, self._manifest.wal_upto))
+                return 0
+            new = self._write_segments(chunks)
+            self._persist_keys(chunks)
+            self.miner.save()
+            with self._lock:
+                ids = {id(c) for c in chunks}
+                self._manifest.segments.extend(new)
+                self._manifest.wal_upto = closed
+                self._manifest.save(self.dir / "manifest.json")
+                self._segments = self._segments + new
+                self._chunks = [c for c in self._chunks if id(c) not in ids]
+            self.wal.remove_upto(closed)
+            rows = sum(s.rows for s in new)
+            self.metrics.stored.inc(rows)
+            self.metrics.segments.set(len(self._segments))
+            self.metrics.stored_bytes.set(self.stored_bytes())
+            return rows
+
+    def _write_segments(self, chunks: list[Chunk]) -> list[SegmentInfo]:
+        table = pa.concat_tables([c.table for c in chunks])
+        raw = sum(c.raw_bytes for c in chunks)
+        span = self.cfg.partition_s
+        part_keys = pc.divide(table["timestamp"], span * 1_000_000_000).to_numpy()
+        out = []
+        for pk in np.unique(part_keys):
+            sub = table.filter(pa.array(part_keys == pk))
+            part = partition_name(int(pk) * span * 1_000_000_000, span)
+            n = self._manifest.next_segment
+            self._manifest.next_segment += 1
+            path, size, digest = write_segment(sub, self.seg_dir / part, f"{n:010d}.parquet",
+                                               self.cfg.row_group_rows, self.cfg.zstd_level)
+            ts = sub["timestamp"]
+            out.append(SegmentInfo(f"{part}/{path.name}", part, sub.num_rows,
+                                   pc.min(ts).as_py(), pc.max(ts).as_py(), size,
+                                   raw * sub.num_rows // max(1, table.num_rows), digest))
+        return out
+
+    def _persist_keys(self, chunks: list[Chunk]) -> None:
+        lines = "".join(f"{c.key}\t{c.table.num_rows}\n" for c in chunks if c.key)
+        if not lines:
+            return
+        path = self.dir / "keys.log"
+        with open(path, "a") as f:
+            f.write(lines)
+            f.flush()
+            import os
+            os.fsync(f.fileno())
+        if path.stat().st_size > 200 * self.cfg.max_keys:
+            self._compact_keys(path)
+
+    def _compact_keys(self, path: Path) -> None:
+        with self._lock:
+            text = "".join(f"{k}\t{n}\n" for k, n in self._keys.items())
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+
+    # ---- reading ------------------------------------------------------------
+    def _snapshot(self) -> tuple[list[SegmentInfo], list[pa.Table]]:
+        with self._lock:
+            return list(self._segments), [c.table for c in self._chunks]
+
+    def _read_segment(self, s: SegmentInfo, q: LogQuery,
+                      columns: list[str] | None = None) -> pa.Table:
+        expr = filters.pushdown(q)
+        try:
+            t = pq.read_table(self.seg_dir / s.path, filters=expr, columns=columns)
+        except (OSError, pa.ArrowInvalid) as err:
+            log.store.error("segment %s unreadable: %s", s.path, err)
+            return pa.table({})
+        return t
+
+    def _candidates(self, q: LogQuery) -> Iterator[pa.Table]:
+        """Tables (memory tail first, then segments newest first) overlapping q's range."""
+        segs, mem = self._snapshot()
+        if mem:
+            yield pa.concat_tables(mem)
+        segs = [s for s in segs if _overlaps(s, q)]
+        segs.sort(key=lambda s: s.max_ts, reverse=(q.sort == "desc"))
+        for s in segs:
+            t = self._read_segment(s, q)
+            if t.num_rows:
+                yield t
+
+    def search(self, q: LogQuery) -> SearchPage:
+        t0 = time.perf_counter()
+        cur = decode_cursor(q.cursor)
+        segs, _ = self._snapshot()
+        found: list[pa.Table] = []
+        total = 0
+        segs_sorted = sorted((s for s in segs if _overlaps(s, q)), key=lambda s: s.max_ts,
+                             reverse=(q.sort == "desc"))
+        bounds = iter([(s.max_ts if q.sort == "desc" else s.min_ts) for s in segs_sorted[1:]]
+                      + [None])
+        gen = self._candidates(q)
+        first = True
+        for t in gen:
+            hit = filters.apply(t, q, self.miner, cur)
+            if hit.num_rows:
+                hit = _order(hit, q.sort).slice(0, q.limit)
+                found.append(hit)
+                total += hit.num_rows
+            if first:
+                first = False
+                continue
+            nxt = next(bounds, None)
+            if total >= q.limit and _can_stop(found, q, nxt):
+                break
+        page = self._page(found, q)
+        self.metrics.query_seconds.observe(time.perf_counter() - t0)
+        return page
+
+    def _page(self, found: list[pa.Table], q: LogQuery) -> SearchPage:
+        if not found:
+            return SearchPage([], None)
+        t = _order(pa.concat_tables(found), q.sort).slice(0, q.limit)
+        recs = _records(filters.with_message(t, self.miner))
+        nxt = None
+        if len(recs) == q.limit:
+            last = recs[-1]
+            nxt = encode_cursor(last["timestamp"], last["id"])
+        return SearchPage(recs, nxt)
+
+    def matching(self, q: LogQuery, columns: list[str] | None = None) -> pa.Table:
+        """Every record matching q (no limit), as one table."""
+        parts = [filters.apply(t, q, self.miner) for t in self._candidates(q)]
+        parts = [p for p in parts if p.num_rows]
+        if not parts:
+            return filters.empty(self.miner)
+        t = pa.concat_tables([p.select(parts[0].column_names) for p in parts])
+        return t.select(columns) if columns else t
+
+    def query(self, spec: dict[str, Any]) -> dict[str, Any]:
+        from server.store.aggregate import run_query
+        t0 = time.perf_counter()
+        try:
+            return run_query(self, spec)
+        finally:
+            self.metrics.query_seconds.observe(time.perf_counter() - t0)
+
+    def export(self, q: LogQuery, fmt: str) -> Iterator[bytes]:
+        from server.store.export import export
+        return export(self, q, fmt)
+
+    def template_stats(self, q: LogQuery) -> list[dict[str, Any]]:
+        from server.store.aggregate import template_stats
+        return template_stats(self, q)
+
+    # ---- stats ---------------------------------------------------------------
+    def stored_bytes(self) -> int:
+        with self._lock:
+            return sum(s.bytes for s in self._segments)
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            segs = list(self._segments)
+            mem_rows = sum(c.table.num_rows for c in self._chunks)
+            counts = {k: dict(v) for k, v in self._counts.items()}
+            now = time.monotonic()
+            self._rate = [(t, n) for t, n in self._rate if now - t < 60]
+            recent = sum(n for t, n in self._rate if now - t < 10)
+        wal_bytes = sum(p.stat().st_size for p in (self.dir / "wal").glob("*.log"))
+        raw = sum(s.raw_bytes for s in segs)
+        stored = sum(s.bytes for s in segs)
+        idx = (self.dir / "templates.json")
+        return {
+            "records": sum(s.rows for s in segs) + mem_rows,
+            "records_in_memory": mem_rows,
+            "by_level": counts["level"], "by_component": counts["component"],
+            "by_host": counts["host"],
+            "raw_bytes": raw, "stored_bytes": stored,
+            "index_bytes": idx.stat().st_size if idx.exists() else 0,
+            "wal_bytes": wal_bytes,
+            "compression_ratio": round(raw / stored, 2) if stored else None,
+            "ingest_rate": recent / 10.0,
+            "segments": len(segs), "corrupt_segments": list(self._corrupt),
+            "partitions": sorted({s.partition for s in segs}),
+            "templates": len(self.miner.templates()),
+            "oldest": min((s.min_ts for s in segs), default=None),
+            "newest": max((s.max_ts for s in segs), default=None),
+        }
+
+    # ---- retention and archive -----------------------------------------------
+    def enforce_retention(self) -> dict[str, Any]:
+        archived = []
+        now = time.time_ns()
+        while True:
+            with self._lock:
+                parts = _partitions(self._segments)
+                total = sum(s.bytes for s in self._segments)
+            if not parts:
+                break
+            oldest = min(parts)
+            newest_ts = max(s.max_ts for s in parts[oldest])
+            too_old = (self.cfg.retention_age_s is not None
+                       and newest_ts < now - self.cfg.retention_age_s * 1_000_000_000)
+            too_big = (self.cfg.retention_bytes is not None and total > self.cfg.retention_bytes
+                       and len(parts) > 1)
+            if not (too_old or too_big):
+                break
+            archived.append(self._archive(oldest, parts[oldest]))
+        return {"archived": archived}
+
+    def _archive(self, part: str, segs: list[SegmentInfo]) -> str:
+        name = f"{part}.tar"
+        dest = self.archive_dir / name
+        tmp = dest.with_suffix(".tmp")
+        with tarfile.open(tmp, "w") as tar:
+            info = orjson.dumps([s.__dict__ for s in segs])
+            _tar_bytes(tar, "segments.json", info)
+            for s in segs:
+                tar.add(self.seg_dir / s.path, arcname=Path(s.path).name)
+        with open(tmp, "rb") as f:
+            import os
+            os.fsync(f.fileno())
+        tmp.replace(dest)
+        fsync_dir(self.archive_dir)
+        with self._lock:
+            paths = {s.path for s in segs}
+            self._segments = [s for s in self._segments if s.path not in paths]
+            self._manifest.segments = [s for s in self._manifest.segments if s.path not in paths]
+            self._manifest.save(self.dir / "manifest.json")
+        shutil.rmtree(self.seg_dir / part, ignore_errors=True)
+        log.store.info("partition %s archived to %s (%d records)", part, dest,
+                       sum(s.rows for s in segs))
+        return name
+
+    def archive_list(self) -> list[dict[str, Any]]:
+        out = []
+        for p in sorted(self.archive_dir.glob("*.tar")):
+            with tarfile.open(p) as tar:
+                segs = orjson.loads(tar.extractfile("segments.json").read())  # type: ignore[union-attr]
+            out.append({"name": p.name, "bytes": p.stat().st_size,
+                        "records": sum(s["rows"] for s in segs),
+                        "min_ts": min(s["min_ts"] for s in segs),
+                        "max_ts": max(s["max_ts"] for s in segs)})
+        return out
+
+    def archive_restore(self, name: str) -> dict[str, Any]:
+        path = self.archive_dir / Path(name).name
+        if not path.exists() or path.suffix != ".tar":
+            raise NotFound(f"no archive {name!r}", valid=[a["name"] for a in self.archive_list()])
+        with tarfile.open(path) as tar:
+            segs = [SegmentInfo(**s) for s in
+                    orjson.loads(tar.extractfile("segments.json").read())]  # type: ignore[union-attr]
+            for s in segs:
+                member = tar.getmember(Path(s.path).name)
+                dest = self.seg_dir / s.path
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with tar.extractfile(member) as src, open(dest, "wb") as out:  # type: ignore[union-attr]
+                    shutil.copyfileobj(src, out)
+                if not verify(dest, s.xxh64):
+                    raise InvalidInput(f"archive {name}: segment {s.path} fails its checksum")
+        with self._lock:
+            known = {s.path for s in self._segments}
+            new = [s for s in segs if s.path not in known]
+            self._segments = self._segments + new
+            self._manifest.segments.extend(new)
+            self._manifest.save(self.dir / "manifest.json")
+        path.unlink()
+        return {"restored": name, "records": sum(s.rows for s in segs)}
+
+
+def _tar_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    import io
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _partitions(segs: list[SegmentInfo]) -> dict[str, list[SegmentInfo]]:
+    out: dict[str, list[SegmentInfo]] = {}
+    for s in segs:
+        out.setdefault(s.partition, []).append(s)
+    return out
+
+
+def _overlaps(s: SegmentInfo, q: LogQuery) -> bool:
+    return (q.start is None or s.max_ts >= q.start) and (q.end is None or s.min_ts < q.end)
+
+
+def _order(t: pa.Table, sort: str) -> pa.Table:
+    order = "descending" if sort == "desc" else "ascending"
+    return t.take(pc.sort_indices(t, [("timestamp", order), ("id", order)]))
+
+
+def _can_stop(found: list[pa.Table], q: LogQuery, next_bound: int | None) -> bool:
+    if next_bound is None:
+        return True
+    ts = np.concatenate([f["timestamp"].to_numpy() for f in found])
+    if q.sort == "desc":
+        kth = np.sort(ts)[::-1][q.limit - 1]
+        return next_bound < kth
+    kth = np.sort(ts)[q.limit - 1]
+    return next_bound > kth
+
+
+def _raw_estimate(table: pa.Table) -> int:
+    return int(table.select(batchmod.SCHEMA.names).nbytes)
+
+
+def _records(t: pa.Table) -> list[dict[str, Any]]:
+    rows = t.select([*batchmod.SCHEMA.names, "template_id"]).to_pylist()
+    for r in rows:
+        r["metadata"] = orjson.loads(r["metadata"] or "{}")
+        r["context"] = orjson.loads(r["context"] or "{}")
+    return rows

@@ -1,0 +1,186 @@
+"""Vectorised filtering of record tables (memory tail or segment) by a LogQuery."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from mohlog.model import LEVEL_RANK
+from server.store import batch as batchmod
+from server.store.query import Filter, LogQuery
+
+OUT_COLUMNS = [*batchmod.SCHEMA.names, "template_id", "params"]
+_CHEAP = ("id", "timestamp", "level", "component", "source", "host", "pid", "tid", "process",
+          "template_id")
+# Identifiers compared exactly whatever the case flag (process and message follow it).
+_EXACT = ("host", "component", "source", "id", "level")
+_RANKS = pa.array(list(LEVEL_RANK.keys())), pa.array(list(LEVEL_RANK.values()), pa.int64())
+
+
+def pushdown(q: LogQuery) -> ds.Expression | None:
+    """The part of q Parquet can use to skip row groups (time range, equalities)."""
+    parts = []
+    if q.start is not None:
+        parts.append(ds.field("timestamp") >= q.start)
+    if q.end is not None:
+        parts.append(ds.field("timestamp") < q.end)
+    for f in q.filters:
+        if f.op == "=" and f.field in _EXACT:
+            parts.append(ds.field(f.field) == f.value)
+        elif f.op == "=" and f.field in ("pid", "tid"):
+            parts.append(ds.field(f.field) == f.int_value())
+    if not parts:
+        return None
+    expr = parts[0]
+    for p in parts[1:]:
+        expr = expr & p
+    return expr
+
+
+def empty(miner: Any = None) -> pa.Table:
+    from server.store.engine import MEM_SCHEMA
+    return MEM_SCHEMA.empty_table()
+
+
+def apply(t: pa.Table, q: LogQuery, miner: Any, cursor: tuple[int, str] | None = None
+          ) -> pa.Table:
+    """Rows of t matching q (and after cursor), with a message column, OUT_COLUMNS."""
+    mask = _cheap_mask(t, q, cursor)
+    if mask is not None:
+        t = t.filter(mask)
+    if not t.num_rows:
+        return with_message(t.slice(0, 0), miner)
+    t = with_message(t, miner)
+    mask = _message_mask(t, q)
+    return t.filter(mask) if mask is not None else t
+
+
+def with_message(t: pa.Table, miner: Any) -> pa.Table:
+    if "message" not in t.column_names:
+        if t.num_rows:
+            msg = miner.render_many(t["template_id"].to_numpy(), t["params"].combine_chunks())
+        else:
+            msg = pa.array([], pa.string())
+        t = t.append_column("message", msg)
+    return t.select(OUT_COLUMNS)
+
+
+def _and(a: pa.Array | None, b: pa.Array | None) -> pa.Array | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return pc.and_(a, b)
+
+
+def _cheap_mask(t: pa.Table, q: LogQuery, cursor: tuple[int, str] | None) -> pa.Array | None:
+    m = None
+    ts = t["timestamp"]
+    if q.start is not None:
+        m = _and(m, pc.greater_equal(ts, q.start))
+    if q.end is not None:
+        m = _and(m, pc.less(ts, q.end))
+    if cursor is not None:
+        m = _and(m, _after(t, q, cursor))
+    for f in q.filters:
+        if f.field in _CHEAP:
+            m = _and(m, field_mask(t[f.field], f, q.case))
+    return m
+
+
+def _after(t: pa.Table, q: LogQuery, cursor: tuple[int, str]) -> pa.Array:
+    cts, cid = cursor
+    ts, ids = t["timestamp"], t["id"]
+    if q.sort == "desc":
+        return pc.or_(pc.less(ts, cts), pc.and_(pc.equal(ts, cts), pc.less(ids, cid)))
+    return pc.or_(pc.greater(ts, cts), pc.and_(pc.equal(ts, cts), pc.greater(ids, cid)))
+
+
+def _message_mask(t: pa.Table, q: LogQuery) -> pa.Array | None:
+    m = None
+    for f in q.filters:
+        if f.field == "message":
+            m = _and(m, field_mask(t["message"], f, q.case))
+        elif f.field.startswith("metadata."):
+            m = _and(m, _metadata_mask(t["metadata"], f, q.case))
+    for term in q.terms:
+        msg = t["message"]
+        if term.kind == "regex":
+            m = _and(m, pc.match_substring_regex(msg, term.text, ignore_case=not q.case))
+        else:
+            m = _and(m, pc.match_substring(msg, term.text, ignore_case=not q.case))
+    return m
+
+
+def field_mask(col: pa.ChunkedArray | pa.Array, f: Filter, case: bool) -> pa.Array:
+    if f.field == "level" and f.op in ("<", "<=", ">", ">="):
+        ranks = pc.take(_RANKS[1], pc.index_in(col, value_set=_RANKS[0]))
+        return _cmp(ranks, f.op, f.int_value())
+    if pa.types.is_integer(col.type):
+        return _cmp(col, f.op, f.int_value()) if f.op not in ("contains", "regex") else \
+            _text(pc.cast(col, pa.string()), f, case)
+    return _text(col, f, case)
+
+
+def _cmp(col: Any, op: str, v: Any) -> pa.Array:
+    fn = {"=": pc.equal, "!=": pc.not_equal, "<": pc.less, "<=": pc.less_equal,
+          ">": pc.greater, ">=": pc.greater_equal}[op]
+    return pc.fill_null(fn(col, v), False)
+
+
+def _text(col: Any, f: Filter, case: bool) -> pa.Array:
+    if f.op == "contains":
+        return pc.fill_null(pc.match_substring(col, f.value, ignore_case=not case), False)
+    if f.op == "regex":
+        return pc.fill_null(pc.match_substring_regex(col, f.value, ignore_case=not case), False)
+    if f.op in ("=", "!=") and not case and f.field not in _EXACT:
+        eq = pc.equal(pc.utf8_lower(col), f.value.lower())
+        return pc.fill_null(eq if f.op == "=" else pc.invert(eq), False)
+    return _cmp(col, f.op, f.value)
+
+
+def _metadata_mask(col: Any, f: Filter, case: bool) -> pa.Array:
+    key = f.field.split(".", 1)[1]
+    values = [_meta_get(s, key) for s in col.to_pylist()]
+    out = np.zeros(len(values), bool)
+    rx = re.compile(f.value, 0 if case else re.I) if f.op == "regex" else None
+    for i, v in enumerate(values):
+        out[i] = v is not None and _match_value(v, f, case, rx)
+    return pa.array(out)
+
+
+def _meta_get(s: str | None, key: str) -> Any:
+    if not s:
+        return None
+    doc = orjson.loads(s)
+    for part in key.split("."):
+        if not isinstance(doc, dict) or part not in doc:
+            return None
+        doc = doc[part]
+    return doc
+
+
+def _match_value(v: Any, f: Filter, case: bool, rx: re.Pattern[str] | None) -> bool:
+    if f.op in ("<", "<=", ">", ">=") and isinstance(v, int | float):
+        try:
+            w = float(f.value)
+        except ValueError:
+            return False
+        return {"<": v < w, "<=": v <= w, ">": v > w, ">=": v >= w}[f.op]
+    s = v if isinstance(v, str) else orjson.dumps(v).decode()
+    a, b = (s, f.value) if case else (s.lower(), f.value.lower())
+    if f.op == "=":
+        return a == b
+    if f.op == "!=":
+        return a != b
+    if f.op == "contains":
+        return b in a
+    if f.op == "regex":
+        return bool(rx and rx.search(s))
+    return {"<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b}[f.op]

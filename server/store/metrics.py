@@ -1,0 +1,31 @@
+"""Prometheus instruments of the store, registered in the registry the hub gives."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LAT = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+class StoreMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = registry if registry is not None else CollectorRegistry()
+        self.registry = r
+        self.received = Counter("mohlog_records_received", "Records acknowledged", registry=r)
+        self.rejected = Counter("mohlog_batches_rejected", "Batches refused as invalid",
+                                registry=r)
+        self.deduplicated = Counter("mohlog_records_deduplicated",
+                                    "Records of replayed batches not stored again", registry=r)
+        self.stored = Counter("mohlog_records_stored", "Records written to segments",
+                              registry=r)
+        self.raw_bytes = Counter("mohlog_bytes_raw", "Decoded request bytes acknowledged",
+                                 registry=r)
+        self.stored_bytes = Gauge("mohlog_bytes_stored", "Bytes of segments", registry=r)
+        self.segments = Gauge("mohlog_segments", "Segments served", registry=r)
+        self.corrupt_segments = Counter("mohlog_segments_corrupt",
+                                        "Segments skipped for a bad checksum", registry=r)
+        self.fsync_seconds = Histogram("mohlog_wal_fsync_seconds",
+                                       "WAL fsync latency (one per group commit)",
+                                       buckets=_LAT, registry=r)
+        self.query_seconds = Histogram("mohlog_query_seconds", "Query latency", buckets=_LAT,
+                                       registry=r)

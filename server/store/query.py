@@ -1,0 +1,196 @@
+"""The query model of ``GET /api/v1/logs``: time range, text, field filters, paging."""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from mohlog.errors import InvalidInput
+from mohlog.model import LEVEL_RANK
+
+OPS = ("<=", ">=", "!=", "=", "<", ">", " contains ", " regex ")
+FIELDS = ("id", "timestamp", "level", "component", "source", "host", "pid", "tid", "process",
+          "message", "template_id")
+INT_FIELDS = ("timestamp", "pid", "tid", "template_id")
+EQ_PARAMS = ("host", "level", "component", "source", "pid", "tid", "process", "id",
+             "template_id")
+_REL = re.compile(r"^-(\d+(?:\.\d+)?)(ns|us|ms|s|m|h|d|w)$")
+_UNIT = {"ns": 1, "us": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9,
+         "d": 86400 * 10**9, "w": 7 * 86400 * 10**9}
+_TERM = re.compile(r'"((?:[^"\\]|\\.)*)"|/((?:[^/\\]|\\.)+)/|(\S+)')
+
+
+@dataclass(frozen=True)
+class Filter:
+    field: str
+    op: str  # = != < <= > >= contains regex
+    value: str
+
+    def int_value(self) -> int:
+        if self.field == "level" and self.value.upper() in LEVEL_RANK:
+            return LEVEL_RANK[self.value.upper()]
+        try:
+            return int(self.value)
+        except ValueError as err:
+            raise InvalidInput(f"filter {self.field}{self.op}{self.value}: not an integer",
+                               field=self.field) from err
+
+
+@dataclass(frozen=True)
+class Term:
+    kind: str  # word | phrase | regex
+    text: str
+
+
+@dataclass
+class LogQuery:
+    start: int | None = None
+    end: int | None = None
+    text: str | None = None
+    filters: list[Filter] = field(default_factory=list)
+    case: bool = False
+    limit: int = 100
+    cursor: str | None = None
+    sort: str = "desc"
+
+    @property
+    def terms(self) -> list[Term]:
+        return parse_text(self.text or "")
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> LogQuery:
+        get = _getter(params)
+        q = cls(start=parse_time(get("start")), end=parse_time(get("end")), text=get("q"),
+                case=get("case") in ("1", "true", "yes"), cursor=get("cursor") or None)
+        q.limit = _int_param(get("limit"), 100, "limit", 1, 100_000)
+        q.sort = (get("sort") or "desc").lower()
+        if q.sort not in ("asc", "desc"):
+            raise InvalidInput("sort must be asc or desc", valid=["asc", "desc"])
+        for name in EQ_PARAMS:
+            if get(name) is not None:
+                q.filters.append(check_filter(Filter(name, "=", get(name))))
+        for spec in _getall(params, "f"):
+            q.filters.append(parse_filter(spec))
+        parse_text(q.text or "")  # validate regexes early
+        decode_cursor(q.cursor)
+        return q
+
+
+def _getter(params: Mapping[str, Any]):  # noqa: ANN202 - small closure
+    def get(name: str) -> str | None:
+        v = params.get(name)
+        if isinstance(v, list):
+            return v[0] if v else None
+        return v
+    return get
+
+
+def _getall(params: Mapping[str, Any], name: str) -> list[str]:
+    if hasattr(params, "getall"):
+        return list(params.getall(name, []))
+    v = params.get(name)
+    if v is None:
+        return []
+    return list(v) if isinstance(v, list) else [v]
+
+
+def _int_param(v: str | None, default: int, name: str, lo: int, hi: int) -> int:
+    if v is None or v == "":
+        return default
+    try:
+        n = int(v)
+    except ValueError as err:
+        raise InvalidInput(f"{name} must be an integer", param=name) from err
+    if not lo <= n <= hi:
+        raise InvalidInput(f"{name} must be between {lo} and {hi}", param=name)
+    return n
+
+
+def parse_time(v: str | int | None, now: int | None = None) -> int | None:
+    """ns integer, ISO-8601, or relative (-5m, -2h, -1d); None stays None."""
+    if v is None or v == "":
+        return None
+    if isinstance(v, int):
+        return v
+    s = str(v).strip()
+    if s.lstrip("-").isdigit():
+        return int(s)
+    if s == "now":
+        return now or time.time_ns()
+    m = _REL.match(s)
+    if m:
+        return (now or time.time_ns()) - int(float(m.group(1)) * _UNIT[m.group(2)])
+    try:
+        dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
+    except ValueError as err:
+        raise InvalidInput(f"bad time {s!r}: use ns, ISO-8601 or -5m/-2h/-1d",
+                           param="time") from err
+    return int(dt.timestamp() * 1e9)
+
+
+def parse_filter(spec: str) -> Filter:
+    """``level>=WARNING``, ``host=web1``, ``process contains ssh``, ``message regex a.+b``."""
+    best: tuple[int, str] | None = None
+    for op in OPS:
+        i = spec.find(op)
+        if i > 0 and (best is None or i < best[0] or (i == best[0] and len(op) > len(best[1]))):
+            best = (i, op)
+    if best is None:
+        raise InvalidInput(f"bad filter {spec!r}: expected <field><op><value>",
+                           valid_ops=[o.strip() for o in OPS])
+    i, op = best
+    return check_filter(Filter(spec[:i].strip(), op.strip(), spec[i + len(op):].strip()))
+
+
+def check_filter(f: Filter) -> Filter:
+    if f.field in ("level", "component"):
+        f = Filter(f.field, f.op, f.value.upper())
+    if f.field not in FIELDS and not f.field.startswith("metadata."):
+        raise InvalidInput(f"unknown field {f.field!r}", valid=[*FIELDS, "metadata.<key>"])
+    if f.op == "regex":
+        _compile(f.value, True)
+    elif f.op in ("<", "<=", ">", ">=") and (f.field in INT_FIELDS or f.field == "level"):
+        f.int_value()
+    return f
+
+
+def _compile(pattern: str, case: bool) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern, 0 if case else re.IGNORECASE)
+    except re.error as err:
+        raise InvalidInput(f"bad regex {pattern!r}: {err}", reason=str(err)) from err
+
+
+def parse_text(text: str) -> list[Term]:
+    terms = []
+    for m in _TERM.finditer(text):
+        phrase, regex, word = m.groups()
+        if phrase is not None:
+            terms.append(Term("phrase", phrase.replace('\\"', '"')))
+        elif regex is not None:
+            _compile(regex, True)
+            terms.append(Term("regex", regex.replace("\\/", "/")))
+        else:
+            terms.append(Term("word", word))
+    return terms
+
+
+def encode_cursor(ts: int, rid: str) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps([ts, rid])).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> tuple[int, str] | None:
+    if not cursor:
+        return None
+    try:
+        ts, rid = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return int(ts), str(rid)
+    except (ValueError, TypeError, orjson.JSONDecodeError) as err:
+        raise InvalidInput("bad cursor", param="cursor") from err

@@ -1,0 +1,121 @@
+"""Immutable Parquet segments (zstd), one time partition each, and the manifest listing them.
+
+A segment stores a message as (template_id, params); its checksum (xxh64 of the file) is
+in the manifest and is verified when the store opens: a segment that does not match is
+reported, skipped, and the rest is served.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import xxhash
+
+SEG_COLUMNS = ("id", "timestamp", "level", "source", "component", "host", "pid", "tid",
+               "process", "template_id", "params", "metadata", "context")
+
+
+@dataclass
+class SegmentInfo:
+    path: str          # relative to the segments directory
+    partition: str     # e.g. 2026112503 (UTC hour)
+    rows: int
+    min_ts: int
+    max_ts: int
+    bytes: int
+    raw_bytes: int     # NDJSON bytes of the records it holds (for the compression ratio)
+    xxh64: str
+
+
+def partition_name(ts_ns: int, span_s: int) -> str:
+    start = ts_ns // 1_000_000_000 // span_s * span_s
+    import time as _t
+    return _t.strftime("%Y%m%d%H%M", _t.gmtime(start))
+
+
+def write_segment(table: pa.Table, directory: Path, name: str, row_group: int,
+                  level: int) -> tuple[Path, int, str]:
+    """Write ``table`` sorted by time to ``directory/name`` atomically; (path, bytes, xxh64)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    table = table.select(list(SEG_COLUMNS))
+    table = table.take(pc.sort_indices(table, [("timestamp", "ascending"), ("id", "ascending")]))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".parquet")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="zstd", compression_level=level,
+                       row_group_size=row_group, use_dictionary=True, write_statistics=True,
+                       use_byte_stream_split=False)
+        digest, size = _digest(Path(tmp))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        final = directory / name
+        os.replace(tmp, final)
+        fsync_dir(directory)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return final, size, digest
+
+
+def _digest(path: Path) -> tuple[str, int]:
+    h = xxhash.xxh64()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def verify(path: Path, digest: str) -> bool:
+    try:
+        return _digest(path)[0] == digest
+    except OSError:
+        return False
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, obj: object) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+@dataclass
+class Manifest:
+    segments: list[SegmentInfo]
+    wal_upto: int = 0
+    next_segment: int = 1
+
+    def to_json(self) -> dict:
+        return {"segments": [asdict(s) for s in self.segments], "wal_upto": self.wal_upto,
+                "next_segment": self.next_segment}
+
+    @classmethod
+    def load(cls, path: Path) -> Manifest:
+        if not path.exists():
+            return cls([])
+        data = orjson.loads(path.read_bytes())
+        return cls([SegmentInfo(**s) for s in data["segments"]], data.get("wal_upto", 0),
+                   data.get("next_segment", 1))
+
+    def save(self, path: Path) -> None:
+        write_json_atomic(path, self.to_json())
