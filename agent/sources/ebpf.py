@@ -20,10 +20,15 @@ read in the same loop.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import mmap
 import os
 import select
+import socket
 import struct
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -33,6 +38,7 @@ from typing import Any
 from agent import btf
 from agent.sources import ebpf_decode as dec
 from agent.sources.base import Emit, Source
+from agent.sources.bpf_sys import BatchDrainer, prog_recursion_misses
 from agent.sources.kmsg import KmsgReader
 from mohlog import log
 from mohlog.errors import MohlogError
@@ -76,7 +82,7 @@ PROBES: tuple[Probe, ...] = (
           (("TP_SIGNAL", "signal:signal_generate", "mh_signal"),), True, 2,
           "signals sent (fatal ones by default): sender, target, signal, result"),
     Probe("tcp_state", "mohlog.c", dec.EV_TCP_STATE,
-          (("TP_TCP_STATE", "sock:inet_sock_set_state", "mh_tcp_state"),), True, 8,
+          (("TP_TCP_STATE", "sock:inet_sock_set_state", "mh_tcp_state"),), True, 4,
           "TCP connect, accept, close (with duration), listen"),
     Probe("tcp_retransmit", "mohlog.c", dec.EV_TCP_RETRANSMIT,
           (("TP_TCP_RETRANSMIT", "tcp:tcp_retransmit_skb", "mh_tcp_retransmit"),), True, 2,
@@ -89,7 +95,7 @@ PROBES: tuple[Probe, ...] = (
           (("TP_OPENAT_ENTER", "syscalls:sys_enter_openat", "mh_openat_enter"),
            ("TP_OPENAT_EXIT", "syscalls:sys_exit_openat", "mh_openat_exit"),
            ("TP_OPENAT2_ENTER", "syscalls:sys_enter_openat2", "mh_openat2_enter"),
-           ("TP_OPENAT2_EXIT", "syscalls:sys_exit_openat2", "mh_openat2_exit")), True, 32,
+           ("TP_OPENAT2_EXIT", "syscalls:sys_exit_openat2", "mh_openat2_exit")), True, 64,
           "failed opens (openat, openat2): path and errno"),
     Probe("syscall_errors", "mohlog.c", dec.EV_SYSCALL_ERRORS,
           (("TP_SYS_EXIT", "raw_syscalls:sys_exit", "mh_sys_exit"),), True, 0,
@@ -174,11 +180,13 @@ def tracepoint_of(cfg: EbpfConfig, default: str) -> str:
     return cfg.tracepoints.get(default, default)
 
 
-def probe_cflags(cfg: EbpfConfig, probe: Probe, offsets: dict[str, int]) -> list[str]:
+def probe_cflags(cfg: EbpfConfig, probe: Probe, offsets: dict[str, int],
+                 agent_tgid: int | None = None) -> list[str]:
     """The compiler flags of one probe's BPF object."""
+    tgid = os.getpid() if agent_tgid is None else agent_tgid
     ring_mb = cfg.ringbuf_mb.get(probe.name, probe.ring_mb)
     pages = max(ring_mb * (1 << 20) // mmap.PAGESIZE, 1)
-    flags = [f"-I{BPF_DIR / 'include'}", *btf.cflags(offsets), f"-DAGENT_TGID={os.getpid()}",
+    flags = [f"-I{BPF_DIR / 'include'}", *btf.cflags(offsets), f"-DAGENT_TGID={tgid}",
              f"-DRINGBUF_PAGES={pages}", f"-DPROBE_{probe.name.upper()}",
              f"-DARGV_BYTES={cfg.argv_bytes}", f"-DSIGNAL_MASK={signal_mask(cfg.signals)}ULL",
              f"-DSYSCALL_ERRORS_MAX={cfg.syscall_errors_max_keys}"]
@@ -232,20 +240,26 @@ def dump_bpf(cfg: EbpfConfig) -> str:
 
 
 class RingReader:
-    """Reads a BPF ring buffer map through mmap, the way libbpf does, without callbacks."""
+    """Reads a BPF ring buffer map through mmap, the way libbpf does, without callbacks.
+
+    libbpf maps the data area twice in a row so a record that wraps around the end reads
+    as one piece; the kernel pre-populates those page tables, so that doubles the resident
+    memory of every ring. Here the data is mapped once, and the rare record that wraps is
+    put together from its two parts."""
 
     def __init__(self, map_fd: int, size: int) -> None:
         page = mmap.PAGESIZE
         self.size, self.mask, self.page = size, size - 1, page
         self.consumer = mmap.mmap(map_fd, page, mmap.MAP_SHARED,
                                   mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
-        self.data = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ,
+        self.data = mmap.mmap(map_fd, page + size, mmap.MAP_SHARED, mmap.PROT_READ,
                               offset=page)
         self.pos = _U64.unpack_from(self.consumer, 0)[0]
 
     def read(self, decode: Any, out: list[dict[str, Any]], limit: int) -> int:
         """Decode up to ``limit`` records into ``out``; returns decode errors."""
         data, page, mask, pos = self.data, self.page, self.mask, self.pos
+        end_of_data = page + self.size
         end = _U64.unpack_from(data, 0)[0]
         errors, n = 0, 0
         while pos < end and n < limit:
@@ -253,13 +267,18 @@ class RingReader:
             length = _U32.unpack_from(data, off)[0]
             if length & _BUSY:
                 break
+            size = length & ~(_BUSY | _DISCARD)
             if not length & _DISCARD:
                 try:
-                    out.append(decode(data, off + 8))
+                    if off + 8 + size <= end_of_data:
+                        out.append(decode(data, off + 8))
+                    else:  # wraps: the tail of the data area, then its start
+                        head = data[off + 8:end_of_data]
+                        out.append(decode(head + data[page:page + size - len(head)], 0))
                 except (KeyError, IndexError, ValueError, struct.error):
                     errors += 1
                 n += 1
-            pos += ((length & ~(_BUSY | _DISCARD)) + 8 + 7) & ~7
+            pos += (size + 8 + 7) & ~7
         if pos != self.pos:
             _U64.pack_into(self.consumer, 0, pos)
             self.pos = pos
@@ -294,36 +313,16 @@ class MmapArray:
         self.mem.close()
 
 
-_PROG_INFO_SIZE, _PROG_INFO_MISSES = 232, 208  # struct bpf_prog_info (UAPI, append-only)
-
-
-def prog_recursion_misses(prog_fd: int) -> int:
-    """Times the kernel skipped this program because another BPF program (or a map syscall)
-    was active on the CPU: events the probe never saw, invisible to the ring buffer."""
-    import ctypes
-
-    from bcc.libbcc import lib
-
-    info = ctypes.create_string_buffer(_PROG_INFO_SIZE)
-    size = ctypes.c_uint32(_PROG_INFO_SIZE)
-    lib.bpf_obj_get_info_by_fd.argtypes = [ctypes.c_int, ctypes.c_void_p,
-                                           ctypes.POINTER(ctypes.c_uint32)]
-    if lib.bpf_obj_get_info_by_fd(prog_fd, info, ctypes.byref(size)) != 0:
-        return 0
-    if size.value < _PROG_INFO_MISSES + 8:
-        return 0
-    return int(_U64.unpack_from(info.raw, _PROG_INFO_MISSES)[0])
-
-
 @dataclass
 class LoadedProbe:
     """A probe's state: its BPF object and ring reader once loaded, or why it failed."""
 
     probe: Probe
-    bpf: Any = None
+    fds: dict[str, int] = field(default_factory=dict)
     ring: RingReader | None = None
     drops: MmapArray | None = None
     errgen: MmapArray | None = None
+    drainers: list[BatchDrainer] = field(default_factory=list)
     error: str = ""
     events: int = 0
     attached: list[str] = field(default_factory=list)
@@ -349,21 +348,21 @@ class EbpfSource(Source):
     # -- loading ---------------------------------------------------------------------------
 
     def load(self) -> None:
-        """Compile and attach every enabled probe (idempotent; run_forever calls it)."""
+        """Load every enabled probe (idempotent; run_forever calls it). The compiling is done
+        by a child process (agent/sources/ebpf_loader.py) that hands back fds."""
         if self._loaded:
             return
         self._loaded = True
-        try:
-            from bcc import BPF  # noqa: F401 - checked here so the error names the cause
-        except ImportError as err:
-            raise EbpfError("bcc is not importable (apt-get install python3-bpfcc)") from err
         state = Path(self.cfg.state_dir) if self.cfg.state_dir else None
-        offsets = btf.offsets(state)
-        for probe in enabled_probes(self.cfg):
+        probes = enabled_probes(self.cfg)
+        results: dict[str, tuple[dict[str, Any], list[int]]] = {}
+        if any(p.file for p in probes):
+            results = _run_loader(self.cfg, btf.offsets(state))
+        for probe in probes:
             lp = LoadedProbe(probe)
             self.loaded[probe.name] = lp
             try:
-                self._load_one(lp, offsets, state)
+                self._take(lp, results, state)
             except Exception as err:  # noqa: BLE001 - any failure disables this probe only
                 lp.error = str(err) or type(err).__name__
                 self._unload(lp)
@@ -371,47 +370,28 @@ class EbpfSource(Source):
             else:
                 log.bpf.info("probe %s loaded (%s)", probe.name, ", ".join(lp.attached))
 
-    def _load_one(self, lp: LoadedProbe, offsets: dict[str, int], state: Path | None) -> None:
+    def _take(self, lp: LoadedProbe, results: dict[str, tuple[dict[str, Any], list[int]]],
+              state: Path | None) -> None:
         probe = lp.probe
         if probe.name == "printk":
             state_file = state / "kmsg.json" if state else None
             self.kmsg = KmsgReader(state_file, self.cfg.kmsg_from_start, source="ebpf")
             lp.attached.append("/dev/kmsg")
             return
-        for _m, default, _f in probe.tracepoints:
-            tp = tracepoint_of(self.cfg, default)
-            cat, _, evt = tp.partition(":")
-            if not (Path(self.cfg.tracefs) / "events" / cat / evt / "format").exists():
-                raise EbpfError(f"tracepoint {tp} does not exist on this kernel "
-                                f"({self.cfg.tracefs}/events/{cat}/{evt} missing)")
-        lp.bpf = _compile(BPF_DIR / probe.file, probe_cflags(self.cfg, probe, offsets))
-        for _m, default, fn in probe.tracepoints:
-            tp = tracepoint_of(self.cfg, default)
-            _captured(f"attach of {fn} to {tp}", lp.bpf.attach_tracepoint, tp=tp.encode(),
-                      fn_name=fn.encode())
-            lp.attached.append(tp)
-        self._fill_filters(lp.bpf)
-        lp.drops = MmapArray(lp.bpf[b"mh_drops"].map_fd, 8, dec.EV_MAX)
+        msg, fds = results.get(probe.name, ({"error": "the probe loader gave no answer"}, []))
+        lp.fds = dict(zip(msg.get("fds", []), fds, strict=True))
+        if "error" in msg:
+            raise EbpfError(msg["error"])
+        lp.attached = list(msg["attached"])
+        lp.drops = MmapArray(lp.fds["mh_drops"], 8, dec.EV_MAX)
         if probe.name == "syscall_errors":
-            lp.errgen = MmapArray(lp.bpf[b"mh_errgen"].map_fd, 4, 1)
+            lp.errgen = MmapArray(lp.fds["mh_errgen"], 4, 1)
+            lp.drainers = [BatchDrainer(lp.fds[f"mh_errors{i}"], dec.ERR_KEY.size,
+                                        dec.ERR_VAL.size, self.cfg.syscall_errors_max_keys)
+                           for i in (0, 1)]
         if probe.ring_mb or probe.name in self.cfg.ringbuf_mb:
-            ring = lp.bpf[b"mh_events"]
             size = self.cfg.ringbuf_mb.get(probe.name, probe.ring_mb) << 20
-            lp.ring = RingReader(ring.map_fd, size)
-
-    def _fill_filters(self, bpf: Any) -> None:
-        cfg = self.cfg
-        for pid in cfg.exclude_pids:
-            table = bpf[b"mh_filter_pids"]
-            table[table.Key(pid)] = table.Leaf(1)
-        for comm in cfg.exclude_comms:
-            table = bpf[b"mh_filter_comms"]
-            key = table.Key()
-            key.comm = comm.encode()  # a c_char array field: zero padded
-            table[key] = table.Leaf(1)
-        for cg in cfg.exclude_cgroups:
-            table = bpf[b"mh_filter_cgroups"]
-            table[table.Key(_cgroup_id(cg))] = table.Leaf(1)
+            lp.ring = RingReader(lp.fds["mh_events"], size)
 
     def _unload(self, lp: LoadedProbe) -> None:
         for attr in ("ring", "drops", "errgen"):
@@ -419,10 +399,10 @@ class EbpfSource(Source):
             if mapped is not None:
                 mapped.close()
                 setattr(lp, attr, None)
-        if lp.bpf is not None:
-            with contextlib.suppress(Exception):
-                lp.bpf.cleanup()
-            lp.bpf = None
+        for fd in lp.fds.values():  # closing the perf event fds detaches the programs
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        lp.fds = {}
 
     # -- running ---------------------------------------------------------------------------
 
@@ -431,7 +411,7 @@ class EbpfSource(Source):
         poller = select.epoll()
         rings = [lp for lp in self.loaded.values() if lp.ring is not None]
         for lp in rings:
-            poller.register(lp.bpf[b"mh_events"].map_fd, select.EPOLLIN)
+            poller.register(lp.fds["mh_events"], select.EPOLLIN)
         if self.kmsg is not None:
             poller.register(self.kmsg.fd, select.EPOLLIN)
         next_drain = time.monotonic() + self.cfg.syscall_errors_interval_s
@@ -478,18 +458,17 @@ class EbpfSource(Source):
     def drain_syscall_errors(self, emit: Emit) -> int:
         """Switch the kernel to the other map, then empty this one: one entry per key."""
         lp = self.loaded.get("syscall_errors")
-        if lp is None or lp.bpf is None or lp.errgen is None:
+        if lp is None or lp.errgen is None or not lp.drainers:
             return 0
         old = self._errgen
         self._errgen ^= 1
         lp.errgen.set_u32(0, self._errgen)
         time.sleep(0.005)  # let programs that read the old generation finish
-        table = lp.bpf[f"mh_errors{old}".encode()]
         out = []
-        for key, value in _lookup_and_delete_all(table):
-            out.append(self.decoder.syscall_errors(bytes(key), bytes(value),
-                                                   self.cfg.syscall_errors_interval_s))
-            self.syscall_counted += value.count
+        for key, value in lp.drainers[old].drain():
+            entry = self.decoder.syscall_errors(key, value, self.cfg.syscall_errors_interval_s)
+            out.append(entry)
+            self.syscall_counted += entry["metadata"]["count"]
         if out:
             lp.events += len(out)
             emit(out)
@@ -503,14 +482,8 @@ class EbpfSource(Source):
 
     def kernel_misses(self, lp: LoadedProbe) -> int:
         """Runs of this probe's programs the kernel skipped (recursion_misses)."""
-        if lp.bpf is None:
-            return 0
-        total = 0
-        for _m, _tp, fn in lp.probe.tracepoints:
-            func = lp.bpf.funcs.get(fn.encode())
-            if func is not None:
-                total += prog_recursion_misses(func.fd)
-        return total
+        return sum(prog_recursion_misses(fd) for name, fd in lp.fds.items()
+                   if name.startswith("prog:"))
 
     def stats(self) -> dict[str, Any]:  # type: ignore[override]
         probes = {name: {"events": lp.events, "kernel_drops": self.kernel_drops(lp),
@@ -530,19 +503,6 @@ class EbpfSource(Source):
         if self.kmsg is not None:
             self.kmsg.close()
             self.kmsg = None
-
-
-def _lookup_and_delete_all(table: Any) -> list[tuple[Any, Any]]:
-    """Every (key, value) of a hash map, deleted, in as few syscalls as the kernel allows."""
-    try:
-        return list(table.items_lookup_and_delete_batch())
-    except Exception:  # noqa: BLE001 - kernels without batch ops: one key at a time
-        items = []
-        for key in list(table.keys()):
-            with contextlib.suppress(KeyError):
-                items.append((key, table[key]))
-                del table[key]
-        return items
 
 
 def cgroup2_root() -> Path:
@@ -597,3 +557,57 @@ def _compile(src: Path, cflags: list[str]) -> Any:
     from bcc import BPF
 
     return _captured(f"compile of {src.name}", BPF, src_file=str(src).encode(), cflags=cflags)
+
+
+def _run_loader(cfg: EbpfConfig, offsets: dict[str, int],
+                timeout: float = 120.0) -> dict[str, tuple[dict[str, Any], list[int]]]:
+    """Run agent/sources/ebpf_loader.py; per probe its message and the fds it sent."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    root = str(BPF_DIR.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [root, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    request = json.dumps({"cfg": dataclasses.asdict(cfg), "offsets": offsets,
+                          "agent_tgid": os.getpid()})
+    with tempfile.TemporaryFile() as errf:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "agent.sources.ebpf_loader", str(theirs.fileno())],
+            stdin=subprocess.PIPE, stderr=errf, pass_fds=(theirs.fileno(),), env=env)
+        theirs.close()
+        try:
+            assert child.stdin is not None
+            child.stdin.write(request.encode())
+            child.stdin.close()
+            return _receive(ours, timeout)
+        finally:
+            ours.close()
+            _reap(child, errf, timeout)
+
+
+def _reap(child: subprocess.Popen[bytes], errf: Any, timeout: float) -> None:
+    try:
+        child.wait(timeout)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+    if child.returncode:
+        errf.seek(0)
+        log.bpf.error("probe loader exited with %s: %s", child.returncode,
+                      errf.read().decode("utf-8", "replace")[-2000:])
+
+
+def _receive(sock: socket.socket,
+             timeout: float) -> dict[str, tuple[dict[str, Any], list[int]]]:
+    sock.settimeout(timeout)
+    out: dict[str, tuple[dict[str, Any], list[int]]] = {}
+    while True:
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, 64)
+        except OSError as err:
+            log.bpf.error("probe loader: %s", err)
+            return out
+        if not data:
+            return out
+        msg = json.loads(data)
+        if msg.get("done"):
+            return out
+        out[msg["probe"]] = (msg, fds)
