@@ -577,22 +577,30 @@ def _run_loader(cfg: EbpfConfig, offsets: dict[str, int],
             assert child.stdin is not None
             child.stdin.write(request.encode())
             child.stdin.close()
-            return _receive(ours, timeout)
+            results = _receive(ours, timeout)
         finally:
             ours.close()
-            _reap(child, errf, timeout)
+            failure = _reap(child, errf, timeout)
+    if failure:  # every probe it did not answer for gets the loader's own error
+        for probe in enabled_probes(cfg):
+            results.setdefault(probe.name, ({"error": failure}, []))
+    return results
 
 
-def _reap(child: subprocess.Popen[bytes], errf: Any, timeout: float) -> None:
+def _reap(child: subprocess.Popen[bytes], errf: Any, timeout: float) -> str:
+    """Wait for the loader; its error text when it failed."""
     try:
         child.wait(timeout)
     except subprocess.TimeoutExpired:
         child.kill()
         child.wait()
-    if child.returncode:
-        errf.seek(0)
-        log.bpf.error("probe loader exited with %s: %s", child.returncode,
-                      errf.read().decode("utf-8", "replace")[-2000:])
+    if not child.returncode:
+        return ""
+    errf.seek(0)
+    lines = errf.read().decode("utf-8", "replace").strip().splitlines()
+    text = f"probe loader exited with {child.returncode}: {lines[-1] if lines else ''}"
+    log.bpf.error("%s", text)
+    return text
 
 
 def _receive(sock: socket.socket,
