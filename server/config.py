@@ -1,0 +1,86 @@
+"""Hub settings: a typed dataclass loaded from flags or an explicit --config file."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from mohlog.errors import InvalidInput
+from server.store import StoreConfig
+
+DEFAULT_LISTEN = "127.0.0.1:7480"
+DEFAULT_DATA = Path("/var/lib/mohlog")
+
+
+@dataclass
+class HubConfig:
+    # Data directory: write-ahead log, segments, archive, tokens, admin.token.
+    data: Path = DEFAULT_DATA
+    # Address to listen on, HOST:PORT (port 0 picks a free one; the hub prints it).
+    listen: str = DEFAULT_LISTEN
+    # PEM certificate for HTTPS; with tls_key the hub serves TLS only.
+    tls_cert: Path | None = None
+    # PEM private key matching tls_cert.
+    tls_key: Path | None = None
+    # Largest request body accepted (bytes, before and after decompression): larger is 413.
+    max_body_bytes: int = 64 << 20
+    # Archive and drop partitions older than this many seconds (None: keep forever).
+    retention_age_s: int | None = None
+    # Archive the oldest partitions while segments exceed this many bytes (None: no bound).
+    retention_bytes: int | None = None
+    # Records buffered (memory + WAL) before being written as a segment.
+    flush_rows: int = 500_000
+    # Seconds after which buffered records are written as a segment anyway.
+    flush_interval_s: float = 5.0
+    # Time partition span in seconds.
+    partition_s: int = 3600
+    # Start the embedding service (semantic search) when its packages are installed.
+    embeddings: bool = True
+
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise InvalidInput(f"listen must be HOST:PORT, not {self.listen!r}")
+        return host.strip("[]"), int(port)
+
+    def store_config(self) -> StoreConfig:
+        return StoreConfig(self.data, retention_age_s=self.retention_age_s,
+                           retention_bytes=self.retention_bytes,
+                           max_batch_bytes=self.max_body_bytes, flush_rows=self.flush_rows,
+                           flush_interval_s=self.flush_interval_s, partition_s=self.partition_s)
+
+
+def load(path: Path | None, overrides: dict[str, Any]) -> HubConfig:
+    """Settings from an explicit file (JSON or TOML), then non-None overrides (flags)."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        values.update(_read(path))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in fields(HubConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InvalidInput(f"unknown hub settings: {', '.join(unknown)}", valid=sorted(known))
+    cfg = HubConfig(**values)
+    for name in ("data", "tls_cert", "tls_key"):
+        v = getattr(cfg, name)
+        if v is not None and not isinstance(v, Path):
+            setattr(cfg, name, Path(v))
+    cfg.host_port()
+    return cfg
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise InvalidInput(f"cannot read config {path}: {err}") from err
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as err:
+        raise InvalidInput(f"config {path} is not valid: {err}") from err
+    if not isinstance(data, dict):
+        raise InvalidInput(f"config {path} must hold an object")
+    return data.get("hub", data)
