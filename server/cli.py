@@ -53,7 +53,8 @@ async def serve(cfg: HubConfig, ready: asyncio.Event | None = None,
     app = init(cfg)
     admin = app[TOKENS].ensure_admin()
     ctx = ssl_context(cfg)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # auto_decompress off: the store decodes zstd/gzip itself, bounded by max_body_bytes.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, auto_decompress=False)
     await runner.setup()
     host, port = cfg.host_port()
     site = web.TCPSite(runner, host, port, ssl_context=ctx, reuse_address=True)

@@ -1,0 +1,98 @@
+"""``mohlog run``: the hub and the local agent together, with defaults that just work."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from mohlog import log
+
+
+def default_data() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/mohlog")
+    return Path.home() / ".local/share/mohlog"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mohlog run",
+                                description="Start the hub and the local agent.")
+    p.add_argument("--data", type=Path, default=None,
+                   help="data directory (default /var/lib/mohlog as root, else "
+                        "~/.local/share/mohlog)")
+    p.add_argument("--listen", default="127.0.0.1:7480", help="hub address HOST:PORT")
+    p.add_argument("--no-agent", action="store_true", help="start the hub alone")
+    p.add_argument("--agent-args", default="", help="extra arguments for the agent")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def agent_token(data: Path) -> Path:
+    """An ingest-only token for the local agent, kept in DATA/agent.token (0600)."""
+    from server.auth import TokenStore
+    tokens = TokenStore(data)
+    path = data / "agent.token"
+    if path.exists() and tokens.check(path.read_text().strip()):
+        return path
+    secret = tokens.create("ingest", "local agent (mohlog run)")["token"]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    return path
+
+
+def agent_command(url: str, data: Path, extra: str) -> list[str]:
+    cmd = [sys.executable, "-m", "mohlog.cli", "agent", "--hub", url,
+           "--token-file", str(agent_token(data)), "--state-dir", str(data / "agent")]
+    if os.geteuid() != 0:
+        cmd.append("--no-ebpf")
+    return cmd + extra.split()
+
+
+async def run(args: argparse.Namespace) -> int:
+    from server.cli import serve
+    from server.config import load
+    data = args.data or default_data()
+    data.mkdir(parents=True, exist_ok=True)
+    cfg = load(None, {"data": data, "listen": args.listen})
+    ready, stop = asyncio.Event(), asyncio.Event()
+    hub = asyncio.create_task(serve(cfg, ready, stop))
+    await asyncio.wait([hub, asyncio.create_task(ready.wait())],
+                       return_when=asyncio.FIRST_COMPLETED)
+    if hub.done():
+        return hub.result() or 1
+    host, port = cfg.host_port()
+    url = f"http://{host}:{port}"
+    print(f"mohlog run: hub at {url} (data {data}); admin token in {data / 'admin.token'}",
+          file=sys.stderr, flush=True)
+    agent = None
+    if not args.no_agent and importlib.util.find_spec("agent.main") is not None:
+        agent = subprocess.Popen(agent_command(url, data, args.agent_args))
+        print(f"mohlog run: local agent pid {agent.pid} (metrics http://127.0.0.1:7481/metrics)",
+              file=sys.stderr, flush=True)
+    elif not args.no_agent:
+        print("mohlog run: the agent is not installed; hub only", file=sys.stderr)
+    try:
+        await hub
+    finally:
+        if agent is not None and agent.poll() is None:
+            agent.terminate()
+            try:
+                agent.wait(20)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    log.setup(args.log_level)
+    try:
+        return asyncio.run(run(args))
+    except KeyboardInterrupt:
+        return 0

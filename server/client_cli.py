@@ -1,0 +1,274 @@
+"""``mohlog ingest|search|tail|stats|export|token|archive``: the hub's command-line client."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import zstandard
+
+from mohlog.errors import MohlogError
+from mohlog.model import new_id
+from server.client import DEFAULT_HUB, Client, HubError, find_token
+
+
+def common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--hub", default=os.environ.get("MOHLOG_HUB", DEFAULT_HUB),
+                   help=f"hub URL (default $MOHLOG_HUB or {DEFAULT_HUB})")
+    p.add_argument("--token", help="bearer token (default $MOHLOG_TOKEN)")
+    p.add_argument("--token-file", help="file holding the token (default: the admin.token of "
+                   "/var/lib/mohlog or ~/.local/share/mohlog)")
+    p.add_argument("--cacert", help="CA bundle to verify an HTTPS hub")
+    p.add_argument("--insecure", action="store_true", help="do not verify the HTTPS certificate")
+
+
+def filters(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--start", help="ns, ISO-8601 or relative (-15m, -2h, -1d)")
+    p.add_argument("--end", help="ns, ISO-8601 or relative")
+    p.add_argument("-f", "--filter", action="append", default=[], dest="f",
+                   help="FIELD<op>VALUE, ops = != < <= > >= ' contains ' ' regex ' (repeat)")
+    p.add_argument("--host", help="only this host")
+    p.add_argument("--case", action="store_true", help="case-sensitive text matching")
+
+
+def client(args: argparse.Namespace) -> Client:
+    return Client(args.hub, find_token(args.token, args.token_file), args.cacert, args.insecure)
+
+
+def query_params(args: argparse.Namespace) -> dict[str, Any]:
+    params: dict[str, Any] = {"f": args.f}
+    for name in ("start", "end", "host"):
+        if getattr(args, name, None):
+            params[name] = getattr(args, name)
+    if getattr(args, "q", None):
+        params["q"] = args.q
+    if args.case:
+        params["case"] = "1"
+    return params
+
+
+# ---- ingest ------------------------------------------------------------------
+def cmd_ingest(args: argparse.Namespace) -> int:
+    c = client(args)
+    total = 0
+    for path in args.files:
+        total += ingest_file(c, Path(path), args)
+    print(f"ingested {total} records", file=sys.stderr)
+    return 0
+
+
+def entries(path: Path, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    host = args.host or os.uname().nodename
+    with open(path, "rb") if str(path) != "-" else sys.stdin.buffer as f:
+        for n, raw in enumerate(f, 1):
+            line = raw.rstrip(b"\r\n")
+            if not line.strip():
+                continue
+            if line.lstrip().startswith(b"{"):
+                try:
+                    doc = orjson.loads(line)
+                except orjson.JSONDecodeError as err:
+                    raise MohlogError(f"{path}:{n}: invalid JSON: {err}") from err
+                yield doc
+            else:
+                yield {"level": args.level, "component": args.component, "source": "file",
+                       "host": host, "process": path.name, "message": line.decode(
+                           "utf-8", "replace"), "metadata": {"file": str(path), "line": n}}
+
+
+def ingest_file(c: Client, path: Path, args: argparse.Namespace) -> int:
+    size = path.stat().st_size if str(path) != "-" else 0
+    cctx = zstandard.ZstdCompressor(level=3)
+    sent, batch, t0 = 0, [], time.monotonic()
+    for doc in entries(path, args):
+        batch.append(orjson.dumps(doc))
+        if len(batch) >= args.batch:
+            sent += _send(c, batch, cctx)
+            batch = []
+            _progress(path, sent, size, t0)
+    if batch:
+        sent += _send(c, batch, cctx)
+    _progress(path, sent, size, t0, end=True)
+    return sent
+
+
+def _send(c: Client, batch: list[bytes], cctx: zstandard.ZstdCompressor) -> int:
+    body = cctx.compress(b"\n".join(batch))
+    key = new_id()
+    for attempt in range(5):
+        try:
+            return int(c.ingest(body, key)["accepted"])
+        except HubError as err:
+            if err.status and err.status < 500 and err.status != 429:
+                raise
+            time.sleep(0.5 * 2 ** attempt)
+    return int(c.ingest(body, key)["accepted"])
+
+
+def _progress(path: Path, sent: int, size: int, t0: float, end: bool = False) -> None:
+    if not sys.stderr.isatty() and not end:
+        return
+    rate = sent / max(time.monotonic() - t0, 1e-6)
+    print(f"\r{path}: {sent} records ({rate:,.0f}/s)", end="\n" if end else "",
+          file=sys.stderr, flush=True)
+
+
+# ---- search / tail / stats / export --------------------------------------------
+def fmt_record(r: dict[str, Any]) -> str:
+    ts = dt.datetime.fromtimestamp(r["timestamp"] / 1e9, dt.UTC).strftime(
+        "%Y-%m-%dT%H:%M:%S.%fZ")
+    return f"{ts} {r['host']} {r['level']:<8} {r['component']:<15} {r['process']}: {r['message']}"
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    c = client(args)
+    if args.semantic:
+        return _semantic(c, args)
+    params = {**query_params(args), "limit": min(args.limit, 10_000)}
+    shown = 0
+    while shown < args.limit:
+        page = c.get("/api/v1/logs", params)
+        for r in page["records"][: args.limit - shown]:
+            print(json.dumps(r) if args.json else fmt_record(r))
+            shown += 1
+        if not page["next_cursor"] or not args.all:
+            break
+        params["cursor"] = page["next_cursor"]
+    return 0
+
+
+def _semantic(c: Client, args: argparse.Namespace) -> int:
+    params = {**query_params(args), "q": args.semantic, "k": args.k}
+    res = c.get("/api/v1/search/semantic", params)
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    for hit in res.get("results", []):
+        print(f"{hit['score']:.3f}  {hit['template']}")
+        for r in hit.get("lines", [])[:3]:
+            print("    " + fmt_record(r))
+    return 0
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    c = client(args)
+    c.timeout = 3600 * 24
+    try:
+        for r in c.sse("/api/v1/tail", query_params(args)):
+            print(json.dumps(r) if args.json else fmt_record(r), flush=True)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    print(json.dumps(client(args).get("/api/v1/stats"), indent=2))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    c = client(args)
+    resp = c.request("GET", "/api/v1/export", {**query_params(args), "format": args.format},
+                     stream=True)
+    out = open(args.output, "wb") if args.output else sys.stdout.buffer
+    with resp:
+        while chunk := resp.read(1 << 16):
+            out.write(chunk)
+    out.flush()
+    return 0
+
+
+# ---- token / archive ----------------------------------------------------------
+def cmd_token(args: argparse.Namespace) -> int:
+    c = client(args)
+    if args.action == "create":
+        res = c.post_json("/api/v1/tokens", {"role": args.role, "name": args.name or "",
+                                             **({"token": args.value} if args.value else {})})
+        print(res["token"])
+        print(f"token {res['id']} ({res['role']}) created; it is shown only once",
+              file=sys.stderr)
+    elif args.action == "list":
+        for t in c.get("/api/v1/tokens")["tokens"]:
+            print(f"{t['id']}  {t['role']:<7} {t['name']}")
+    else:
+        if not args.ident:
+            raise MohlogError("token revoke needs a token id or name")
+        t = c.request("DELETE", f"/api/v1/tokens/{args.ident}")
+        print(f"revoked {t['id']} ({t['role']}, {t['name']})")
+    return 0
+
+
+def cmd_archive(args: argparse.Namespace) -> int:
+    c = client(args)
+    if args.action == "list":
+        for a in c.get("/api/v1/archive")["archives"]:
+            print(f"{a['name']}  {a['records']} records  {a['bytes']} bytes")
+    else:
+        if not args.name:
+            raise MohlogError("archive restore needs an archive name (see archive list)")
+        res = c.request("POST", f"/api/v1/archive/{args.name}/restore")
+        print(f"restored {res['restored']}: {res['records']} records")
+    return 0
+
+
+def parser(cmd: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"mohlog {cmd}")
+    common(p)
+    if cmd == "ingest":
+        p.add_argument("files", nargs="+", help="plain-text or NDJSON files ('-': stdin)")
+        p.add_argument("--level", default="INFO", help="level of plain lines")
+        p.add_argument("--component", default="APPLICATION", help="component of plain lines")
+        p.add_argument("--host", help="host of plain lines (default: this machine)")
+        p.add_argument("--batch", type=int, default=5000, help="records per request")
+    elif cmd in ("search", "tail", "export"):
+        if cmd != "tail":
+            p.add_argument("q", nargs="?", help='words, "a phrase", /regex/')
+        else:
+            p.add_argument("--q", dest="q", help='words, "a phrase", /regex/')
+        filters(p)
+        p.add_argument("--json", action="store_true", help="one JSON record per line")
+        if cmd == "search":
+            p.add_argument("--limit", type=int, default=100)
+            p.add_argument("--all", action="store_true", help="follow the cursor to the end")
+            p.add_argument("--semantic", metavar="TEXT", help="semantic search (natural language)")
+            p.add_argument("-k", type=int, default=10, help="templates for --semantic")
+        if cmd == "export":
+            p.add_argument("--format", default="ndjson", choices=["ndjson", "csv", "parquet"])
+            p.add_argument("-o", "--output", help="file (default stdout)")
+    elif cmd == "token":
+        p.add_argument("action", choices=["create", "list", "revoke"])
+        p.add_argument("ident", nargs="?", help="token id or name (revoke)")
+        p.add_argument("--role", default="read", choices=["ingest", "read", "admin"])
+        p.add_argument("--name", help="a label for the token")
+        p.add_argument("--value", help="register this secret instead of generating one")
+    elif cmd == "archive":
+        p.add_argument("action", choices=["list", "restore"])
+        p.add_argument("name", nargs="?", help="archive name (restore)")
+    return p
+
+
+COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "tail": cmd_tail, "stats": cmd_stats,
+            "export": cmd_export, "token": cmd_token, "archive": cmd_archive}
+
+
+def main(argv: list[str]) -> int:
+    cmd, rest = argv[0], argv[1:]
+    args = parser(cmd).parse_args(rest)
+    try:
+        return COMMANDS[cmd](args)
+    except MohlogError as err:
+        print(f"mohlog {cmd}: {err.message}", file=sys.stderr)
+        extra = {k: v for k, v in err.details.items() if k != "code"}
+        if extra:
+            print(f"  {extra}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
