@@ -572,7 +572,8 @@ struct mh_open_args {
 };
 
 #ifdef PROBE_OPEN_FAIL
-BPF_HASH(mh_open_pending, u32, struct mh_open_args, 16384);
+/* LRU: an entry whose thread never returns from the syscall (killed in it) ages out */
+BPF_TABLE("lru_hash", u32, struct mh_open_args, mh_open_pending, 16384);
 
 static __always_inline int mh_open_enter(u64 filename, u32 flags, u32 syscall)
 {
