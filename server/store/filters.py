@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from mohlog.errors import InvalidInput
 from mohlog.model import LEVEL_RANK
 from server.store import batch as batchmod
 from server.store.query import Filter, LogQuery
@@ -123,9 +124,16 @@ def field_mask(col: pa.ChunkedArray | pa.Array, f: Filter, case: bool) -> pa.Arr
         ranks = pc.take(_RANKS[1], pc.index_in(col, value_set=_RANKS[0]))
         return _cmp(ranks, f.op, f.int_value())
     if pa.types.is_integer(col.type):
-        return _cmp(col, f.op, f.int_value()) if f.op not in ("contains", "regex") else \
+        return _cmp(col, f.op, _scalar(f, col.type)) if f.op not in ("contains", "regex") else \
             _text(pc.cast(col, pa.string()), f, case)
     return _text(col, f, case)
+
+
+def _scalar(f: Filter, typ: pa.DataType) -> pa.Scalar:
+    try:
+        return pa.scalar(f.int_value(), typ)
+    except (OverflowError, pa.ArrowInvalid) as err:
+        raise InvalidInput(f"filter {f.field}{f.op}{f.value}: out of range") from err
 
 
 def _cmp(col: Any, op: str, v: Any) -> pa.Array:

@@ -1,0 +1,218 @@
+"""The hub over real sockets: ingest, errors, auth, dedup, paging, queries, export, tail."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import threading
+import time
+import urllib.request
+
+import orjson
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from tests.integration.conftest import Hub, entry
+
+pytestmark = pytest.mark.integration
+
+
+def test_ingest_plain_zstd_gzip_round_trip(hub: Hub) -> None:
+    batches = [[entry(i) for i in range(k * 100, k * 100 + 100)] for k in range(3)]
+    bodies = [b"\n".join(orjson.dumps(e) for e in b) for b in batches]
+    assert hub.request("POST", "/api/v1/logs", bodies[0]) == (
+        200, {"accepted": 100, "duplicate": False})
+    z = zstandard.ZstdCompressor().compress(bodies[1])
+    assert hub.request("POST", "/api/v1/logs", z, {"Content-Encoding": "zstd"})[0] == 200
+    g = gzip.compress(bodies[2])
+    assert hub.request("POST", "/api/v1/logs", g, {"Content-Encoding": "gzip"})[0] == 200
+    ids = hub.all_ids("")
+    assert sorted(ids) == sorted(e["id"] for b in batches for e in b)
+    rec = hub.search("q=request+150+from")["records"]
+    assert [r["id"] for r in rec] == ["e00000150"]
+    assert rec[0]["metadata"] == {"n": 150} and rec[0]["message"].startswith("request 150 ")
+    assert isinstance(rec[0]["template_id"], int)
+
+
+def test_malformed_line_names_line_and_stores_nothing(hub: Hub) -> None:
+    body = orjson.dumps(entry(1)) + b"\n" + orjson.dumps(entry(2)) + b"\n{oops\n"
+    status, err = hub.request("POST", "/api/v1/logs", body)
+    assert status == 400
+    assert err["error"]["code"] == "invalid_input" and err["error"]["line"] == 3
+    assert "line 3" in err["error"]["message"]
+    assert hub.search("")["records"] == []
+
+
+def test_unknown_level_and_component_list_valid_ones(hub: Hub) -> None:
+    status, err = hub.ingest([entry(1), entry(2, level="LOUD")])
+    assert status == 400 and err["error"]["line"] == 2
+    assert "SECURITY" in err["error"]["valid"] and "AI_INFERENCE" in err["error"]["valid"]
+    status, err = hub.ingest([entry(1, component="NOPE")])
+    assert status == 400 and "P2P_NETWORK" in err["error"]["valid"]
+    status, err = hub.ingest([{"level": "INFO", "component": "KERNEL"}])
+    assert status == 400 and "message" in err["error"]["message"]
+    assert hub.search("")["records"] == []
+
+
+def test_too_large_is_413(make_hub) -> None:
+    hub = make_hub(max_body_bytes=10_000)
+    body = b"\n".join(orjson.dumps(entry(i)) for i in range(200))
+    status, err = hub.request("POST", "/api/v1/logs", body)
+    assert status == 413 and err["error"]["code"] == "too_large"
+    bomb = zstandard.ZstdCompressor().compress(b"\n".join(
+        orjson.dumps(entry(1, message="x" * 5000)) for _ in range(10)))
+    assert len(bomb) < 10_000
+    status, err = hub.request("POST", "/api/v1/logs", bomb, {"Content-Encoding": "zstd"})
+    assert status == 413
+    assert hub.search("")["records"] == []
+
+
+def test_auth_required_and_roles(hub: Hub) -> None:
+    assert hub.request("GET", "/healthz", token=None) == (200, {"status": "ok"})
+    status, err = hub.request("GET", "/api/v1/logs", token=None)
+    assert status == 401 and err["error"]["code"] == "unauthorized"
+    assert hub.request("GET", "/api/v1/stats", token="mohlog_wrong_token_value")[0] == 401
+    assert hub.request("GET", "/metrics", token=None)[0] == 401
+    _, made = hub.request("POST", "/api/v1/tokens", json.dumps({"role": "read"}).encode())
+    read = made["token"]
+    _, made = hub.request("POST", "/api/v1/tokens", json.dumps({"role": "ingest"}).encode())
+    ingest = made["token"]
+    status, err = hub.ingest([entry(1)], token=read)
+    assert status == 403 and err["error"]["code"] == "forbidden"
+    assert hub.ingest([entry(1)], token=ingest)[0] == 200
+    assert hub.request("GET", "/api/v1/logs", token=ingest)[0] == 403
+    assert hub.request("GET", "/api/v1/logs", token=read)[0] == 200
+    assert hub.request("GET", "/api/v1/tokens", token=read)[0] == 403
+    tid = made["id"]
+    assert hub.request("DELETE", f"/api/v1/tokens/{tid}")[0] == 200
+    assert hub.ingest([entry(2)], token=ingest)[0] == 401
+    assert (hub.data / "admin.token").stat().st_mode & 0o777 == 0o600
+    assert hub.token not in (hub.data / "tokens.json").read_text()
+
+
+def test_replayed_batch_is_deduplicated_across_restart(hub: Hub) -> None:
+    batch = [entry(i) for i in range(50)]
+    assert hub.ingest(batch, key="batch-1")[1] == {"accepted": 50, "duplicate": False}
+    assert hub.ingest(batch, key="batch-1")[1] == {"accepted": 50, "duplicate": True}
+    time.sleep(1.5)  # let a segment flush happen, then restart
+    hub.stop()
+    hub.start()
+    assert hub.ingest(batch, key="batch-1")[1]["duplicate"] is True
+    assert len(hub.all_ids("")) == 50
+
+
+def test_cursor_paging_returns_every_record_once(hub: Hub) -> None:
+    for k in range(5):
+        hub.ingest([entry(i) for i in range(k * 400, k * 400 + 400)], key=f"k{k}")
+        if k == 2:
+            time.sleep(1.2)  # some records in segments, some in memory
+    ids = []
+    cursor = None
+    while True:
+        page = hub.search("limit=137" + (f"&cursor={cursor}" if cursor else ""))
+        ids += [r["id"] for r in page["records"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert len(ids) == 2000 and len(set(ids)) == 2000
+    asc = hub.search("limit=5&sort=asc")["records"]
+    assert [r["id"] for r in asc] == [f"e{i:08d}" for i in range(5)]
+
+
+def test_field_filters_and_text(hub: Hub) -> None:
+    rows = [entry(i, level=["INFO", "WARNING", "ERROR", "CRITICAL"][i % 4]) for i in range(400)]
+    hub.ingest(rows)
+    got = hub.search("f=level>=ERROR&limit=1000")["records"]
+    assert len(got) == 200 and {r["level"] for r in got} == {"ERROR", "CRITICAL"}
+    got = hub.search("host=h1&f=pid<102&limit=1000")["records"]
+    want = [e for e in rows if e["host"] == "h1" and e["pid"] < 102]
+    assert sorted(r["id"] for r in got) == sorted(e["id"] for e in want)
+    got = hub.search("f=process+contains+AP&limit=1000")["records"]
+    assert len(got) == 400
+    assert hub.search("f=process+contains+AP&case=1")["records"] == []
+    got = hub.search("f=metadata.n>=390&limit=1000")["records"]
+    assert sorted(r["metadata"]["n"] for r in got) == list(range(390, 400))
+    got = hub.search('q="request+17+from"')["records"]
+    assert [r["id"] for r in got] == ["e00000017"]
+    got = hub.search("q=/request+1[0-9]+from/&limit=1000")["records"]
+    assert len(got) == 10
+    status, err = hub.request("GET", "/api/v1/logs?f=nosuch=1")
+    assert status == 400 and "valid" in err["error"]
+    assert hub.request("GET", "/api/v1/logs?q=/([/")[0] == 400
+
+
+def test_structured_queries(hub: Hub) -> None:
+    rows = [entry(i, level=["INFO", "ERROR"][i % 2]) for i in range(300)]
+    hub.ingest(rows)
+    spec = {"type": "aggregation", "group_by": ["level"],
+            "metrics": [{"op": "count"}, {"op": "max", "field": "pid"},
+                        {"op": "avg", "field": "metadata.n"}]}
+    status, res = hub.request("POST", "/api/v1/query", json.dumps(spec).encode())
+    assert status == 200
+    by = {r["level"]: r for r in res["rows"]}
+    assert by["INFO"]["count"] == 150 and by["ERROR"]["count"] == 150
+    assert by["ERROR"]["avg_metadata.n"] == sum(range(1, 300, 2)) / 150
+    assert by["INFO"]["max_pid"] == max(e["pid"] for e in rows if e["level"] == "INFO")
+    spec = {"type": "time_series", "interval": "1s", "filters": ["level=ERROR"]}
+    _, res = hub.request("POST", "/api/v1/query", json.dumps(spec).encode())
+    assert sum(r["count"] for r in res["rows"]) == 150
+    spec = {"type": "search", "filters": {"host": "h2"}, "limit": 5}
+    _, res = hub.request("POST", "/api/v1/query", json.dumps(spec).encode())
+    assert len(res["records"]) == 5 and {r["host"] for r in res["records"]} == {"h2"}
+    status, err = hub.request("POST", "/api/v1/query", b'{"type": "nope"}')
+    assert status == 400 and "time_series" in err["error"]["valid"]
+    assert hub.request("POST", "/api/v1/query", b"not json")[0] == 400
+
+
+def test_export_formats(hub: Hub) -> None:
+    hub.ingest([entry(i) for i in range(250)])
+    status, nd = hub.request("GET", "/api/v1/export?format=ndjson")
+    assert status == 200 and len(nd.splitlines()) == 250
+    status, csv = hub.request("GET", "/api/v1/export?format=csv&host=h0")
+    assert status == 200 and len(csv.decode().splitlines()) == 1 + 84
+    status, pqb = hub.request("GET", "/api/v1/export?format=parquet")
+    t = pq.read_table(io.BytesIO(pqb))
+    assert t.num_rows == 250 and "message" in t.column_names
+    assert hub.request("GET", "/api/v1/export?format=xml")[0] == 400
+
+
+def test_stats_templates_metrics(hub: Hub) -> None:
+    hub.ingest([entry(i) for i in range(90)])
+    time.sleep(1.5)
+    _, st = hub.request("GET", "/api/v1/stats")
+    assert st["records"] == 90 and st["by_host"] == {"h0": 30, "h1": 30, "h2": 30}
+    assert st["segments"] >= 1 and st["stored_bytes"] > 0
+    _, tp = hub.request("GET", "/api/v1/templates")
+    assert tp["templates"][0]["count"] == 90
+    assert "<*>" in tp["templates"][0]["template"]
+    tid = tp["templates"][0]["template_id"]
+    status, one = hub.request("GET", f"/api/v1/templates/{tid}")
+    assert status == 200, one
+    assert one["count"] == 90 and one["hosts"] == ["h0", "h1", "h2"]
+    _, text = hub.request("GET", "/metrics")
+    text = text.decode()
+    assert "mohlog_records_received_total 90.0" in text
+    assert "mohlog_wal_fsync_seconds_count" in text and "mohlog_query_seconds" in text
+
+
+def test_live_tail_streams_new_matching_entries(hub: Hub) -> None:
+    got: list[dict] = []
+    req = urllib.request.Request(hub.url + "/api/v1/tail?f=level=ERROR",
+                                 headers={"Authorization": f"Bearer {hub.token}"})
+    resp = urllib.request.urlopen(req, timeout=30)
+
+    def read() -> None:
+        for line in resp:
+            if line.startswith(b"data: "):
+                got.append(orjson.loads(line[6:]))
+                if len(got) == 2:
+                    return
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    time.sleep(0.5)
+    hub.ingest([entry(1, level="INFO"), entry(2, level="ERROR"), entry(3, level="ERROR")])
+    t.join(20)
+    resp.close()
+    assert [r["id"] for r in got] == ["e00000002", "e00000003"]
