@@ -1,0 +1,218 @@
+"""Crash safety, corrupt segments, disk full, retention/archive/restore, TLS, CLI, mohlog run."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.integration.conftest import ROOT, Hub, entry
+
+pytestmark = pytest.mark.integration
+CLI = [sys.executable, "-m", "mohlog.cli"]
+
+
+def _sender(hub: Hub, wid: int, acked: list[str], pending: list[list[dict]],
+            stop: threading.Event) -> None:
+    n = 0
+    while not stop.is_set():
+        batch = [entry(0, id=f"w{wid}-{n}-{i}", timestamp=time.time_ns() + i)
+                 for i in range(200)]
+        try:
+            status, res = hub.ingest(batch, key=f"w{wid}-{n}")
+        except (urllib.error.URLError, ConnectionError, OSError):
+            pending.append(batch)
+            return
+        if status != 200:
+            pending.append(batch)
+            return
+        acked.extend(e["id"] for e in batch)
+        n += 1
+
+
+def test_kill9_during_concurrent_ingest_loses_no_acknowledged_record(hub: Hub) -> None:
+    acked: list[str] = []
+    pending: list[list[dict]] = []
+    stop = threading.Event()
+    threads = [threading.Thread(target=_sender, args=(hub, w, acked, pending, stop))
+               for w in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(2.5)  # spans at least one segment flush (flush_interval_s 0.5)
+    assert hub.proc is not None
+    os.kill(hub.proc.pid, signal.SIGKILL)
+    hub.proc.wait(10)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert len(acked) > 1000
+    hub.start()
+    found = collections.Counter(hub.all_ids(""))
+    missing = [i for i in acked if found[i] != 1]
+    assert not missing, f"{len(missing)} acknowledged ids not found exactly once"
+    assert all(n == 1 for n in found.values())
+    for batch in pending:  # the clients retry what was in flight, same key
+        wid, n = batch[0]["id"].split("-")[:2]
+        assert hub.ingest(batch, key=f"{wid}-{n}")[0] == 200
+    found = collections.Counter(hub.all_ids(""))
+    assert all(n == 1 for n in found.values())
+    assert len(found) == len(acked) + sum(len(b) for b in pending)
+
+
+def test_corrupt_segment_is_reported_skipped_and_the_rest_served(hub: Hub) -> None:
+    hub.ingest([entry(i) for i in range(100)])
+    time.sleep(1.5)
+    hub.ingest([entry(i) for i in range(100, 200)])
+    time.sleep(1.5)
+    _, st = hub.request("GET", "/api/v1/stats")
+    assert st["segments"] == 2
+    hub.stop()
+    segs = sorted((hub.data / "segments").rglob("*.parquet"))
+    victim = segs[0]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    hub.start()
+    _, st = hub.request("GET", "/api/v1/stats")
+    assert len(st["corrupt_segments"]) == 1 and st["segments"] == 1
+    assert len(hub.all_ids("")) == 100
+    _, text = hub.request("GET", "/metrics")
+    assert b"mohlog_segments_corrupt_total 1.0" in text
+
+
+def test_retention_archives_and_cli_restores(make_hub) -> None:
+    hub = make_hub(retention_age_s=86_400)
+    old = time.time_ns() - 3 * 86_400 * 10**9
+    hub.ingest([entry(i, timestamp=old + i) for i in range(50)])
+    hub.ingest([entry(i, timestamp=time.time_ns()) for i in range(50, 80)])
+    time.sleep(1.5)
+    status, res = hub.request("POST", "/api/v1/retention")
+    assert status == 200 and len(res["archived"]) == 1
+    assert len(hub.all_ids("")) == 30
+    env = {**os.environ, "MOHLOG_HUB": hub.url, "MOHLOG_TOKEN": hub.token,
+           "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([*CLI, "archive", "list"], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0 and "50 records" in out.stdout, out.stderr
+    name = out.stdout.split()[0]
+    out = subprocess.run([*CLI, "archive", "restore", name], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and "50 records" in out.stdout, out.stderr
+    assert len(hub.all_ids("")) == 80
+
+
+def test_cli_token_ingest_search(hub: Hub, tmp_path: Path) -> None:
+    env = {**os.environ, "MOHLOG_HUB": hub.url, "MOHLOG_TOKEN": hub.token,
+           "PYTHONPATH": str(ROOT)}
+
+    def cli(*args: str, **kw: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*CLI, *args], env={**env, **kw}, capture_output=True,
+                              text=True, timeout=60)
+    made = cli("token", "create", "--role", "ingest", "--name", "shipper")
+    assert made.returncode == 0, made.stderr
+    ingest_token = made.stdout.strip()
+    assert "shipper" in cli("token", "list").stdout
+    logfile = tmp_path / "app.log"
+    logfile.write_text("".join(f"worker {i} finished job {i * 7}\n" for i in range(300)))
+    nd = tmp_path / "x.ndjson"
+    nd.write_text(orjson.dumps(entry(999, message="ndjson line here")).decode() + "\n")
+    out = cli("ingest", str(logfile), str(nd), MOHLOG_TOKEN=ingest_token)
+    assert out.returncode == 0 and "ingested 301 records" in out.stderr, out.stderr
+    out = cli("search", "finished job 2002", "--json")
+    assert [orjson.loads(x)["message"] for x in out.stdout.splitlines()] == [
+        "worker 286 finished job 2002"]
+    out = cli("search", "-f", "process=x.ndjson", "--json")
+    assert out.stdout == ""
+    assert "ndjson line here" in cli("search", "ndjson").stdout
+    denied = cli("search", "x", MOHLOG_TOKEN=ingest_token)
+    assert denied.returncode == 1 and "403" in denied.stderr
+    assert cli("token", "revoke", "shipper").returncode == 0
+    assert "shipper" not in cli("token", "list").stdout
+
+
+def test_tls(make_hub, tmp_path: Path) -> None:
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    hub = make_hub(extra=["--tls-cert", str(cert), "--tls-key", str(key)])
+    assert hub.url.startswith("https://")
+    env = {**os.environ, "MOHLOG_HUB": hub.url, "MOHLOG_TOKEN": hub.token,
+           "PYTHONPATH": str(ROOT)}
+    ok = subprocess.run([*CLI, "stats", "--cacert", str(cert)], env=env, capture_output=True,
+                        text=True, timeout=60)
+    assert ok.returncode == 0 and '"records": 0' in ok.stdout, ok.stderr
+    bad = subprocess.run([*CLI, "stats"], env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in bad.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mohlog_run_prints_url_and_token(tmp_path: Path) -> None:
+    port = _free_port()
+    proc = subprocess.Popen([*CLI, "run", "--no-agent", "--data", str(tmp_path / "d"),
+                             "--listen", f"127.0.0.1:{port}"], cwd=ROOT, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        lines = []
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            lines.append(line)
+            if "mohlog run: hub at" in line:
+                break
+        text = "".join(lines)
+        assert f"http://127.0.0.1:{port}" in text
+        assert str(tmp_path / "d" / "admin.token") in text
+        assert (tmp_path / "d" / "admin.token").exists()
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+
+
+@pytest.mark.privileged
+def test_disk_full_is_507_and_nothing_corrupted(tmp_path: Path) -> None:
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], check=True)
+    try:
+        hub = Hub(mnt / "data", {"flush_interval_s": 3600}).start()
+        filler = mnt / "filler"
+        free = os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize
+        filler.write_bytes(b"\0" * max(0, free - 400_000))
+        acked, status = [], 200
+        for k in range(200):
+            batch = [entry(k * 100 + i, message="x" * 200 + str(k * 100 + i))
+                     for i in range(100)]
+            status, res = hub.ingest(batch, key=f"b{k}")
+            if status != 200:
+                break
+            acked += [e["id"] for e in batch]
+        assert status == 507 and res["error"]["code"] == "insufficient_storage"
+        assert acked
+        filler.unlink()
+        assert hub.ingest([entry(10**7)], key="after")[0] == 200
+        hub.stop()
+        hub.start()
+        found = collections.Counter(hub.all_ids(""))
+        assert all(found[i] == 1 for i in acked) and found[entry(10**7)["id"]] == 1
+        hub.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
