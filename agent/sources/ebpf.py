@@ -184,10 +184,10 @@ def probe_cflags(cfg: EbpfConfig, probe: Probe, offsets: dict[str, int],
                  agent_tgid: int | None = None) -> list[str]:
     """The compiler flags of one probe's BPF object."""
     tgid = os.getpid() if agent_tgid is None else agent_tgid
-    ring_mb = cfg.ringbuf_mb.get(probe.name, probe.ring_mb)
-    pages = max(ring_mb * (1 << 20) // mmap.PAGESIZE, 1)
+    pages = ring_bytes(cfg, probe) // mmap.PAGESIZE
     flags = [f"-I{BPF_DIR / 'include'}", *btf.cflags(offsets), f"-DAGENT_TGID={tgid}",
-             f"-DRINGBUF_PAGES={pages}", f"-DPROBE_{probe.name.upper()}",
+             f"-DRINGBUF_PAGES={pages}", f"-DNCPUS={possible_cpus()}",
+             f"-DPROBE_{probe.name.upper()}",
              f"-DARGV_BYTES={cfg.argv_bytes}", f"-DSIGNAL_MASK={signal_mask(cfg.signals)}ULL",
              f"-DSYSCALL_ERRORS_MAX={cfg.syscall_errors_max_keys}"]
     for macro, default, _fn in probe.tracepoints:
@@ -200,6 +200,23 @@ def probe_cflags(cfg: EbpfConfig, probe: Probe, offsets: dict[str, int],
         ("FILTER_CGROUPS", bool(cfg.exclude_cgroups)),
         ("TCP_RETRANSMIT_HAS_ERR", _has_field(cfg, "tcp:tcp_retransmit_skb", "err"))) if on]
     return flags
+
+
+def possible_cpus() -> int:
+    """Number of possible CPUs (ids 0..n-1 that bpf_get_smp_processor_id can return)."""
+    try:
+        text = Path("/sys/devices/system/cpu/possible").read_text().strip()
+        return max(int(part.split("-")[-1]) for part in text.split(",")) + 1
+    except (OSError, ValueError):
+        return os.cpu_count() or 1
+
+
+def ring_bytes(cfg: EbpfConfig, probe: Probe) -> int:
+    """Bytes of each of a probe's per-CPU rings: its total size split over the CPUs
+    (a power of two, at least one page)."""
+    total = cfg.ringbuf_mb.get(probe.name, probe.ring_mb) << 20
+    per_cpu = max(total // possible_cpus(), mmap.PAGESIZE)
+    return 1 << (per_cpu.bit_length() - 1)
 
 
 def _has_field(cfg: EbpfConfig, tp: str, name: str) -> bool:
@@ -319,7 +336,7 @@ class LoadedProbe:
 
     probe: Probe
     fds: dict[str, int] = field(default_factory=dict)
-    ring: RingReader | None = None
+    rings: list[RingReader] = field(default_factory=list)
     drops: MmapArray | None = None
     errgen: MmapArray | None = None
     drainers: list[BatchDrainer] = field(default_factory=list)
@@ -390,11 +407,15 @@ class EbpfSource(Source):
                                         dec.ERR_VAL.size, self.cfg.syscall_errors_max_keys)
                            for i in (0, 1)]
         if probe.ring_mb or probe.name in self.cfg.ringbuf_mb:
-            size = self.cfg.ringbuf_mb.get(probe.name, probe.ring_mb) << 20
-            lp.ring = RingReader(lp.fds["mh_events"], size)
+            size = ring_bytes(self.cfg, probe)
+            lp.rings = [RingReader(fd, size) for name, fd in lp.fds.items()
+                        if name.startswith("mh_events")]
 
     def _unload(self, lp: LoadedProbe) -> None:
-        for attr in ("ring", "drops", "errgen"):
+        for ring in lp.rings:
+            ring.close()
+        lp.rings = []
+        for attr in ("drops", "errgen"):
             mapped = getattr(lp, attr)
             if mapped is not None:
                 mapped.close()
@@ -409,9 +430,11 @@ class EbpfSource(Source):
     def run_forever(self, emit: Emit) -> None:
         self.load()
         poller = select.epoll()
-        rings = [lp for lp in self.loaded.values() if lp.ring is not None]
+        rings = [lp for lp in self.loaded.values() if lp.rings]
         for lp in rings:
-            poller.register(lp.fds["mh_events"], select.EPOLLIN)
+            for name, fd in lp.fds.items():
+                if name.startswith("mh_events"):
+                    poller.register(fd, select.EPOLLIN)
         if self.kmsg is not None:
             poller.register(self.kmsg.fd, select.EPOLLIN)
         next_drain = time.monotonic() + self.cfg.syscall_errors_interval_s
@@ -438,10 +461,11 @@ class EbpfSource(Source):
         """Read every ring buffer and the kernel log once; returns entries emitted."""
         total = 0
         for lp in rings if rings is not None else self.loaded.values():
-            if lp.ring is None:
+            if not lp.rings:
                 continue
             out: list[dict[str, Any]] = []
-            self.decode_errors += lp.ring.read(self.decoder.decode, out, self.cfg.batch_max)
+            for ring in lp.rings:
+                self.decode_errors += ring.read(self.decoder.decode, out, self.cfg.batch_max)
             if out:
                 lp.events += len(out)
                 total += len(out)
@@ -488,6 +512,7 @@ class EbpfSource(Source):
     def stats(self) -> dict[str, Any]:  # type: ignore[override]
         probes = {name: {"events": lp.events, "kernel_drops": self.kernel_drops(lp),
                          "kernel_misses": self.kernel_misses(lp),
+                         "reserve_retries": lp.drops.u64(0) if lp.drops else 0,
                          "loaded": not lp.error, "error": lp.error,
                          "tracepoints": lp.attached}
                   for name, lp in self.loaded.items()}

@@ -32,10 +32,13 @@ from agent.sources.ebpf import (
     _cgroup_id,
     _compile,
     enabled_probes,
+    possible_cpus,
     probe_cflags,
+    ring_bytes,
     tracepoint_of,
 )
 
+_BPF_MAP_TYPE_RINGBUF = 27
 MAPS = ("mh_events", "mh_drops", "mh_errgen", "mh_errors0", "mh_errors1")
 
 
@@ -56,7 +59,7 @@ def load_probe(cfg: EbpfConfig, probe: Probe, offsets: dict[str, int],
                   fn_name=fn.encode())
         attached.append(tp)
     fill_filters(cfg, bpf)
-    names, fds = [], []
+    names, fds = per_cpu_rings(cfg, probe, bpf)
     for tp in attached:
         names.append(f"perf:{tp}")
         fds.append(bpf.tracepoint_fds[tp.encode()])
@@ -71,6 +74,30 @@ def load_probe(cfg: EbpfConfig, probe: Probe, offsets: dict[str, int],
         names.append(name)
         fds.append(table.map_fd)
     return bpf, {"probe": probe.name, "attached": attached, "fds": names}, fds
+
+
+def per_cpu_rings(cfg: EbpfConfig, probe: Probe, bpf: Any) -> tuple[list[str], list[int]]:
+    """Create the rings of CPUs 1..n-1 (CPU 0 has mh_events) and put all in mh_rings."""
+    import ctypes
+
+    from bcc.libbcc import lib
+
+    outer = bpf[b"mh_rings"]
+    size = ring_bytes(cfg, probe)
+    names, fds = [], []
+    for cpu in range(possible_cpus()):
+        if cpu == 0:
+            fd = bpf[b"mh_events"].map_fd
+        else:
+            fd = lib.bcc_create_map(_BPF_MAP_TYPE_RINGBUF, f"mh_events{cpu}".encode(), 0, 0,
+                                    size, 0)
+            if fd < 0:
+                raise EbpfError(f"cannot create the ring buffer of CPU {cpu}: "
+                                f"{os.strerror(ctypes.get_errno() or -fd)}")
+            names.append(f"mh_events@{cpu}")
+            fds.append(fd)
+        outer[ctypes.c_int(cpu)] = ctypes.c_int(fd)
+    return names, fds
 
 
 def fill_filters(cfg: EbpfConfig, bpf: Any) -> None:

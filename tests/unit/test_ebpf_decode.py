@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import mmap
 import signal
 import socket
 import struct
@@ -19,7 +20,9 @@ from agent.sources.ebpf import (
     check_config,
     enabled_probes,
     list_probes,
+    possible_cpus,
     probe_cflags,
+    ring_bytes,
     signal_mask,
 )
 from mohlog.model import COMPONENT_CODE, LEVEL_RANK
@@ -224,7 +227,10 @@ def test_probe_cflags() -> None:
     flags = probe_cflags(cfg, probe, {"OFF_TASK_TGID": 7})
     assert "-DOFF_TASK_TGID=7" in flags and "-DPROBE_TCP_RESET" in flags
     assert "-DTP_TCP_SEND_RESET=tcp,other" in flags and "-DFILTER_PIDS" in flags
-    assert "-DRINGBUF_PAGES=512" in flags and not any("TP_TCP_RECEIVE" in f for f in flags)
+    per_cpu = ring_bytes(cfg, probe)
+    assert f"-DRINGBUF_PAGES={per_cpu // mmap.PAGESIZE}" in flags
+    assert f"-DNCPUS={possible_cpus()}" in flags and not any("TP_TCP_RECEIVE" in f for f in flags)
+    assert per_cpu & (per_cpu - 1) == 0 and per_cpu * possible_cpus() <= 2 << 20
 
 
 def test_btf_offsets_through_anonymous_members() -> None:
