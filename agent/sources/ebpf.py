@@ -70,10 +70,10 @@ PROBES: tuple[Probe, ...] = (
           (("TP_EXEC", "sched:sched_process_exec", "mh_exec"),), True, 16,
           "process exec: filename, argv (bounded), ppid, uid, cgroup id"),
     Probe("exit", "mohlog.c", dec.EV_EXIT,
-          (("TP_EXIT", "sched:sched_process_exit", "mh_exit"),), True, 8,
+          (("TP_EXIT", "sched:sched_process_exit", "mh_exit"),), True, 4,
           "process exit: exit code, signal, lifetime (one per process)"),
     Probe("fork", "mohlog.c", dec.EV_FORK,
-          (("TP_FORK", "task:task_newtask", "mh_fork"),), True, 8,
+          (("TP_FORK", "task:task_newtask", "mh_fork"),), True, 4,
           "fork/clone of a process (threads skipped unless fork_threads)"),
     Probe("oom", "mohlog.c", dec.EV_OOM,
           (("TP_OOM", "oom:mark_victim", "mh_oom"),), True, 1,
@@ -373,8 +373,8 @@ class EbpfSource(Source):
         state = Path(self.cfg.state_dir) if self.cfg.state_dir else None
         probes = enabled_probes(self.cfg)
         results: dict[str, tuple[dict[str, Any], list[int]]] = {}
-        if any(p.file for p in probes):
-            results = _run_loader(self.cfg, btf.offsets(state))
+        if any(p.file for p in probes):  # the loader reads the BTF offsets itself
+            results = _run_loader(self.cfg)
         for probe in probes:
             lp = LoadedProbe(probe)
             self.loaded[probe.name] = lp
@@ -584,15 +584,14 @@ def _compile(src: Path, cflags: list[str]) -> Any:
     return _captured(f"compile of {src.name}", BPF, src_file=str(src).encode(), cflags=cflags)
 
 
-def _run_loader(cfg: EbpfConfig, offsets: dict[str, int],
+def _run_loader(cfg: EbpfConfig,
                 timeout: float = 120.0) -> dict[str, tuple[dict[str, Any], list[int]]]:
     """Run agent/sources/ebpf_loader.py; per probe its message and the fds it sent."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     root = str(BPF_DIR.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [root, *filter(None, [os.environ.get("PYTHONPATH")])])}
-    request = json.dumps({"cfg": dataclasses.asdict(cfg), "offsets": offsets,
-                          "agent_tgid": os.getpid()})
+    request = json.dumps({"cfg": dataclasses.asdict(cfg), "agent_tgid": os.getpid()})
     with tempfile.TemporaryFile() as errf:
         child = subprocess.Popen(
             [sys.executable, "-m", "agent.sources.ebpf_loader", str(theirs.fileno())],

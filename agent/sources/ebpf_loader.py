@@ -9,7 +9,8 @@ mmap or bpf_sys). The child exits with ``os._exit`` so bcc's atexit cleanup does
 disable the perf events the agent now owns.
 
 Protocol over a SOCK_SEQPACKET socket (fd given as argv[1]); the request is JSON on
-stdin: ``{"cfg": EbpfConfig fields, "offsets": {...}, "agent_tgid": int}``. One message
+stdin: ``{"cfg": EbpfConfig fields, "agent_tgid": int}``; the child reads the BTF
+offsets too (agent/btf.py, cached in the state dir), so the agent never parses the dump. One message
 per probe: JSON ``{"probe", "attached", "fds": [names]}`` with the fds attached in that
 order (SCM_RIGHTS), or ``{"probe", "error"}``; then ``{"done": true}``.
 """
@@ -23,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from agent import btf
 from agent.sources.ebpf import (
     BPF_DIR,
     EbpfConfig,
@@ -116,12 +118,13 @@ def fill_filters(cfg: EbpfConfig, bpf: Any) -> None:
 
 def serve(sock: socket.socket, request: dict[str, Any]) -> None:
     cfg = EbpfConfig(**request["cfg"])
+    offsets = btf.offsets(Path(cfg.state_dir) if cfg.state_dir else None)
     keep = []  # the bcc objects stay alive (and attached) until the agent has the fds
     for probe in enabled_probes(cfg):
         if not probe.file:
             continue
         try:
-            bpf, msg, fds = load_probe(cfg, probe, request["offsets"], request["agent_tgid"])
+            bpf, msg, fds = load_probe(cfg, probe, offsets, request["agent_tgid"])
         except Exception as err:  # noqa: BLE001 - any failure disables this probe only
             socket.send_fds(sock, [json.dumps({"probe": probe.name,
                                                "error": str(err) or type(err).__name__
