@@ -11,6 +11,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -273,3 +275,53 @@ def test_hub_fallback_when_no_agent_socket(sock_path: str) -> None:
     finally:
         client.shutdown()
         stop()
+
+
+@pytest.fixture
+def real_hub(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """``mohlog hub`` as a subprocess on a free loopback port: (url, admin token)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = tmp_path / "hub"
+    proc = subprocess.Popen([sys.executable, "-m", "mohlog.cli", "hub", "--data", str(data),
+                             "--listen", f"127.0.0.1:{port}"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, "hub exited"
+            assert time.monotonic() < deadline, "hub did not start"
+            try:
+                urllib.request.urlopen(f"{url}/healthz", timeout=2).close()
+                if (data / "admin.token").exists():
+                    break
+            except OSError:
+                time.sleep(0.2)
+        yield url, (data / "admin.token").read_text().strip()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_sdk_ships_to_a_real_hub_without_agent(real_hub: tuple[str, str],
+                                               sock_path: str) -> None:
+    url, token = real_hub
+    client = make_client(sock_path, hub_url=url, token=token)
+    run = os.urandom(4).hex()
+    try:
+        for i in range(300):
+            client.write_structured({"message": f"direct {i}", "level": "WARNING",
+                                     "metadata": {"run": run, "seq": i}})
+        assert client.flush(30), client.stats()
+    finally:
+        client.shutdown()
+    query = urllib.parse.urlencode([("f", f"metadata.run={run}"), ("limit", "1000")])
+    req = urllib.request.Request(f"{url}/api/v1/logs?{query}",
+                                 headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        records = orjson.loads(resp.read())["records"]
+    assert sorted(r["metadata"]["seq"] for r in records) == list(range(300))
+    assert {r["source"] for r in records} == {"sdk"} and records[0]["level"] == "WARNING"
+    assert client.stats()["sent"] == 300 and client.stats()["dropped"] == 0
