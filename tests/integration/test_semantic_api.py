@@ -1,0 +1,79 @@
+"""Semantic search, templates and clusters through a real hub (real MiniLM model)."""
+
+from __future__ import annotations
+
+import time
+import urllib.parse
+
+import pytest
+
+from tests.integration.conftest import Hub, entry
+
+pytest.importorskip("faiss")
+pytest.importorskip("sentence_transformers")
+pytestmark = [pytest.mark.integration, pytest.mark.embeddings]
+
+LINES = [
+    ("web1", "Connection refused to 10.0.0.{i} port 5432"),
+    ("web2", "Failed password for root from 192.168.1.{i} port 22 ssh2"),
+    ("db1", "Out of memory: Killed process {i} (postgres)"),
+    ("db1", "Checkpoint complete: wrote {i} buffers"),
+]
+
+
+def _ingest_while_loading(hub: Hub) -> None:
+    base = time.time_ns() - 10**9
+    rows = []
+    for i in range(40):
+        for j, (host, msg) in enumerate(LINES):
+            rows.append(entry(i * 10 + j, host=host, message=msg.format(i=i + 1),
+                              timestamp=base + i * 10 + j))
+    # The model loads in the background: ingest right away must succeed regardless.
+    assert hub.ingest(rows)[0] == 200
+
+
+def _wait_ready(hub: Hub, n: int) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        status, st = hub.request("GET", "/api/v1/embeddings")
+        if status == 200 and st["model_ready"] and st["indexed"] >= n:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"embeddings not ready: {st}")
+
+
+def _semantic(hub: Hub, **params: object) -> tuple[int, dict]:
+    return hub.request("GET", "/api/v1/search/semantic?" + urllib.parse.urlencode(params))
+
+
+def test_semantic_search_templates_clusters(hub: Hub) -> None:
+    _ingest_while_loading(hub)
+    _wait_ready(hub, len(LINES))
+    status, res = _semantic(hub, q="database server ran out of RAM", k=2, lines=3)
+    assert status == 200 and res["model_ready"]
+    top = res["results"][0]
+    assert top["template"] == "Out of memory: Killed process <*> (postgres)"
+    assert len(top["lines"]) == 3 and top["lines"][0]["message"] == \
+        "Out of memory: Killed process 40 (postgres)"
+    # field filter: only templates with lines on web2
+    _, res = _semantic(hub, q="login attempt with a wrong password", k=4, host="web2")
+    assert [r["template"] for r in res["results"]] == [
+        "Failed password for root from <*> port <*> ssh2"]
+    # a time range before everything: nothing
+    _, res = _semantic(hub, q="connection refused", end="1000")
+    assert res["results"] == []
+    # hybrid: an exact word lifts its template
+    _, res = _semantic(hub, q="checkpoint", k=1)
+    assert res["results"][0]["template"].startswith("Checkpoint complete")
+    assert res["results"][0]["lexical"] == 1.0
+    assert _semantic(hub, q="")[0] == 400
+    _, tl = hub.request("GET", "/api/v1/templates?host=db1")
+    assert sorted(t["count"] for t in tl["templates"]) == [40, 40]
+    _, cl = hub.request("GET", "/api/v1/clusters")
+    assert sum(c["size"] for c in cl["clusters"]) >= len(LINES)
+
+
+def test_semantic_search_off_is_503(make_hub) -> None:
+    hub = make_hub(embeddings=False)
+    status, err = _semantic(hub, q="anything")
+    assert status == 503 and err["error"]["code"] == "semantic_search_off"
