@@ -167,27 +167,37 @@ def hub_ids(hub: Hub, filters: list[str]) -> list[str]:
     return [rec["id"] for rec in hub_export(hub, filters)]
 
 
+def hub_count(hub: Hub, filters: list[str], start: str = "-1d") -> int:
+    """Matching records counted by the hub (POST /api/v1/query, type aggregation)."""
+    spec = {"type": "aggregation", "start": start, "filters": filters,
+            "metrics": [{"op": "count"}]}
+    req = urllib.request.Request(f"{hub.url}/api/v1/query", data=json.dumps(spec).encode(),
+                                 headers={"Authorization": f"Bearer {hub.token}",
+                                          "Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(req, timeout=600) as resp:
+        rows = json.loads(resp.read())["rows"]
+    return int(rows[0]["count"]) if rows else 0
+
+
 def wait_stable_count(hub: Hub, filters: list[str], expected: int | None,
-                      quiet_s: float, timeout: float) -> list[str]:
-    """Poll the hub until the matching count reaches ``expected`` or stops growing."""
+                      quiet_s: float, timeout: float) -> int:
+    """Poll the hub's count until it reaches ``expected`` or stops growing for quiet_s."""
     deadline = time.monotonic() + timeout
-    last, since = -1, time.monotonic()
-    ids: list[str] = []
+    last, since, count = -1, time.monotonic(), 0
     while time.monotonic() < deadline:
         try:
-            ids = hub_ids(hub, filters)
-        except (OSError, urllib.error.URLError) as err:
-            log(f"hub export failed: {err}")
-            ids = []
-        if expected is not None and len(ids) >= expected:
-            return ids
-        if len(ids) != last:
-            last, since = len(ids), time.monotonic()
-            log(f"hub has {len(ids):,} matching records")
+            count = hub_count(hub, filters)
+        except (OSError, urllib.error.URLError, KeyError, ValueError) as err:
+            log(f"hub count failed: {err}")
+        if expected is not None and count >= expected:
+            return count
+        if count != last:
+            last, since = count, time.monotonic()
+            log(f"hub has {count:,} matching records")
         elif time.monotonic() - since >= quiet_s:
-            return ids
+            return count
         time.sleep(2.0)
-    return ids
+    return count
 
 
 # -- agent ---------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from agent_common import (  # noqa: E402
     Agent,
     Hub,
     drops_by_stage,
+    hub_ids,
     keep_logs,
     log,
     metric_sum,
@@ -88,8 +89,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, object]:
         gen_out = json.loads(gen.communicate(timeout=seconds + 300)[0])
         drained = wait_spool_empty(agent, args.drain_timeout)
         expected = gen_out["written"] - len(gen_out["rejected"])
-        ids = wait_stable_count(hub, [f"metadata.bench={prefix}"], expected, 20.0,
-                                args.drain_timeout)
+        wait_stable_count(hub, [f"metadata.bench={prefix}"], expected, 20.0,
+                          args.drain_timeout)
+        ids = hub_ids(hub, [f"metadata.bench={prefix}"])
         metrics = agent.metrics()
     finally:
         agent.stop()

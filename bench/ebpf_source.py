@@ -87,6 +87,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "storm": args.storm, "attempted": int(out[1]), "seconds": float(out[5]),
         "rate_per_s": int(out[1]) / float(out[5]), "bpftrace": kernel, "delivered": count[0],
         "kernel_drops": stats["kernel_drops"], "kernel_misses": stats["kernel_misses"],
+        "reserve_retries": stats["reserve_retries"],
         "decode_errors": src.stats()["decode_errors"],
         "reader_thread_cpu_cores": cpu / (wall1 - wall0),
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

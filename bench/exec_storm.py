@@ -31,6 +31,7 @@ from agent_common import (  # noqa: E402
     Hub,
     build_c,
     drops_by_stage,
+    hub_ids,
     keep_logs,
     log,
     metric_sum,
@@ -64,7 +65,8 @@ def storm(args: argparse.Namespace, work: Path, name: str) -> dict[str, object]:
         exits_any = peer.total if peer else None
         filters = ["metadata.event=exec", f"metadata.comm={name}"]
         wait_spool_empty(agent, args.drain_timeout)
-        ids = wait_stable_count(hub, filters, kernel, 15.0, args.drain_timeout)
+        count = wait_stable_count(hub, filters, kernel, 15.0, args.drain_timeout)
+        ids = hub_ids(hub, filters)
         after = agent.metrics()
     finally:
         agent.stop()
@@ -73,7 +75,7 @@ def storm(args: argparse.Namespace, work: Path, name: str) -> dict[str, object]:
         "name": name, "workers": args.workers, "target_rate": args.rate, "seconds": seconds,
         "spawned": spawned, "rate_per_s": spawned / seconds, "bpftrace_exec": kernel,
         "exitsnoop_exits": exits, "exitsnoop_all_exits": exits_any,
-        "delivered": len(ids), "unique_delivered": len(set(ids)),
+        "delivered": count, "exported": len(ids), "unique_delivered": len(set(ids)),
         "agent_drops": drops_by_stage(after),
         "agent_drops_during_run": metric_sum(after, "mohlog_agent_dropped_total")
         - metric_sum(before, "mohlog_agent_dropped_total"),
