@@ -52,6 +52,28 @@ def test_exclude_comms_in_kernel(tmp_path: Path) -> None:
         assert sink.find(event("exec", filename=str(skipped))) == []
 
 
+def test_exclude_pids_in_kernel() -> None:
+    """The excluded shell's own failed open is dropped in the kernel; its child's is not."""
+    marker = uuid.uuid4().hex
+    script = f"read x; cat /nonexistent-{marker}/seen; : < /nonexistent-{marker}/skipped"
+    shell = subprocess.Popen(["/bin/sh", "-c", script], stdin=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL)
+    try:
+        with running(EbpfConfig(probes=["open_fail"], exclude_pids=[shell.pid])) as (_s, sink):
+            assert shell.stdin is not None
+            shell.stdin.write(b"go\n")
+            shell.stdin.close()
+            shell.wait(10)
+            [seen] = sink.wait(event("open_fail", filename=f"/nonexistent-{marker}/seen"))
+            assert seen["pid"] != shell.pid and seen["metadata"]["comm"] == "cat"
+            time.sleep(0.3)
+            assert sink.find(lambda e: marker in e["metadata"]["filename"]
+                             and e["pid"] == shell.pid) == []
+    finally:
+        shell.kill()
+        shell.wait()
+
+
 def test_full_ring_buffer_counts_kernel_drops(tmp_path: Path) -> None:
     """Probes loaded but nobody reading: a 1 MiB ring holds ~3,200 failed-open records;
     a burst of 20,000 must show up as records read + kernel drops, none unaccounted."""
