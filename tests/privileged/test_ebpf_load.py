@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.sources.ebpf import EbpfConfig, EbpfSource, dump_bpf
+from agent.sources.ebpf import EbpfConfig, EbpfSource, dump_bpf, possible_cpus
 from tests.privileged.ebpf_helpers import Collector, event, running
 
 pytestmark = [pytest.mark.privileged, pytest.mark.timeout(90)]
@@ -113,16 +113,18 @@ def test_records_wrapping_the_ring_decode() -> None:
     name = f"mhw{uuid.uuid4().hex[:8]}"
     n = 10_000
     code = (f"import os, time\nopen('/proc/self/comm', 'w').write('{name}')\n"
+            "os.sched_setaffinity(0, {0})  # one CPU: all records in one ring\n"
             f"for i in range({n}):\n"
             "    try:\n        os.open(f'/nonexistent-mhw/{i:05d}', os.O_RDONLY)\n"
             "    except OSError:\n        pass\n"
-            "    if i % 1000 == 999:\n        time.sleep(0.02)\n")
-    cfg = EbpfConfig(probes=["open_fail"], ringbuf_mb={"open_fail": 1})
+            "    if i % 500 == 499:\n        time.sleep(0.01)\n")
+    mb = possible_cpus()  # 1 MiB per CPU
+    cfg = EbpfConfig(probes=["open_fail"], ringbuf_mb={"open_fail": 1 << (mb - 1).bit_length()})
     with running(cfg) as (src, sink):
         subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
         ours = sink.wait(lambda e: e["metadata"]["comm"] == name, count=n, timeout=20)
         stats = src.stats()
-    assert stats["decode_errors"] == 0 and stats["probes"]["open_fail"]["kernel_drops"] == 0
-    assert len(ours) == n
+    assert stats["decode_errors"] == 0 and stats["probes"]["open_fail"]["kernel_drops"] == 0, stats
+    assert len(ours) == n, stats
     assert sorted(e["metadata"]["filename"] for e in ours) == [
         f"/nonexistent-mhw/{i:05d}" for i in range(n)]
