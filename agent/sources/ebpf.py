@@ -1,20 +1,23 @@
-"""The eBPF source: kernel events from tracepoint probes (bpf/*.c) as log entries.
+"""The eBPF source: kernel events from tracepoint probes (bpf/mohlog.c) as log entries.
 
-Each probe (``PROBES``) is compiled as its own BPF object from its group's file in bpf/
-with ``-DPROBE_<NAME>`` (bcc compiles one in ~0.2 s), so a probe that cannot compile,
-attach or find its tracepoint fails alone: the reason is logged and kept in ``stats()``,
-and the others run. Kernel struct offsets come from BTF (agent/btf.py) as -D macros.
+Each probe (``PROBES``) is its own BPF object, compiled from bpf/mohlog.c with
+``-DPROBE_<NAME>``, so a probe that cannot find its tracepoint, compile or attach fails
+alone: the reason is logged and kept in ``stats()``, and the others run. Kernel struct
+offsets come from BTF (agent/btf.py) as -D macros.
 
-Every probe writes to its own BPF ring buffer, which this module reads itself through
-mmap (the layout of libbpf's ring_buffer__consume: consumer page, producer page, data
-mapped twice), from one thread that waits on all of them with epoll. Records are decoded
-in place from the mmap (agent/sources/ebpf_decode.py) and handed on in batches, so there is
-no per-record ctypes callback. Failed reserves in the kernel are counted per event type in
-each object's ``mh_drops`` map; ``stats()`` reports them per probe.
+The compiling and attaching happen in a short-lived child process
+(agent/sources/ebpf_loader.py): bcc's LLVM would otherwise stay resident in the agent
+(~250 MB). The child hands back file descriptors; this module never imports bcc. Every
+probe has one ring buffer per CPU, read through mmap from one thread that waits on all of
+them (and /dev/kmsg) with epoll; records are decoded in place from the mapping
+(agent/sources/ebpf_decode.py) and handed on in batches, with no per-record callback.
+Failed reserves are counted per event type in each probe's ``mh_drops`` array (read via
+mmap); ``stats()`` reports them per probe with the kernel's recursion misses.
 
-The ``syscall_errors`` probe has no ring buffer traffic: its map is drained every
+The ``syscall_errors`` probe has no ring buffer traffic: its maps are drained every
 ``syscall_errors_interval_s``. The ``printk`` probe is /dev/kmsg (agent/sources/kmsg.py),
-read in the same loop.
+read in the same loop. Call ``load()`` before ``start()`` to learn about failed probes
+synchronously; ``start()`` loads otherwise.
 """
 
 from __future__ import annotations
@@ -633,7 +636,7 @@ def _receive(sock: socket.socket,
     out: dict[str, tuple[dict[str, Any], list[int]]] = {}
     while True:
         try:
-            data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, 64)
+            data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, 16 + possible_cpus())
         except OSError as err:
             log.bpf.error("probe loader: %s", err)
             return out

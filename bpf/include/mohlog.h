@@ -1,17 +1,19 @@
-/* mohlog.h: what every mohlog probe shares.
+/* mohlog.h: what every mohlog probe shares (no maps: see below).
  *
- * - struct mh_hdr: the header of every ring-buffer event (the Python decoder in
- *   agent/sources/ebpf_decode.py mirrors these layouts; keep them in step).
+ * - struct mh_hdr and enum mh_event_type: the header of every ring-buffer event (the
+ *   Python decoder in agent/sources/ebpf_decode.py mirrors these layouts; keep in step).
+ *   Index 0 of mh_drops (unused as an event type) counts reserve retries.
  * - helpers that read kernel memory at BTF offsets and fill the header.
- * Maps and the functions that use them live in bpf/mohlog.c: bcc rewrites map calls
- * (map.lookup(), ringbuf_reserve()) only in the main source file, not in headers.
  * - MH_TP(cat, evt, fn): like bcc's TRACEPOINT_PROBE, but the tracepoint is a macro chosen
- *   with -D (config `tracepoints`) and the function is attached by the loader, probe by probe.
+ *   with -D (config `tracepoints`) and the function is attached by the loader, probe by
+ *   probe.
  * - struct field offsets: OFF_* macros from the running kernel's BTF (agent/btf.py); the
  *   installed headers are not the running kernel's, so no struct is dereferenced by type.
+ * Maps and the functions that use them live in bpf/mohlog.c: bcc rewrites map calls
+ * (map.lookup(), ringbuf_reserve()) only in the main source file, not in headers.
  *
- * Compile-time settings (-D): AGENT_TGID, RINGBUF_PAGES, FILTER_PIDS, FILTER_COMMS,
- * FILTER_CGROUPS, PROBE_<NAME> for each enabled probe, plus each probe's own.
+ * Compile-time settings (-D): AGENT_TGID, RINGBUF_PAGES (per CPU), NCPUS, FILTER_PIDS,
+ * FILTER_COMMS, FILTER_CGROUPS, PROBE_<NAME> for the probe compiled, plus its own.
  */
 #ifndef MOHLOG_H
 #define MOHLOG_H
