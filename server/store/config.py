@@ -25,7 +25,7 @@ class StoreConfig:
     # Rows per Parquet row group inside a segment (the unit of skipping by statistics).
     row_group_rows: int = 65_536
     # zstd level for segments.
-    zstd_level: int = 9
+    zstd_level: int = 3
     # Idempotency keys remembered for deduplication (oldest forgotten first).
     max_keys: int = 1_000_000
     # Seconds between retention passes of the background task.

@@ -142,7 +142,7 @@ class Store:
         self._load_keys()
         replayed = 0
         for n, key, table in self.wal.replay(self._manifest.wal_upto):
-            table = self._mine(table)
+            table = _untemplated(table)
             self._chunks.append(Chunk(n, key, table, _raw_estimate(table)))
             self._remember(key, table.num_rows)
             self._count(table)
@@ -191,7 +191,7 @@ class Store:
         except InvalidInput:
             self.metrics.rejected.inc()
             raise
-        return Batch(self._mine(b.table), b.raw_bytes, b"")
+        return Batch(_untemplated(b.table), b.raw_bytes, b"")
 
     def _mine(self, table: pa.Table) -> pa.Table:
         msgs = table["message"].combine_chunks()
@@ -328,7 +328,10 @@ class Store:
             return rows
 
     def _write_segments(self, chunks: list[Chunk]) -> list[SegmentInfo]:
-        table = pa.concat_tables([c.table for c in chunks])
+        # Templates are mined here, in large batches off the acknowledgement path (the
+        # miner's vectorised fast path); records in the memory tail have no template yet.
+        table = pa.concat_tables([c.table.select(batchmod.SCHEMA.names) for c in chunks])
+        table = self._mine(table)
         raw = sum(c.raw_bytes for c in chunks)
         span = self.cfg.partition_s
         part_keys = pc.divide(table["timestamp"], span * 1_000_000_000).to_numpy()
@@ -604,6 +607,13 @@ def _can_stop(found: list[pa.Table], q: LogQuery, next_bound: int | None) -> boo
         return next_bound < kth
     kth = np.sort(ts)[q.limit - 1]
     return next_bound > kth
+
+
+def _untemplated(table: pa.Table) -> pa.Table:
+    """SCHEMA columns + null template_id/params (filled when the segment is written)."""
+    n = table.num_rows
+    return table.append_column("template_id", pa.nulls(n, pa.uint64())).append_column(
+        "params", pa.nulls(n, pa.list_(pa.string())))
 
 
 def _raw_estimate(table: pa.Table) -> int:

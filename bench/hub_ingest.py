@@ -1,0 +1,185 @@
+"""Hub ingest over HTTP (acknowledged durable) vs chDB MergeTree on the same records.
+
+    .venv/bin/python bench/hub_ingest.py -n 2000000 --duration 60
+
+Prints: records/s per 5 s window (median) and overall, for NDJSON+zstd bodies and for Arrow
+IPC bodies; the time until everything acknowledged is searchable; stored bytes vs the NDJSON
+bytes (indexes and template state included, WAL excluded after the final flush); chDB's
+ingest rate and ratio on the same records, and the ratios hub/chDB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import pyarrow as pa
+import zstandard
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gen_corpus import load, ndjson_batches  # noqa: E402
+from hub_common import BenchHub, dir_bytes, save  # noqa: E402
+
+
+def arrow_bodies(table: pa.Table, size: int) -> list[bytes]:
+    out = []
+    opts = pa.ipc.IpcWriteOptions(compression="zstd")
+    table = table.drop_columns(["id"])
+    for start in range(0, table.num_rows, size):
+        sink = pa.BufferOutputStream()
+        part = table.slice(start, size)
+        with pa.ipc.new_stream(sink, part.schema, options=opts) as w:
+            w.write_table(part)
+        out.append(sink.getvalue().to_pybytes())
+    return out
+
+
+async def drive(hub: BenchHub, bodies: list[tuple[bytes, int]], headers: dict[str, str],
+                duration: float, concurrency: int) -> dict:
+    acked = 0
+    windows: list[tuple[float, int]] = []
+    stop_at = time.monotonic() + duration
+    auth = {"Authorization": f"Bearer {hub.token}", **headers}
+
+    async def worker(w: int, session: aiohttp.ClientSession) -> None:
+        nonlocal acked
+        i = w
+        while time.monotonic() < stop_at:
+            body, rows = bodies[i % len(bodies)]
+            i += concurrency
+            hdrs = {**auth, "Idempotency-Key": os.urandom(12).hex()}
+            async with session.post(f"{hub.url}/api/v1/logs", data=body, headers=hdrs) as r:
+                res = await r.json()
+                if r.status != 200:
+                    raise SystemExit(f"hub refused: {r.status} {res}")
+            acked += res["accepted"]
+            windows.append((time.monotonic(), res["accepted"]))
+
+    t0 = time.monotonic()
+    conn = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(600)) as s:
+        await asyncio.gather(*(worker(w, s) for w in range(concurrency)))
+    elapsed = time.monotonic() - t0
+    per5 = {}
+    for t, n in windows:
+        per5[int((t - t0) // 5)] = per5.get(int((t - t0) // 5), 0) + n
+    full = [v / 5 for k, v in per5.items() if (k + 1) * 5 <= elapsed]
+    return {"acked": acked, "elapsed_s": elapsed, "rate": acked / elapsed,
+            "rate_median_5s": statistics.median(full) if full else acked / elapsed}
+
+
+def searchable_after(hub: BenchHub, expect: int, timeout: float = 120) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if hub.get("/api/v1/stats")["records"] >= expect:
+            got = hub.post("/api/v1/query", {"type": "aggregation"})["rows"][0]["count"]
+            if got >= expect:
+                return time.monotonic() - t0
+        time.sleep(0.2)
+    return float("inf")
+
+
+def stored_ratio(hub: BenchHub) -> dict:
+    st = hub.get("/api/v1/stats")
+    t0 = time.monotonic()
+    while st["records_in_memory"] and time.monotonic() - t0 < 300:
+        time.sleep(1)
+        st = hub.get("/api/v1/stats")
+    disk = dir_bytes(hub.data, exclude=("wal",))
+    raw = st["raw_bytes"]
+    return {"raw_bytes": raw, "stored_bytes": disk, "segments_bytes": st["stored_bytes"],
+            "ratio": raw / disk if disk else None}
+
+
+def chdb_run(table: pa.Table, ndjson_bytes: int) -> dict:
+    from chdb import session
+    d = tempfile.mkdtemp(prefix="chdb-bench-")
+    s = session.Session(d)
+    s.query("CREATE DATABASE IF NOT EXISTS b")
+    s.query("CREATE TABLE b.logs (id String, timestamp Int64, level LowCardinality(String), "
+            "source LowCardinality(String), component LowCardinality(String), "
+            "host LowCardinality(String), pid Int64, tid Int64, process LowCardinality(String),"
+            " message String CODEC(ZSTD(3)), metadata String, context String) "
+            "ENGINE = MergeTree ORDER BY (host, timestamp)")
+    t0 = time.perf_counter()
+    for start in range(0, table.num_rows, 100_000):
+        part = table.slice(start, 100_000)  # noqa: F841 - read by chDB's Python()
+        s.query("INSERT INTO b.logs SELECT * FROM Python(part)")
+    elapsed = time.perf_counter() - t0
+    s.query("OPTIMIZE TABLE b.logs FINAL")
+    size = int(str(s.query("SELECT sum(bytes_on_disk) FROM system.parts WHERE "
+                           "database='b' AND table='logs' AND active", "CSV")).strip())
+    return {"rate": table.num_rows / elapsed, "bytes": size, "ratio": ndjson_bytes / size,
+            "dir": d, "session": s}
+
+
+def run_format(name: str, bodies: list[tuple[bytes, int]], headers: dict[str, str],
+               args: argparse.Namespace) -> dict:
+    hub = BenchHub({"flush_rows": 1_000_000, "flush_interval_s": 5.0,
+                    "embeddings": False}).start()
+    try:
+        res = asyncio.run(drive(hub, bodies, headers, args.duration, args.concurrency))
+        res["searchable_after_s"] = searchable_after(hub, res["acked"])
+        res.update(stored_ratio(hub))
+        return res
+    finally:
+        hub.stop()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("-n", type=int, default=2_000_000)
+    p.add_argument("--duration", type=float, default=60)
+    p.add_argument("--batch", type=int, default=20_000)
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--formats", default="ndjson,arrow")
+    args = p.parse_args()
+    table = load(args.n)
+    print(f"corpus: {table.num_rows} records", file=sys.stderr)
+    nd = ndjson_batches(table.drop_columns(["id"]), args.batch)
+    ndjson_bytes = sum(len(b) for b in ndjson_batches(table, args.batch))
+    zc = zstandard.ZstdCompressor(level=1)
+    results: dict = {"records": table.num_rows, "ndjson_bytes": ndjson_bytes,
+                     "batch": args.batch, "duration_s": args.duration}
+    if "ndjson" in args.formats:
+        bodies = [(zc.compress(b), b.count(b"\n")) for b in nd]
+        results["hub_ndjson"] = run_format("ndjson", bodies, {
+            "Content-Encoding": "zstd", "Content-Type": "application/x-ndjson"}, args)
+    if "arrow" in args.formats:
+        bodies = [(b, args.batch) for b in arrow_bodies(table, args.batch)]
+        results["hub_arrow"] = run_format("arrow", bodies, {
+            "Content-Type": "application/vnd.apache.arrow.stream"}, args)
+    ch = chdb_run(table, ndjson_bytes)
+    results["chdb"] = {k: v for k, v in ch.items() if k in ("rate", "bytes", "ratio")}
+    print_table(results)
+    print(f"saved {save('hub_ingest', results)}")
+
+
+def print_table(r: dict) -> None:
+    ch = r["chdb"]
+    print(f"\nhub ingest, {r['records']:,} loghub-like records ({r['ndjson_bytes'] / 1e6:.1f} MB "
+          f"NDJSON), {r['duration_s']:.0f} s, batches of {r['batch']}")
+    print(f"{'engine':<22}{'rec/s (median 5s)':>20}{'rec/s overall':>16}{'searchable':>12}"
+          f"{'ratio':>8}")
+    for key in ("hub_ndjson", "hub_arrow"):
+        if key in r:
+            h = r[key]
+            print(f"{key:<22}{h['rate_median_5s']:>20,.0f}{h['rate']:>16,.0f}"
+                  f"{h['searchable_after_s']:>11.2f}s{h['ratio']:>8.1f}")
+    print(f"{'chDB MergeTree':<22}{ch['rate']:>20,.0f}{ch['rate']:>16,.0f}{'-':>12}"
+          f"{ch['ratio']:>8.1f}")
+    for key in ("hub_ndjson", "hub_arrow"):
+        if key in r:
+            print(f"{key}/chDB: rate x{r[key]['rate_median_5s'] / ch['rate']:.2f}, "
+                  f"ratio x{r[key]['ratio'] / ch['ratio']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
