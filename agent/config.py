@@ -1,0 +1,135 @@
+"""Agent settings: a typed dataclass from an explicit --config file (JSON or TOML) and flags.
+
+Every field is documented in docs/agent.md (a test checks it).
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from mohlog.errors import InvalidInput
+from mohlog.model import COMPONENTS, LEVELS
+
+DEFAULT_HUB = "http://127.0.0.1:7480"
+
+
+@dataclass
+class DropRule:
+    # Field of the entry (level, component, source, host, process, message, metadata.<key>).
+    field: str
+    # Python regular expression searched in the field's text; a match drops the entry.
+    regex: str
+
+
+@dataclass
+class AgentConfig:
+    # Hub base URL the batches are shipped to.
+    hub: str = DEFAULT_HUB
+    # Bearer token with the ingest role (prefer token_file: it stays out of `ps`).
+    token: str | None = None
+    # File holding the token.
+    token_file: str | None = None
+    # Directory for the spool, file positions, BTF cache and kmsg position.
+    state_dir: str = "/var/lib/mohlog-agent"
+    # Load the eBPF probes (needs root); False runs the other sources only.
+    ebpf: bool = True
+    # eBPF settings (agent.sources.ebpf.EbpfConfig fields, see docs/probes.md).
+    ebpf_config: dict[str, Any] = field(default_factory=dict)
+    # Read /dev/kmsg when eBPF is off (with eBPF on, its printk probe reads it).
+    kmsg: bool = True
+    # Log files or glob patterns to tail (rotation and truncation handled).
+    files: list[str] = field(default_factory=list)
+    # Component of lines read from files.
+    files_component: str = "APPLICATION"
+    # Syslog listen addresses over UDP ("HOST:PORT"), RFC 3164 and 5424.
+    syslog_udp: list[str] = field(default_factory=list)
+    # Syslog listen addresses over TCP (octet counting or newline framing).
+    syslog_tcp: list[str] = field(default_factory=list)
+    # Unix socket of the SDK ("" turns the SDK socket off).
+    sdk_socket: str = "/run/mohlog/sdk.sock"
+    # Minimum level per component ({"KERNEL": "WARNING"}); "*" applies to every component.
+    min_level: dict[str, str] = field(default_factory=dict)
+    # Entries matching any rule are dropped early (never CRITICAL or SECURITY ones).
+    drop: list[DropRule] = field(default_factory=list)
+    # Most records per batch shipped.
+    batch_max_records: int = 20_000
+    # Most NDJSON bytes per batch (before compression).
+    batch_max_bytes: int = 8 << 20
+    # Seconds a record may wait before its batch is shipped.
+    batch_max_delay_s: float = 0.5
+    # Records waiting between the sources and the shipper before new ones are dropped.
+    queue_max_records: int = 500_000
+    # Disk space for batches waiting for the hub; when full the lowest levels go first.
+    spool_max_bytes: int = 1 << 30
+    # Root of the /proc tree used for enrichment (tests point it at a fake tree).
+    proc_root: str = "/proc"
+    # Add process context (exe, cmdline, user, parents, cgroup, container) to entries.
+    enrich_proc: bool = True
+    # Add network context (interface, addresses, netns) to network events.
+    enrich_net: bool = True
+    # Address of the agent's Prometheus /metrics ("" turns it off).
+    metrics_listen: str = "127.0.0.1:7481"
+    # Seconds to wait for the hub per request.
+    hub_timeout_s: float = 30.0
+    # Pids of other processes to ignore in the kernel (the hub's, with `mohlog run`).
+    exclude_pids: list[int] = field(default_factory=list)
+
+    def read_token(self) -> str | None:
+        if self.token:
+            return self.token
+        if self.token_file:
+            try:
+                return Path(self.token_file).read_text().strip()
+            except OSError as err:
+                raise InvalidInput(f"cannot read token file {self.token_file}: {err}") from err
+        return None
+
+
+def load(path: Path | None, overrides: dict[str, Any]) -> AgentConfig:
+    """Settings from an explicit file, then non-None overrides (flags)."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        values.update(_read(path))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in fields(AgentConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InvalidInput(f"unknown agent settings: {', '.join(unknown)}", valid=sorted(known))
+    if isinstance(values.get("sdk_socket"), dict):
+        values["sdk_socket"] = values["sdk_socket"].get("path", "")
+    values["drop"] = [r if isinstance(r, DropRule) else DropRule(**r)
+                      for r in values.get("drop", [])]
+    cfg = AgentConfig(**values)
+    check(cfg)
+    return cfg
+
+
+def check(cfg: AgentConfig) -> None:
+    for comp, level in cfg.min_level.items():
+        if comp != "*" and comp not in COMPONENTS:
+            raise InvalidInput(f"min_level: unknown component {comp!r}", valid=list(COMPONENTS))
+        if level not in LEVELS:
+            raise InvalidInput(f"min_level: unknown level {level!r}", valid=list(LEVELS))
+    if cfg.files_component not in COMPONENTS:
+        raise InvalidInput(f"unknown files_component {cfg.files_component!r}",
+                           valid=list(COMPONENTS))
+    if cfg.batch_max_records < 1 or cfg.batch_max_bytes < 1024:
+        raise InvalidInput("batch_max_records must be >= 1 and batch_max_bytes >= 1024")
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise InvalidInput(f"cannot read config {path}: {err}") from err
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as err:
+        raise InvalidInput(f"config {path} is not valid: {err}") from err
+    if not isinstance(data, dict):
+        raise InvalidInput(f"config {path} must hold an object")
+    return data.get("agent", data)

@@ -1,0 +1,166 @@
+"""Process context from a /proc tree (its root is a parameter: tests use a fake one).
+
+For an entry with ``pid > 0`` it adds ``context["proc"]`` = {exe, cmdline, user, uid,
+ppid, parents, start_time, cgroup, container_id}. Results are cached per pid (LRU with a
+TTL; an exec event refreshes its pid), so known pids cost a dictionary look-up. A process
+already gone keeps what the kernel gave in the entry's metadata (comm, ppid, uid,
+cgroup id, filename) and is marked ``gone``.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+_CONTAINER = re.compile(r"(?:docker|cri-containerd|crio|libpod|containerd)[-/]([0-9a-f]{64})"
+                        r"|/([0-9a-f]{64})(?:\.scope)?$")
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+class ProcCache:
+    def __init__(self, root: str = "/proc", ttl_s: float = 30.0, max_pids: int = 32768) -> None:
+        self.root = Path(root)
+        self.ttl_s, self.max_pids = ttl_s, max_pids
+        self._cache: OrderedDict[int, tuple[float, dict[str, Any] | None]] = OrderedDict()
+        self._users: dict[int, str] = {}
+        self._btime = self._boot_time()
+        self.hits = self.misses = 0
+
+    def _boot_time(self) -> int:
+        try:
+            for line in (self.root / "stat").read_text().splitlines():
+                if line.startswith("btime "):
+                    return int(line.split()[1])
+        except OSError:
+            pass
+        return 0
+
+    def __call__(self, entry: dict[str, Any]) -> None:
+        pid = entry.get("pid") or 0
+        if pid <= 0:
+            return
+        meta = entry.get("metadata") or {}
+        fresh = meta.get("event") == "exec"
+        info = self.lookup(int(pid), refresh=fresh)
+        ctx = entry.setdefault("context", {})
+        ctx["proc"] = info if info is not None else self._from_kernel(meta)
+
+    def lookup(self, pid: int, refresh: bool = False) -> dict[str, Any] | None:
+        now = time.monotonic()
+        hit = self._cache.get(pid)
+        if hit is not None and not refresh and now - hit[0] < self.ttl_s:
+            self.hits += 1
+            self._cache.move_to_end(pid)
+            return hit[1]
+        self.misses += 1
+        info = self.read(pid)
+        self._cache[pid] = (now, info)
+        self._cache.move_to_end(pid)
+        while len(self._cache) > self.max_pids:
+            self._cache.popitem(last=False)
+        return info
+
+    def read(self, pid: int) -> dict[str, Any] | None:
+        """Everything /proc says about pid, or None when it is gone."""
+        base = self.root / str(pid)
+        try:
+            stat = (base / "stat").read_text()
+        except OSError:
+            return None
+        fields = stat[stat.rfind(")") + 2:].split()
+        ppid, start_ticks = int(fields[1]), int(fields[19])
+        uid = self._uid(base)
+        cgroup = self._cgroup(base)
+        info: dict[str, Any] = {
+            "exe": _readlink(base / "exe"),
+            "cmdline": _cmdline(base),
+            "uid": uid,
+            "user": self._user(uid),
+            "ppid": ppid,
+            "parents": self._parents(ppid),
+            "start_time": (self._btime * 10**9 + start_ticks * 10**9 // _TICKS)
+            if self._btime else None,
+            "cgroup": cgroup,
+            "container_id": container_id(cgroup),
+        }
+        return info
+
+    def _parents(self, ppid: int, depth: int = 8) -> list[int]:
+        chain = []
+        pid = ppid
+        while pid > 0 and len(chain) < depth:
+            chain.append(pid)
+            try:
+                stat = (self.root / str(pid) / "stat").read_text()
+            except OSError:
+                break
+            pid = int(stat[stat.rfind(")") + 2:].split()[1])
+        return chain
+
+    def _uid(self, base: Path) -> int | None:
+        try:
+            for line in (base / "status").read_text().splitlines():
+                if line.startswith("Uid:"):
+                    return int(line.split()[1])
+        except OSError:
+            pass
+        return None
+
+    def _user(self, uid: int | None) -> str | None:
+        if uid is None:
+            return None
+        if uid not in self._users:
+            try:
+                self._users[uid] = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                self._users[uid] = str(uid)
+        return self._users[uid]
+
+    def _cgroup(self, base: Path) -> str | None:
+        try:
+            lines = (base / "cgroup").read_text().splitlines()
+        except OSError:
+            return None
+        for line in lines:
+            if line.startswith("0::"):
+                return line[3:]
+        return lines[0].split(":", 2)[-1] if lines else None
+
+    def _from_kernel(self, meta: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {"gone": True}
+        for key in ("comm", "ppid", "uid", "cgroup_id", "filename"):
+            if key in meta:
+                out[key] = meta[key]
+        if "uid" in meta:
+            out["user"] = self._user(meta["uid"])
+        return out
+
+
+def container_id(cgroup: str | None) -> str | None:
+    if not cgroup:
+        return None
+    for part in cgroup.split("/"):
+        m = _CONTAINER.search("/" + part)
+        if m:
+            return m.group(1) or m.group(2)
+    return None
+
+
+def _readlink(path: Path) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
+
+
+def _cmdline(base: Path) -> str | None:
+    try:
+        raw = (base / "cmdline").read_bytes()
+    except OSError:
+        return None
+    return raw.rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace") or None
