@@ -96,11 +96,17 @@ class Pipeline:
             self._ready.set()
 
     def _shed(self, keep: list[dict[str, Any]], room: int) -> list[dict[str, Any]]:
-        must = [e for e in keep if e.get("level") in NEVER_DROP]
-        rest = [e for e in keep if e.get("level") not in NEVER_DROP]
-        allowed = max(0, room - len(must))
-        self.dropped[("queue", "full")] += len(rest) - min(len(rest), allowed)
-        return must + rest[:allowed]
+        """Keep order; CRITICAL/SECURITY always, the others while there is room."""
+        allowed = max(0, room - sum(1 for e in keep if e.get("level") in NEVER_DROP))
+        out = []
+        for e in keep:
+            if e.get("level") in NEVER_DROP:
+                out.append(e)
+            elif allowed > 0:
+                out.append(e)
+                allowed -= 1
+        self.dropped[("queue", "full")] += len(keep) - len(out)
+        return out
 
     @property
     def depth(self) -> int:

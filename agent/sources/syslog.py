@@ -21,6 +21,7 @@ _PRI = re.compile(rb"^<(\d{1,3})>")
 _5424 = re.compile(r"^1 (\S+) (\S+) (\S+) (\S+) (\S+) (-|(?:\[.*?\])+) ?(.*)$", re.S)
 _3164 = re.compile(r"^([A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d) (\S+) ([^:\[\s]+)(?:\[(\d+)\])?:"
                    r" ?(.*)$", re.S)
+_TAG = re.compile(r"^([^:\[\s]{1,48})(?:\[(\d+)\])?: ?(.*)$", re.S)
 _LEVEL = ["CRITICAL", "CRITICAL", "CRITICAL", "ERROR", "WARNING", "INFO", "INFO", "DEBUG"]
 
 
@@ -45,6 +46,9 @@ def parse(raw: bytes, peer: str = "") -> dict[str, Any]:
         _ts, host, tag, pid, msg = m3.groups()
         e.update(host=host, process=tag, message=msg.strip(), pid=int(pid or 0))
         e["metadata"]["rfc"] = 3164
+    elif (mt := _TAG.match(text)) is not None:  # "TAG[pid]: msg" (Python's SysLogHandler)
+        tag, pid, msg = mt.groups()
+        e.update(process=tag, message=msg.strip(), pid=int(pid or 0))
     return e
 
 
@@ -56,8 +60,12 @@ def _iso(v: str) -> int | None:
     if v == "-":
         return None
     try:
-        return int(datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp() * 1e9)
+        dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
     except ValueError:
+        return None
+    try:
+        return int(dt.replace(microsecond=0).timestamp()) * 10**9 + dt.microsecond * 1000
+    except (ValueError, OverflowError):
         return None
 
 

@@ -30,6 +30,7 @@ class Hub:
     extra: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
     url: str = ""
+    listen: str = "127.0.0.1:0"
 
     @property
     def token(self) -> str:
@@ -37,9 +38,9 @@ class Hub:
 
     def start(self, timeout: float = 30) -> Hub:
         cfg = self.data.parent / f"{self.data.name}-hub.json"
-        cfg.write_text(json.dumps({"flush_interval_s": 0.5, **self.settings}))
+        cfg.write_text(json.dumps({"flush_interval_s": 0.5, "embeddings": False, **self.settings}))
         cmd = [sys.executable, "-m", "mohlog.cli", "hub", "--data", str(self.data),
-               "--listen", "127.0.0.1:0", "--config", str(cfg), *self.extra]
+               "--listen", self.listen, "--config", str(cfg), *self.extra]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True,
                                      env={**os.environ, "PYTHONPATH": str(ROOT)})
         deadline = time.monotonic() + timeout

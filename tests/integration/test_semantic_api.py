@@ -46,7 +46,8 @@ def _semantic(hub: Hub, **params: object) -> tuple[int, dict]:
     return hub.request("GET", "/api/v1/search/semantic?" + urllib.parse.urlencode(params))
 
 
-def test_semantic_search_templates_clusters(hub: Hub) -> None:
+def test_semantic_search_templates_clusters(make_hub) -> None:
+    hub = make_hub(embeddings=True)
     _ingest_while_loading(hub)
     _wait_ready(hub, len(LINES))
     status, res = _semantic(hub, q="database server ran out of RAM", k=2, lines=3)

@@ -29,3 +29,10 @@ def test_readme_starts_with_the_two_commands() -> None:
     head = (ROOT / "README.md").read_text().split("```")[1]
     lines = [ln.split("#")[0].strip() for ln in head.strip().splitlines()[1:]]
     assert lines[:2] == ["make run", "make test"]
+
+
+def test_every_agent_setting_is_in_agent_doc() -> None:
+    from agent.config import AgentConfig
+    doc = (ROOT / "docs" / "agent.md").read_text()
+    for f in dataclasses.fields(AgentConfig):
+        assert f"`{f.name}`" in doc, f"AgentConfig.{f.name} not documented"

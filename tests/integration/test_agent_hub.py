@@ -1,0 +1,100 @@
+"""A real agent process (no eBPF: files, syslog, SDK socket) shipping to a real hub,
+including a hub outage: everything arrives exactly once, in order per source."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import ROOT, Hub
+
+pytestmark = pytest.mark.integration
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _metric(port: int, name: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    total = 0.0
+    for line in text.decode().splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _wait(cond, timeout: float = 30) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def _count(hub: Hub, q: str) -> int:
+    return len(hub.all_ids(q))
+
+
+def test_agent_ships_files_syslog_sdk_through_a_hub_outage(tmp_path: Path) -> None:
+    hub = Hub(tmp_path / "hub", {}, listen=f"127.0.0.1:{_port()}").start()
+    app_log, sock = tmp_path / "app.log", tmp_path / "sdk.sock"
+    app_log.write_text("".join(f"line {i}\n" for i in range(100)))
+    mport, sport = _port(), _port()
+    cfg = tmp_path / "agent.json"
+    cfg.write_text(json.dumps({"files": [str(app_log)], "sdk_socket": str(sock),
+                               "syslog_udp": [f"127.0.0.1:{sport}"], "ebpf": False,
+                               "batch_max_delay_s": 0.2}))
+    token = tmp_path / "token"
+    token.write_text(hub.token)
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "mohlog.cli", "agent", "--hub", hub.url, "--token-file",
+         str(token), "--state-dir", str(tmp_path / "state"), "--config", str(cfg),
+         "--metrics-listen", f"127.0.0.1:{mport}", "--no-ebpf"], cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.DEVNULL)
+    try:
+        _wait(lambda: _count(hub, "f=source=file") == 100)
+        hub.stop()
+        with open(app_log, "a") as f:
+            f.writelines(f"line {i}\n" for i in range(100, 300))
+        subprocess.run([sys.executable, "-c", "from mohlog import sdk\n"
+                        "for i in range(50): sdk.log_write('WARNING', 'APPLICATION', "
+                        "'sdk %d', i)\nsdk.flush(5)"], cwd=ROOT, check=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(ROOT),
+                            "MOHLOG_SDK_SOCKET": str(sock)})
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(b"<11>1 - box app 7 - - syslog during outage", ("127.0.0.1", sport))
+        _wait(lambda: _metric(mport, "mohlog_agent_spool_batches") > 0)
+        hub.start()
+        _wait(lambda: _metric(mport, "mohlog_agent_spool_batches") == 0, 60)
+        msgs = [r["message"] for r in _records(hub, "f=source=file")]
+        assert msgs == [f"line {i}" for i in range(300)]
+        assert sorted(r["message"] for r in _records(hub, "f=source=sdk")) == \
+            sorted(f"sdk {i}" for i in range(50))
+        sys_rec = _records(hub, "f=source=syslog")
+        assert [r["message"] for r in sys_rec] == ["syslog during outage"]
+        assert sys_rec[0]["level"] == "ERROR" and sys_rec[0]["host"] == "box"
+        assert _metric(mport, "mohlog_agent_shipped_total") == 351
+    finally:
+        agent.terminate()
+        assert agent.wait(30) == 0
+        hub.stop()
+
+
+def _records(hub: Hub, q: str) -> list[dict]:
+    recs, cursor = [], None
+    while True:
+        page = hub.search(q + "&sort=asc&limit=1000" + (f"&cursor={cursor}" if cursor else ""))
+        recs += page["records"]
+        cursor = page["next_cursor"]
+        if not cursor:
+            return recs

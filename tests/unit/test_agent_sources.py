@@ -1,0 +1,107 @@
+"""File tailing (rotation, truncation, restart) and syslog (both RFCs, UDP and TCP, real
+clients: `logger` and Python's SysLogHandler)."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.sources.files import FilesSource
+from agent.sources.syslog import SyslogSource, frames, parse
+
+
+def _messages(src: FilesSource, path: Path) -> list[str]:
+    return [e["message"] for e in src.poll(str(path))]
+
+
+def test_tail_rotation_truncation_restart(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    state = tmp_path / "pos.json"
+    log.write_text("one\ntwo\npart")
+    src = FilesSource([str(tmp_path / "*.log")], state)
+    assert _messages(src, log) == ["one", "two"]
+    with open(log, "a") as f:
+        f.write("ial\nthree\n")
+    assert _messages(src, log) == ["partial", "three"]
+    with open(log, "a") as f:
+        f.write("four\n")
+    log.rename(tmp_path / "app.log.1")            # rotation: rename, then a new file
+    log.write_text("five\n")
+    assert _messages(src, log) == ["four", "five"]
+    src._save()
+    again = FilesSource([str(tmp_path / "*.log")], state)   # restart: position kept
+    assert _messages(again, log) == []
+    with open(log, "a") as f:
+        f.write("six\n")
+    assert _messages(again, log) == ["six"]
+    log.write_text("new\n")                        # truncation (copytruncate style)
+    assert _messages(again, log) == ["new"]
+    assert again.counters["truncations"] == 1
+
+
+def test_syslog_parsing_both_rfcs() -> None:
+    e = parse(b"<34>Oct 11 22:14:15 mymachine su[231]: 'su root' failed for lonvick")
+    assert (e["host"], e["process"], e["pid"], e["level"]) == ("mymachine", "su", 231,
+                                                               "SECURITY")
+    assert e["message"] == "'su root' failed for lonvick"
+    e = parse(b'<165>1 2003-10-11T22:14:15.003Z host.example app 42 ID47 '
+              b'[exampleSDID@32473 iut="3"] An application event')
+    assert (e["host"], e["process"], e["pid"], e["level"]) == ("host.example", "app", 42,
+                                                               "INFO")
+    assert e["message"] == "An application event"
+    assert e["timestamp"] == 1065910455003000000
+    assert parse(b"no header at all")["message"] == "no header at all"
+    msgs, rest = frames(b"11 <13>hello 1<13>nl line\n9 <13>x")
+    assert msgs == [b"<13>hello 1", b"<13>nl line"] and rest == b"9 <13>x"
+
+
+def _free(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(shutil.which("logger") is None, reason="logger (bsdutils) missing")
+def test_syslog_udp_and_tcp_from_real_clients() -> None:
+    udp, tcp = _free(socket.SOCK_DGRAM), _free(socket.SOCK_STREAM)
+    src = SyslogSource([f"127.0.0.1:{udp}"], [f"127.0.0.1:{tcp}"])
+    got: list[dict] = []
+    lock = threading.Lock()
+
+    def emit(entries: list[dict]) -> None:
+        with lock:
+            got.extend(entries)
+    src.start(emit)
+    try:
+        subprocess.run(["logger", "-n", "127.0.0.1", "-P", str(udp), "-d", "--rfc5424",
+                        "-t", "udpapp", "over udp 5424"], check=True)
+        subprocess.run(["logger", "-n", "127.0.0.1", "-P", str(tcp), "-T", "--rfc3164",
+                        "-t", "tcpapp", "-p", "user.err", "over tcp 3164"], check=True)
+        h = logging.handlers.SysLogHandler(("127.0.0.1", tcp), socktype=socket.SOCK_STREAM)
+        h.append_nul = False
+        rec = logging.LogRecord("py", logging.WARNING, __file__, 1, "from python %d", (7,),
+                                None)
+        h.setFormatter(logging.Formatter("pyapp: %(message)s\n"))
+        h.emit(rec)
+        h.close()
+        deadline = time.monotonic() + 10
+        while len(got) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        src.stop()
+    by = {e["process"]: e for e in got}
+    assert by["udpapp"]["message"] == "over udp 5424"
+    assert by["udpapp"]["metadata"]["rfc"] == 5424
+    assert by["tcpapp"]["message"] == "over tcp 3164" and by["tcpapp"]["level"] == "ERROR"
+    assert "from python 7" in by["pyapp"]["message"] or any(
+        "from python 7" in e["message"] for e in got)
+    assert os.getpid() > 0

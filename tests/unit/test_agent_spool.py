@@ -1,0 +1,97 @@
+"""Spool bounds and order, level-priority dropping, early filters, batching."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+import orjson
+
+from agent.config import AgentConfig, DropRule
+from agent.pipeline import Filter, Pipeline
+from agent.spool import Batch, Spool
+
+
+def _batch(bid: str, levels: list[str]) -> Batch:
+    lines = [orjson.dumps({"id": f"{bid}-{i}", "level": lv, "component": "KERNEL",
+                           "message": os.urandom(100).hex() + f"{bid}-{i}"})
+             for i, lv in enumerate(levels)]
+    return Batch(bid, lines, Counter(levels))
+
+
+def test_spool_keeps_order_across_restart(tmp_path: Path) -> None:
+    sp = Spool(tmp_path, 10 << 20)
+    for k in range(5):
+        sp.push(_batch(f"b{k}", ["INFO"] * 10))
+    again = Spool(tmp_path, 10 << 20)
+    seen = []
+    while (item := again.peek()) is not None:
+        seq, b = item
+        seen.append(b.id)
+        assert b.records == 10
+        again.remove(seq)
+    assert seen == ["b0", "b1", "b2", "b3", "b4"]
+    assert again.batches == 0 and list(tmp_path.glob("*.batch")) == []
+
+
+def test_full_spool_drops_lowest_levels_first_never_critical(tmp_path: Path) -> None:
+    sp = Spool(tmp_path, 3000)
+    sp.push(_batch("a", ["DEBUG"] * 5 + ["INFO"] * 5 + ["CRITICAL"] * 2))
+    sp.push(_batch("b", ["INFO"] * 5 + ["SECURITY"] * 2 + ["WARNING"] * 3))
+    sp.push(_batch("c", ["ERROR"] * 5 + ["CRITICAL"] * 3))
+    kept = Counter()
+    while (item := sp.peek()) is not None:
+        seq, b = item
+        for ln in b.lines:
+            kept[orjson.loads(ln)["level"]] += 1
+        sp.remove(seq)
+    assert kept["CRITICAL"] == 5 and kept["SECURITY"] == 2
+    assert sp.dropped["DEBUG"] == 5
+    assert sum(sp.dropped.values()) + sum(kept.values()) == 30
+    # drops go strictly by rank: nothing above a dropped level was dropped while it remained
+    dropped_ranks = [lv for lv in ("DEBUG", "INFO", "WARNING", "ERROR") if sp.dropped[lv]]
+    for lv in dropped_ranks[:-1]:
+        assert kept[lv] == 0
+
+
+def test_only_never_drop_levels_exceed_the_bound(tmp_path: Path) -> None:
+    sp = Spool(tmp_path, 500)
+    sp.push(_batch("a", ["CRITICAL"] * 5))
+    assert sp.batches == 1 and sp.over_bound == 5
+
+
+def test_filters_min_level_and_rules() -> None:
+    cfg = AgentConfig(min_level={"KERNEL": "WARNING", "*": "DEBUG"},
+                      drop=[DropRule("message", "^healthcheck"),
+                            DropRule("metadata.path", r"\.png$")])
+    f = Filter(cfg)
+    assert f.reason({"level": "INFO", "component": "KERNEL", "message": ""}) == "level"
+    assert f.reason({"level": "TRACE", "component": "AI_ENGINE", "message": ""}) == "level"
+    assert f.reason({"level": "INFO", "component": "AI_ENGINE", "message": "ok"}) is None
+    assert f.reason({"level": "ERROR", "component": "WEB_RUNTIME",
+                     "message": "healthcheck ok"}) == "rule"
+    assert f.reason({"level": "INFO", "component": "WEB_RUNTIME", "message": "get",
+                     "metadata": {"path": "/a.png"}}) == "rule"
+    assert f.reason({"level": "SECURITY", "component": "KERNEL",
+                     "message": "healthcheck"}) is None
+
+
+def test_pipeline_batches_by_records_and_counts() -> None:
+    out: list[Batch] = []
+    cfg = AgentConfig(batch_max_records=100, batch_max_delay_s=0.05, queue_max_records=250,
+                      min_level={"KERNEL": "WARNING"})
+    p = Pipeline(cfg, out.append, [])
+    entries = [{"level": "INFO", "component": "APPLICATION", "source": "test",
+                "message": f"m{i}"} for i in range(300)]
+    entries += [{"level": "INFO", "component": "KERNEL", "source": "test", "message": "k"}]
+    entries += [{"level": "CRITICAL", "component": "APPLICATION", "source": "test",
+                 "message": "must stay"}]
+    p.accept(entries)
+    p.start()
+    p.stop()
+    got = [orjson.loads(ln)["message"] for b in out for ln in b.lines]
+    assert len(got) == 250 and got[-1] == "must stay" and got[0] == "m0"
+    assert p.dropped[("queue", "full")] == 51 and p.dropped[("filter", "level")] == 1
+    assert all(b.records <= 100 for b in out) and len({b.id for b in out}) == len(out)
+    assert p.events[("test", "")] == 302
