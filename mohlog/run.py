@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -46,9 +48,17 @@ def agent_token(data: Path) -> Path:
     return path
 
 
-def agent_command(url: str, data: Path, extra: str) -> list[str]:
-    cmd = [sys.executable, "-m", "mohlog.cli", "agent", "--hub", url,
-           "--token-file", str(agent_token(data)), "--state-dir", str(data / "agent")]
+def agent_command(url: str, data: Path, token_file: Path, extra: str) -> list[str]:
+    # The hub's own syscalls and file opens would feed back into the logs: filter its pid
+    # in the kernel.
+    cfg = data / "agent.json"
+    if not cfg.exists():
+        cfg.write_text(json.dumps({"state_dir": str(data / "agent")}, indent=2))
+    settings = json.loads(cfg.read_text())
+    settings["exclude_pids"] = [os.getpid()]
+    cfg.write_text(json.dumps(settings, indent=2))
+    cmd = [sys.executable, "-m", "mohlog.cli", "agent", "--hub", url, "--config", str(cfg),
+           "--token-file", str(token_file), "--state-dir", str(data / "agent")]
     if os.geteuid() != 0:
         cmd.append("--no-ebpf")
     return cmd + extra.split()
@@ -60,6 +70,7 @@ async def run(args: argparse.Namespace) -> int:
     data = args.data or default_data()
     data.mkdir(parents=True, exist_ok=True)
     cfg = load(None, {"data": data, "listen": args.listen})
+    token_file = None if args.no_agent else agent_token(data)
     ready, stop = asyncio.Event(), asyncio.Event()
     hub = asyncio.create_task(serve(cfg, ready, stop))
     await asyncio.wait([hub, asyncio.create_task(ready.wait())],
@@ -72,11 +83,22 @@ async def run(args: argparse.Namespace) -> int:
           file=sys.stderr, flush=True)
     agent = None
     if not args.no_agent and importlib.util.find_spec("agent.main") is not None:
-        agent = subprocess.Popen(agent_command(url, data, args.agent_args))
+        assert token_file is not None
+        agent = subprocess.Popen(agent_command(url, data, token_file, args.agent_args))
         print(f"mohlog run: local agent pid {agent.pid} (metrics http://127.0.0.1:7481/metrics)",
               file=sys.stderr, flush=True)
     elif not args.no_agent:
         print("mohlog run: the agent is not installed; hub only", file=sys.stderr)
+    loop = asyncio.get_running_loop()
+
+    async def shutdown() -> None:
+        # The agent first, so its last batches reach the hub, then the hub.
+        if agent is not None and agent.poll() is None:
+            agent.terminate()
+            await loop.run_in_executor(None, _wait, agent)
+        stop.set()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(shutdown()))
     try:
         await hub
     finally:
@@ -87,6 +109,13 @@ async def run(args: argparse.Namespace) -> int:
             except subprocess.TimeoutExpired:
                 agent.kill()
     return 0
+
+
+def _wait(proc: subprocess.Popen) -> None:
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def main(argv: list[str]) -> int:

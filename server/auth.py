@@ -49,6 +49,7 @@ class TokenStore:
         self._load()
 
     def _load(self) -> None:
+        self._mtime = self.path.stat().st_mtime_ns if self.path.exists() else 0
         if self.path.exists():
             for t in orjson.loads(self.path.read_bytes()).get("tokens", []):
                 tok = Token(**t)
@@ -64,6 +65,7 @@ class TokenStore:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
+        self._mtime = self.path.stat().st_mtime_ns
         self._by_hash = {t.hash: t for t in self._tokens.values()}
 
     def ensure_admin(self) -> Path:
@@ -92,6 +94,13 @@ class TokenStore:
         log.hub.info("token %s created (role %s, name %s)", tok.id, role, tok.name)
         return {**tok.public(), "token": secret}
 
+    def _changed_on_disk(self) -> bool:
+        """Tokens created by another process (mohlog run, an operator's script)."""
+        try:
+            return self.path.stat().st_mtime_ns != self._mtime
+        except OSError:
+            return False
+
     def list(self) -> list[dict[str, Any]]:
         return [t.public() for t in self._tokens.values()]
 
@@ -109,6 +118,11 @@ class TokenStore:
     def check(self, secret: str) -> Token | None:
         h = _hash(secret)
         tok = self._by_hash.get(h)
+        if tok is None and self._changed_on_disk():
+            with self._lock:
+                self._tokens = {}
+                self._load()
+            tok = self._by_hash.get(h)
         return tok if tok is not None and hmac.compare_digest(tok.hash, h) else None
 
     def authorize(self, header: str | None, need: str) -> Token:
