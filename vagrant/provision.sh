@@ -14,12 +14,14 @@ case "$role" in
     systemctl daemon-reload
     systemctl enable --now mohlog-hub
     for _ in $(seq 60); do [ -s /var/lib/mohlog/admin.token ] && break; sleep 1; done
-    "$home/.venv/bin/mohlog" token create --role ingest --name vagrant-agents \
-      --hub http://127.0.0.1:7480 --token-file /var/lib/mohlog/admin.token \
-      > /etc/mohlog/agent.token
-    # Hand the ingest token to the agents through the host's vagrant/.tokens folder.
-    echo "hub $hub_ip: copy /etc/mohlog/agent.token to vagrant/.tokens/agent.token" \
-         "on the host (vagrant ssh hub -c 'sudo cat /etc/mohlog/agent.token')"
+    # Register the agents' shared ingest token (generated on the host by the Vagrantfile).
+    if ! "$home/.venv/bin/mohlog" token list --hub http://127.0.0.1:7480 \
+         --token-file /var/lib/mohlog/admin.token | grep -q vagrant-agents; then
+      "$home/.venv/bin/mohlog" token create --role ingest --name vagrant-agents \
+        --value "$(cat /etc/mohlog/shared/agent.token)" \
+        --hub http://127.0.0.1:7480 --token-file /var/lib/mohlog/admin.token >/dev/null
+    fi
+    echo "hub ready on $hub_ip:7480; admin token in /var/lib/mohlog/admin.token"
     ;;
   agent)
     if [ ! -s /etc/mohlog/shared/agent.token ]; then
