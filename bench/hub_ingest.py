@@ -86,14 +86,14 @@ def searchable_after(hub: BenchHub, expect: int, timeout: float = 120) -> float:
     return float("inf")
 
 
-def stored_ratio(hub: BenchHub) -> dict:
+def stored_ratio(hub: BenchHub, ndjson_per_record: float, acked: int) -> dict:
     st = hub.get("/api/v1/stats")
     t0 = time.monotonic()
     while st["records_in_memory"] and time.monotonic() - t0 < 300:
         time.sleep(1)
         st = hub.get("/api/v1/stats")
     disk = dir_bytes(hub.data, exclude=("wal",))
-    raw = st["raw_bytes"]
+    raw = int(ndjson_per_record * acked)  # NDJSON bytes of the acknowledged records
     return {"raw_bytes": raw, "stored_bytes": disk, "segments_bytes": st["stored_bytes"],
             "ratio": raw / disk if disk else None}
 
@@ -121,13 +121,13 @@ def chdb_run(table: pa.Table, ndjson_bytes: int) -> dict:
 
 
 def run_format(name: str, bodies: list[tuple[bytes, int]], headers: dict[str, str],
-               args: argparse.Namespace) -> dict:
+               args: argparse.Namespace, per_record: float) -> dict:
     hub = BenchHub({"flush_rows": 1_000_000, "flush_interval_s": 5.0,
                     "embeddings": False}).start()
     try:
         res = asyncio.run(drive(hub, bodies, headers, args.duration, args.concurrency))
         res["searchable_after_s"] = searchable_after(hub, res["acked"])
-        res.update(stored_ratio(hub))
+        res.update(stored_ratio(hub, per_record, res["acked"]))
         return res
     finally:
         hub.stop()
@@ -151,11 +151,13 @@ def main() -> None:
     if "ndjson" in args.formats:
         bodies = [(zc.compress(b), b.count(b"\n")) for b in nd]
         results["hub_ndjson"] = run_format("ndjson", bodies, {
-            "Content-Encoding": "zstd", "Content-Type": "application/x-ndjson"}, args)
+            "Content-Encoding": "zstd", "Content-Type": "application/x-ndjson"}, args,
+            ndjson_bytes / table.num_rows)
     if "arrow" in args.formats:
         bodies = [(b, args.batch) for b in arrow_bodies(table, args.batch)]
         results["hub_arrow"] = run_format("arrow", bodies, {
-            "Content-Type": "application/vnd.apache.arrow.stream"}, args)
+            "Content-Type": "application/vnd.apache.arrow.stream"}, args,
+            ndjson_bytes / table.num_rows)
     ch = chdb_run(table, ndjson_bytes)
     results["chdb"] = {k: v for k, v in ch.items() if k in ("rate", "bytes", "ratio")}
     print_table(results)

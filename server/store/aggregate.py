@@ -109,7 +109,11 @@ def _aggregate(store: Store, q: LogQuery, spec: dict[str, Any], bucket: int | No
         group = [group]
     keys = [(g, _column(g)) for g in group]
     metrics = _metrics(spec)
-    table = store.matching(q)
+    used = [g for g in group] + [m.get("field") or "" for m in spec.get("metrics") or []]
+    cols = None if "message" in used else [c for c in ("id", "timestamp", "level", "source",
+                                                       "component", "host", "pid", "tid",
+                                                       "process", "template_id", "metadata")]
+    table = store.matching(q, cols)
     sel = [f"{expr} AS \"{name}\"" for name, expr in keys]
     grp = [f'"{name}"' for name, _ in keys]
     if bucket:

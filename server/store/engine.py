@@ -409,7 +409,7 @@ class Store:
         gen = self._candidates(q)
         first = True
         for t in gen:
-            hit = filters.apply(t, q, self.miner, cur)
+            hit = filters.apply(t, q, self.miner, cur, top=q.limit)
             if hit.num_rows:
                 hit = _order(hit, q.sort).slice(0, q.limit)
                 found.append(hit)
@@ -436,8 +436,10 @@ class Store:
         return SearchPage(recs, nxt)
 
     def matching(self, q: LogQuery, columns: list[str] | None = None) -> pa.Table:
-        """Every record matching q (no limit), as one table."""
-        parts = [filters.apply(t, q, self.miner) for t in self._candidates(q)]
+        """Every record matching q (no limit), as one table (messages only when asked)."""
+        message = columns is None or "message" in columns
+        parts = [filters.apply(t, q, self.miner, message=message)
+                 for t in self._candidates(q)]
         parts = [p for p in parts if p.num_rows]
         if not parts:
             return filters.empty(self.miner)

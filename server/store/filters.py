@@ -49,17 +49,41 @@ def empty(miner: Any = None) -> pa.Table:
     return MEM_SCHEMA.empty_table()
 
 
-def apply(t: pa.Table, q: LogQuery, miner: Any, cursor: tuple[int, str] | None = None
-          ) -> pa.Table:
-    """Rows of t matching q (and after cursor), with a message column, OUT_COLUMNS."""
+def apply(t: pa.Table, q: LogQuery, miner: Any, cursor: tuple[int, str] | None = None,
+          message: bool = True, top: int | None = None) -> pa.Table:
+    """Rows of t matching q (and after cursor), OUT_COLUMNS.
+
+    Messages are rendered from their template only when needed: for text terms and
+    message/metadata filters (on the rows left by the cheap filters), or for the output
+    (``message=False`` leaves it null, for aggregations). With ``top``, rows are ordered by
+    q.sort and cut to ``top`` before rendering when no filter needs the message.
+    """
     mask = _cheap_mask(t, q, cursor)
     if mask is not None:
         t = t.filter(mask)
+    needs = needs_message(q)
+    if not needs and top is not None and t.num_rows > top:
+        order = "descending" if q.sort == "desc" else "ascending"
+        idx = pc.select_k_unstable(t, top, [("timestamp", order), ("id", order)])
+        t = t.take(idx)
+    if not needs and not message:
+        return _null_message(t)
     if not t.num_rows:
         return with_message(t.slice(0, 0), miner)
     t = with_message(t, miner)
     mask = _message_mask(t, q)
     return t.filter(mask) if mask is not None else t
+
+
+def needs_message(q: LogQuery) -> bool:
+    return bool(q.terms) or any(f.field == "message" or f.field.startswith("metadata.")
+                                for f in q.filters)
+
+
+def _null_message(t: pa.Table) -> pa.Table:
+    if "message" not in t.column_names:
+        t = t.append_column("message", pa.nulls(t.num_rows, pa.string()))
+    return t.select(OUT_COLUMNS)
 
 
 def with_message(t: pa.Table, miner: Any) -> pa.Table:
