@@ -31,6 +31,7 @@ class Hub:
     proc: subprocess.Popen | None = None
     url: str = ""
     listen: str = "127.0.0.1:0"
+    output: list[str] = field(default_factory=list)
 
     @property
     def token(self) -> str:
@@ -52,7 +53,7 @@ class Hub:
             m = URL_RE.search(line)
             if m:
                 self.url = m.group(1)
-                _drain(self.proc)
+                _drain(self.proc, self.output)
                 return self
         raise RuntimeError("hub did not start in time")
 
@@ -107,13 +108,13 @@ class Hub:
                 return ids
 
 
-def _drain(proc: subprocess.Popen) -> None:
+def _drain(proc: subprocess.Popen, out: list[str]) -> None:
     import threading
 
     def pump() -> None:
         assert proc.stderr is not None
-        for _ in proc.stderr:
-            pass
+        for line in proc.stderr:
+            out.append(line)
     threading.Thread(target=pump, daemon=True).start()
 
 

@@ -93,6 +93,10 @@ def test_auth_required_and_roles(hub: Hub) -> None:
     assert hub.ingest([entry(2)], token=ingest)[0] == 401
     assert (hub.data / "admin.token").stat().st_mode & 0o777 == 0o600
     assert hub.token not in (hub.data / "tokens.json").read_text()
+    logs = "".join(hub.output)
+    assert "token" in logs  # the hub does log token events...
+    for secret in (hub.token, read, ingest):  # ...but never a token itself
+        assert secret not in logs
 
 
 def test_replayed_batch_is_deduplicated_across_restart(hub: Hub) -> None:
