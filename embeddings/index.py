@@ -32,19 +32,23 @@ class TemplateIndex:
         return tid in self._known
 
     def _flat(self) -> faiss.Index:
-        self._known: set[int] = set()
+        self._known: dict[int, int] = {}    # template id -> row in self.vectors
         return faiss.IndexIDMap2(faiss.IndexFlatIP(DIM))
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         ids = np.asarray(ids, np.uint64)
-        keep = np.array([int(i) not in self._known for i in ids], bool)
+        _, first = np.unique(ids, return_index=True)
+        keep = np.zeros(len(ids), bool)
+        keep[first] = True
+        keep &= np.array([int(i) not in self._known for i in ids], bool)
         ids, vectors = ids[keep], np.ascontiguousarray(vectors[keep], np.float32)
         if not len(ids):
             return
         with self._lock:
+            base = len(self.ids)
             self.ids = np.concatenate([self.ids, ids])
             self.vectors = np.concatenate([self.vectors, vectors])
-            self._known.update(int(i) for i in ids)
+            self._known.update((int(t), base + n) for n, t in enumerate(ids))
             if self.kind == "flat" and len(self.ids) >= self.hnsw_threshold:
                 self._rebuild_hnsw()
             else:
@@ -71,8 +75,8 @@ class TemplateIndex:
         return scores, ids
 
     def vector(self, tid: int) -> np.ndarray | None:
-        hit = np.nonzero(self.ids == np.uint64(tid))[0]
-        return self.vectors[hit[0]] if len(hit) else None
+        row = self._known.get(int(tid))
+        return None if row is None else self.vectors[row]
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -102,7 +106,7 @@ class TemplateIndex:
                 idx = faiss.read_index(str(index_file))
                 if idx.ntotal == len(ids):
                     self.ids, self.vectors = ids, vecs
-                    self._known = {int(i) for i in ids}
+                    self._known = {int(t): n for n, t in enumerate(ids)}
                     self._index = idx
                     self.kind = "hnsw" if len(ids) >= self.hnsw_threshold else "flat"
                     return True
