@@ -21,6 +21,11 @@ LINES = [
 ]
 
 
+def _loading(hub: Hub) -> bool:
+    status, st = hub.request("GET", "/api/v1/embeddings")
+    return status == 200 and not st["model_ready"]
+
+
 def _ingest_while_loading(hub: Hub) -> None:
     base = time.time_ns() - 10**9
     rows = []
@@ -28,7 +33,17 @@ def _ingest_while_loading(hub: Hub) -> None:
         for j, (host, msg) in enumerate(LINES):
             rows.append(entry(i * 10 + j, host=host, message=msg.format(i=i + 1),
                               timestamp=base + i * 10 + j))
-    # The model loads in the background: ingest right away must succeed regardless.
+    # The model loads in the background (seconds): batches sent meanwhile are acknowledged.
+    acked_during_load, n = 0, 0
+    assert _loading(hub), "model already loaded before the first ingest"
+    deadline = time.monotonic() + 120
+    while _loading(hub) and time.monotonic() < deadline:
+        extra = [entry(10_000 + n, host="load", message=f"warmup batch {n} sent",
+                       timestamp=base - 10**6 + n)]
+        assert hub.ingest(extra)[0] == 200
+        n += 1
+        acked_during_load += _loading(hub)  # still loading after the ack
+    assert acked_during_load >= 1
     assert hub.ingest(rows)[0] == 200
 
 
@@ -70,6 +85,10 @@ def test_semantic_search_templates_clusters(make_hub) -> None:
     assert _semantic(hub, q="")[0] == 400
     _, tl = hub.request("GET", "/api/v1/templates?host=db1")
     assert sorted(t["count"] for t in tl["templates"]) == [40, 40]
+    tid = res["results"][0]["template_id"]
+    status, one = hub.request("GET", f"/api/v1/templates/{tid}")
+    assert status == 200 and one["template"].startswith("Checkpoint complete")
+    assert hub.request("GET", "/api/v1/templates/12345")[0] == 404
     _, cl = hub.request("GET", "/api/v1/clusters")
     assert sum(c["size"] for c in cl["clusters"]) >= len(LINES)
 
