@@ -325,7 +325,13 @@ class Bpftrace:
     def stop(self) -> int:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGINT)
-        out, _ = self.proc.communicate(timeout=60)
+        try:
+            out, _ = self.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired as err:  # printed its map, then hung on exit
+            partial = err.stdout or ""
+            out = partial.decode() if isinstance(partial, bytes) else partial
+            self.proc.kill()
+            out += self.proc.communicate()[0] or ""
         match = re.search(r"@n:\s*(\d+)", out)
         return int(match.group(1)) if match else 0
 
