@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import threading
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,62 @@ def prepare(text: str) -> str:
     return " ".join(_WORDS.sub(" ", text).split())
 
 
+_WORKER: Embedder | None = None
+
+
+def _worker_init(threads: int, nice: int) -> None:
+    global _WORKER
+    os.nice(nice)
+    _WORKER = Embedder(threads)
+    _WORKER.load()
+
+
+def _worker_embed(texts: list[str], batch_size: int) -> np.ndarray:
+    assert _WORKER is not None
+    return _WORKER.embed(texts, batch_size)
+
+
+class ProcessEmbedder:
+    """The same encoder in a child process at a lower CPU priority (``nice``): the model's
+    Python work never holds the hub's GIL and the kernel favours ingest over embedding."""
+
+    def __init__(self, threads: int = 1, nice: int = 10) -> None:
+        self.threads, self.nice = threads, nice
+        self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._ready = False
+        self.error: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    def load(self) -> None:
+        with self._lock:
+            if self._ready:
+                return
+            model_dir()  # clear error here when the extra is missing
+            self._pool = ProcessPoolExecutor(1, get_context("spawn"), _worker_init,
+                                             (self.threads, self.nice))
+            try:
+                self._pool.submit(_worker_embed, ["warm up"], 1).result()
+            except Exception as err:
+                self.error = f"embedding worker failed: {err}"
+                raise ModelUnavailable(self.error) from err
+            self._ready = True
+
+    def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, DIM), np.float32)
+        self.load()
+        assert self._pool is not None
+        return self._pool.submit(_worker_embed, texts, batch_size).result()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+
+
 class Embedder:
     """Thread-safe, lazily loaded sentence encoder (normalised float32 vectors)."""
 
@@ -48,6 +106,9 @@ class Embedder:
     @property
     def ready(self) -> bool:
         return self._model is not None
+
+    def close(self) -> None:
+        """Nothing to release in-process (ProcessEmbedder stops its worker)."""
 
     def load(self) -> None:
         with self._lock:

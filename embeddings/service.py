@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from embeddings.index import TemplateIndex
-from embeddings.model import Embedder, ModelUnavailable
+from embeddings.model import Embedder, ModelUnavailable, ProcessEmbedder
 from embeddings.semantic_clusters import Cluster, cluster
 from mohlog import log
 
@@ -44,11 +44,14 @@ class EmbeddingService:
     """Owns the model, the index and the clusters of one hub (state under DATA/embeddings)."""
 
     def __init__(self, directory: Path, templates: Callable[[], dict[int, str]],
-                 batch: int = 256, poll_s: float = 2.0, threads: int = 1) -> None:
+                 batch: int = 256, poll_s: float = 2.0, threads: int = 1,
+                 in_process: bool = True) -> None:
         self.dir = directory
         self.templates = templates          # live template id -> text
         self.batch, self.poll_s = batch, poll_s
-        self.embedder = Embedder(threads)
+        # in_process=False: the model runs in a niced child process (the hub's choice).
+        self.embedder: Embedder | ProcessEmbedder = (
+            Embedder(threads) if in_process else ProcessEmbedder(threads))
         self.index = TemplateIndex()
         self.index.load(directory)
         self._clusters: list[Cluster] = []
@@ -71,6 +74,7 @@ class EmbeddingService:
         self._stop.set()
         if self._thread:
             self._thread.join(30)
+        self.embedder.close()
         self.index.save(self.dir)
 
     def _run(self) -> None:

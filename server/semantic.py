@@ -52,7 +52,8 @@ def setup(app: web.Application, cfg: HubConfig) -> None:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         from embeddings.service import EmbeddingService
         store = app[STORE]
-        svc = EmbeddingService(cfg.data / "embeddings", lambda: live_templates(store))
+        svc = EmbeddingService(cfg.data / "embeddings", lambda: live_templates(store),
+                               in_process=False)
         svc.start()
         app[SERVICE] = svc
         yield
