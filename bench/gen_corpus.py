@@ -28,7 +28,9 @@ LEVELS = ["INFO"] * 14 + ["DEBUG"] * 3 + ["WARNING"] * 2 + ["ERROR"]
 COMPONENT = {"Android": "APPLICATION", "Apache": "WEB_RUNTIME", "BGL": "KERNEL",
              "HDFS": "IPC_MANAGER", "Linux": "KERNEL", "OpenSSH": "APPLICATION",
              "Spark": "AI_ENGINE", "Zookeeper": "P2P_NETWORK"}
-_DIGITS = re.compile(r"\d+")
+# Whole numbers (not digits inside names like R22-M8-NC, which real logs draw from a small
+# set of nodes) and 0x hex values vary; everything else stays as Loghub has it.
+_VARY = re.compile(r"0x[0-9a-fA-F]+|(?<![A-Za-z0-9])\d+(?![A-Za-z0-9])")
 
 
 def source_lines() -> list[tuple[str, str]]:
@@ -41,9 +43,14 @@ def source_lines() -> list[tuple[str, str]]:
     return out
 
 
+def _new(tok: str, rng: random.Random) -> str:
+    if tok.startswith("0x"):
+        return "0x" + "".join(rng.choice("0123456789abcdef") for _ in tok[2:])
+    return str(rng.randrange(10 ** (len(tok) - 1), 10 ** len(tok)))
+
+
 def vary(line: str, rng: random.Random) -> str:
-    return _DIGITS.sub(lambda m: str(rng.randrange(10 ** (len(m.group()) - 1),
-                                                   10 ** len(m.group()))), line)
+    return _VARY.sub(lambda m: _new(m.group(), rng), line)
 
 
 def generate(n: int, seed: int = 7, hosts: int = 50, span_s: int = 3600) -> pa.Table:
@@ -78,7 +85,7 @@ def generate(n: int, seed: int = 7, hosts: int = 50, span_s: int = 3600) -> pa.T
 def load(n: int, seed: int = 7) -> pa.Table:
     """The cached corpus of n records (generated on first use)."""
     CACHE.mkdir(parents=True, exist_ok=True)
-    path = CACHE / f"corpus-{n}-{seed}.parquet"
+    path = CACHE / f"corpus2-{n}-{seed}.parquet"
     if not path.exists():
         t0 = time.perf_counter()
         table = generate(n, seed)

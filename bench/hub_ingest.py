@@ -129,6 +129,11 @@ def run_format(name: str, bodies: list[tuple[bytes, int]], headers: dict[str, st
         res["searchable_after_s"] = searchable_after(hub, res["acked"])
         res.update(stored_ratio(hub, per_record, res["acked"]))
         return res
+    except Exception:
+        log = (hub.workdir / "hub.log").read_text(errors="replace") if hub.workdir else ""
+        print(f"hub failed during the {name} run; its log ends with:\n{log[-4000:]}",
+              file=sys.stderr)
+        raise
     finally:
         hub.stop()
 
