@@ -21,7 +21,7 @@ import pyarrow.json as pj
 import zstandard
 
 from mohlog.errors import InvalidInput, TooLarge
-from mohlog.model import COMPONENTS, LEVELS, new_id
+from mohlog.model import COMPONENTS, LEVELS, new_ids
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 
@@ -239,9 +239,10 @@ def _require(table: pa.Table, name: str) -> None:
 def _defaults(table: pa.Table) -> pa.Table:
     n = table.num_rows
     ids = table["id"]
-    if ids.null_count:
-        fresh = pa.array([new_id() for _ in range(ids.null_count)], pa.string())
-        ids = _fill(ids, fresh)
+    if ids.null_count == n:
+        ids = _fresh_ids(n)
+    elif ids.null_count:
+        ids = _fill(ids, _fresh_ids(ids.null_count))
     now = time.time_ns()
     fills = {
         "id": ids,
@@ -257,6 +258,14 @@ def _defaults(table: pa.Table) -> pa.Table:
     cols = [fills.get(f.name, table[f.name]) for f in SCHEMA]
     assert all(len(c) == n for c in cols)
     return pa.table(cols, schema=SCHEMA)
+
+
+def _fresh_ids(n: int) -> pa.Array:
+    """n new ids (mohlog.model.new_ids) as a string array, without per-record Python."""
+    import numpy as np
+    data = pa.py_buffer(new_ids(n))
+    offsets = pa.py_buffer(np.arange(0, 32 * (n + 1), 32, dtype=np.int32).tobytes())
+    return pa.Array.from_buffers(pa.string(), n, [None, offsets, data])
 
 
 def _fill(arr: pa.ChunkedArray | pa.Array, fresh: pa.Array) -> pa.Array:

@@ -32,3 +32,15 @@ def test_entry_roundtrip() -> None:
     d = e.to_dict()
     assert len(d["id"]) == 32 and d["timestamp"] > 1_600_000_000 * 10**9
     assert Entry.from_dict(d) == e
+
+
+def test_new_ids_vectorised_are_unique_and_like_new_id() -> None:
+    from mohlog.model import new_id, new_ids
+    before = new_id()
+    buf = new_ids(1000)
+    ids = [buf[i * 32:(i + 1) * 32].decode() for i in range(1000)]
+    after = new_id()
+    assert len(set(ids)) == 1000 and all(len(i) == 32 for i in ids)
+    assert all(int(i, 16) >= 0 for i in ids)
+    assert before < ids[0] < ids[-1] < after  # same prefix, counters keep counting
+    assert ids == sorted(ids)
