@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 import tarfile
 import threading
@@ -399,6 +400,7 @@ class Store:
     def search(self, q: LogQuery) -> SearchPage:
         t0 = time.perf_counter()
         cur = decode_cursor(q.cursor)
+        q = _narrowed(q, cur)
         segs, _ = self._snapshot()
         found: list[pa.Table] = []
         total = 0
@@ -589,6 +591,20 @@ def _partitions(segs: list[SegmentInfo]) -> dict[str, list[SegmentInfo]]:
     for s in segs:
         out.setdefault(s.partition, []).append(s)
     return out
+
+
+def _narrowed(q: LogQuery, cur: tuple[int, str] | None) -> LogQuery:
+    """q with its time range cut at the cursor, so later pages skip segments and row groups
+    the cursor has passed (paging stays linear, not quadratic)."""
+    if cur is None:
+        return q
+    ts = cur[0]
+    start, end = q.start, q.end
+    if q.sort == "desc":
+        end = ts + 1 if end is None else min(end, ts + 1)
+    else:
+        start = ts if start is None else max(start, ts)
+    return dataclasses.replace(q, start=start, end=end)
 
 
 def _overlaps(s: SegmentInfo, q: LogQuery) -> bool:
