@@ -62,6 +62,8 @@ def apply(t: pa.Table, q: LogQuery, miner: Any, cursor: tuple[int, str] | None =
     if mask is not None:
         t = t.filter(mask)
     needs = needs_message(q)
+    if needs and "message" not in t.column_names and t.num_rows:
+        t = _prefilter(t, q, miner)
     if not needs and top is not None and t.num_rows > top:
         order = "descending" if q.sort == "desc" else "ascending"
         idx = pc.select_k_unstable(t, top, [("timestamp", order), ("id", order)])
@@ -73,6 +75,58 @@ def apply(t: pa.Table, q: LogQuery, miner: Any, cursor: tuple[int, str] | None =
     t = with_message(t, miner)
     mask = _message_mask(t, q)
     return t.filter(mask) if mask is not None else t
+
+
+def _prefilter(t: pa.Table, q: LogQuery, miner: Any) -> pa.Table:
+    """Keep only rows that can contain every word/phrase term, without rendering: the
+    term is in the template's fixed text, or in one parameter, or the template could
+    hold it across a parameter boundary (those rows are checked after rendering)."""
+    for term in q.terms:
+        if term.kind == "regex" or not t.num_rows:
+            continue
+        needle = term.text if q.case else term.text.lower()
+        flat = pc.list_flatten(t["params"])
+        hit = pc.match_substring(flat, term.text, ignore_case=not q.case).to_numpy(
+            zero_copy_only=False)
+        rows = np.zeros(t.num_rows, bool)
+        parents = pc.list_parent_indices(t["params"]).to_numpy(zero_copy_only=False)
+        rows[parents[hit]] = True
+        keep = _templates_that_may_hold(t["template_id"], needle, q.case, miner)
+        rows |= pc.is_in(t["template_id"], value_set=keep).to_numpy(zero_copy_only=False)
+        t = t.filter(pa.array(rows))
+    return t
+
+
+def _templates_that_may_hold(ids: Any, needle: str, case: bool, miner: Any) -> pa.Array:
+    texts = miner.templates()
+    out = []
+    for tid in pc.unique(ids).to_pylist():
+        info = texts.get(tid)
+        if info is None or _may_hold(info.text if case else info.text.lower(), needle):
+            out.append(tid)
+    return pa.array(out, pa.uint64())
+
+
+def _may_hold(template: str, needle: str) -> bool:
+    pieces = template.split("<*>")
+    if any(needle in p for p in pieces) or "<*><*>" in template:
+        return True
+    for i, p in enumerate(pieces):
+        if not p:
+            continue
+        if len(pieces) > 1 and (p in needle or _overlap(p, needle, i > 0,
+                                                          i < len(pieces) - 1)):
+            return True
+    return False
+
+
+def _overlap(piece: str, needle: str, param_before: bool, param_after: bool) -> bool:
+    """The needle could start inside this fixed piece and run into the next parameter,
+    or start in the previous parameter and end inside this piece."""
+    n = min(len(piece), len(needle) - 1)
+    if param_after and any(piece.endswith(needle[:k]) for k in range(1, n + 1)):
+        return True
+    return param_before and any(piece.startswith(needle[-k:]) for k in range(1, n + 1))
 
 
 def needs_message(q: LogQuery) -> bool:

@@ -37,6 +37,14 @@ def test_ingest_plain_zstd_gzip_round_trip(hub: Hub) -> None:
     time.sleep(1.5)
     rec = hub.search("q=request+150+from")["records"]
     assert isinstance(rec[0]["template_id"], int) and rec[0]["message"].startswith("request 150")
+    # from segments (messages as template + parameters): words, a phrase across a parameter
+    # boundary, part of a parameter, a regex
+    assert [r["id"] for r in hub.search('q="request+150+from"')["records"]] == ["e00000150"]
+    assert [r["id"] for r in hub.search('q="st+150+fr"')["records"]] == ["e00000150"]
+    assert {r["id"] for r in hub.search("q=10.1.150.150&limit=1000")["records"]} == {
+        "e00000150"}
+    assert len(hub.search('q="took+9+ms"&limit=1000')["records"]) == 3  # 9, 106, 203
+    assert [r["id"] for r in hub.search("q=/request+15[0]+from/")["records"]] == ["e00000150"]
 
 
 def test_malformed_line_names_line_and_stores_nothing(hub: Hub) -> None:
