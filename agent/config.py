@@ -5,14 +5,13 @@ Every field is documented in docs/agent.md (a test checks it).
 
 from __future__ import annotations
 
-import json
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from mohlog.errors import InvalidInput
 from mohlog.model import COMPONENTS, LEVELS
+from mohlog.settings import read_settings
 
 DEFAULT_HUB = "http://127.0.0.1:7480"
 
@@ -93,7 +92,7 @@ def load(path: Path | None, overrides: dict[str, Any]) -> AgentConfig:
     """Settings from an explicit file, then non-None overrides (flags)."""
     values: dict[str, Any] = {}
     if path is not None:
-        values.update(_read(path))
+        values.update(read_settings(path, "agent"))
     values.update({k: v for k, v in overrides.items() if v is not None})
     known = {f.name for f in fields(AgentConfig)}
     unknown = sorted(set(values) - known)
@@ -119,17 +118,3 @@ def check(cfg: AgentConfig) -> None:
                            valid=list(COMPONENTS))
     if cfg.batch_max_records < 1 or cfg.batch_max_bytes < 1024:
         raise InvalidInput("batch_max_records must be >= 1 and batch_max_bytes >= 1024")
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise InvalidInput(f"cannot read config {path}: {err}") from err
-    try:
-        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except (ValueError, tomllib.TOMLDecodeError) as err:
-        raise InvalidInput(f"config {path} is not valid: {err}") from err
-    if not isinstance(data, dict):
-        raise InvalidInput(f"config {path} must hold an object")
-    return data.get("agent", data)

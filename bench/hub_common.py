@@ -22,6 +22,15 @@ RESULTS = ROOT / "bench" / "results"
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 
 
+# The chDB peer's table: the same fields, MergeTree ordered by (host, timestamp).
+CHDB_DDL = ("CREATE DATABASE IF NOT EXISTS b; "
+            "CREATE TABLE b.logs (id String, timestamp Int64, level LowCardinality(String), "
+            "source LowCardinality(String), component LowCardinality(String), "
+            "host LowCardinality(String), pid Int64, tid Int64, process LowCardinality(String),"
+            " message String CODEC(ZSTD(3)), metadata String, context String) "
+            "ENGINE = MergeTree ORDER BY (host, timestamp)")
+
+
 @dataclass
 class BenchHub:
     settings: dict[str, Any]

@@ -25,7 +25,7 @@ import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gen_corpus import load, ndjson_batches  # noqa: E402
-from hub_common import BenchHub, dir_bytes, save  # noqa: E402
+from hub_common import CHDB_DDL, BenchHub, dir_bytes, save  # noqa: E402
 
 
 def arrow_bodies(table: pa.Table, size: int) -> list[bytes]:
@@ -102,12 +102,7 @@ def chdb_run(table: pa.Table, ndjson_bytes: int) -> dict:
     from chdb import session
     d = tempfile.mkdtemp(prefix="chdb-bench-")
     s = session.Session(d)
-    s.query("CREATE DATABASE IF NOT EXISTS b")
-    s.query("CREATE TABLE b.logs (id String, timestamp Int64, level LowCardinality(String), "
-            "source LowCardinality(String), component LowCardinality(String), "
-            "host LowCardinality(String), pid Int64, tid Int64, process LowCardinality(String),"
-            " message String CODEC(ZSTD(3)), metadata String, context String) "
-            "ENGINE = MergeTree ORDER BY (host, timestamp)")
+    s.query(CHDB_DDL)
     t0 = time.perf_counter()
     for start in range(0, table.num_rows, 100_000):
         part = table.slice(start, 100_000)  # noqa: F841 - read by chDB's Python()

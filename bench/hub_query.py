@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gen_corpus import load  # noqa: E402
-from hub_common import BenchHub, pct, save  # noqa: E402
+from hub_common import CHDB_DDL, BenchHub, pct, save  # noqa: E402
 from hub_ingest import arrow_bodies  # noqa: E402
 
 
@@ -137,12 +137,7 @@ def main() -> None:
 def run_chdb(table: pa.Table, word: str, runs: int) -> dict:
     from chdb import session
     s = session.Session(tempfile.mkdtemp(prefix="chdb-q-"))
-    s.query("CREATE DATABASE IF NOT EXISTS b")
-    s.query("CREATE TABLE b.logs (id String, timestamp Int64, level LowCardinality(String), "
-            "source LowCardinality(String), component LowCardinality(String), "
-            "host LowCardinality(String), pid Int64, tid Int64, process LowCardinality(String),"
-            " message String CODEC(ZSTD(3)), metadata String, context String) "
-            "ENGINE = MergeTree ORDER BY (host, timestamp)")
+    s.query(CHDB_DDL)
     for start in range(0, table.num_rows, 500_000):
         part = table.slice(start, 500_000)  # noqa: F841 - read by chDB's Python()
         s.query("INSERT INTO b.logs SELECT * FROM Python(part)")

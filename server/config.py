@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from mohlog.errors import InvalidInput
+from mohlog.settings import read_settings
 from server.store import StoreConfig
 
 DEFAULT_LISTEN = "127.0.0.1:7480"
@@ -57,7 +56,7 @@ def load(path: Path | None, overrides: dict[str, Any]) -> HubConfig:
     """Settings from an explicit file (JSON or TOML), then non-None overrides (flags)."""
     values: dict[str, Any] = {}
     if path is not None:
-        values.update(_read(path))
+        values.update(read_settings(path, "hub"))
     values.update({k: v for k, v in overrides.items() if v is not None})
     known = {f.name for f in fields(HubConfig)}
     unknown = sorted(set(values) - known)
@@ -70,17 +69,3 @@ def load(path: Path | None, overrides: dict[str, Any]) -> HubConfig:
             setattr(cfg, name, Path(v))
     cfg.host_port()
     return cfg
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise InvalidInput(f"cannot read config {path}: {err}") from err
-    try:
-        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except (ValueError, tomllib.TOMLDecodeError) as err:
-        raise InvalidInput(f"config {path} is not valid: {err}") from err
-    if not isinstance(data, dict):
-        raise InvalidInput(f"config {path} must hold an object")
-    return data.get("hub", data)

@@ -27,12 +27,12 @@ from mohlog.errors import InvalidInput, NotFound
 from server.store import batch as batchmod
 from server.store import filters
 from server.store.config import StoreConfig
+from server.store.fsutil import fsync_dir
 from server.store.metrics import StoreMetrics
 from server.store.query import LogQuery, decode_cursor, encode_cursor
 from server.store.segments import (
     Manifest,
     SegmentInfo,
-    fsync_dir,
     partition_name,
     verify,
     write_segment,

@@ -18,6 +18,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
 
+from server.store.fsutil import fsync_dir
+
 SEG_COLUMNS = ("id", "timestamp", "level", "source", "component", "host", "pid", "tid",
                "process", "template_id", "params", "metadata", "context")
 
@@ -79,14 +81,6 @@ def verify(path: Path, digest: str) -> bool:
         return _digest(path)[0] == digest
     except OSError:
         return False
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_json_atomic(path: Path, obj: object) -> None:

@@ -25,6 +25,7 @@ import xxhash
 
 from mohlog import log
 from mohlog.errors import StorageFull
+from server.store.fsutil import fsync_dir
 
 MAGIC = b"MWL1"
 _HEAD = struct.Struct("<4sIQ")
@@ -83,7 +84,7 @@ class Wal:
             os.close(self._file)
         self._file = os.open(self.path(self.number), os.O_WRONLY | os.O_CREAT | os.O_APPEND,
                              0o600)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
 
     def rotate(self) -> int:
         """Switch to a new file; returns the number of the last closed one."""
@@ -96,7 +97,7 @@ class Wal:
         for f in self.files():
             if f <= n:
                 self.path(f).unlink(missing_ok=True)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
 
     def replay(self, after: int) -> Iterator[tuple[int, str | None, pa.Table]]:
         """Yield (file number, key, table) of every intact record in files > ``after``."""
@@ -193,11 +194,3 @@ def _translate(err: OSError) -> Exception:
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         return StorageFull("disk full: batch not stored, retry later", reason="ENOSPC")
     return err
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
