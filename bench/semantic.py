@@ -38,6 +38,9 @@ from embeddings.miner import TemplateMiner  # noqa: E402
 from embeddings.model import Embedder  # noqa: E402
 from embeddings.service import EmbeddingService  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+from hub_common import save  # noqa: E402
+
 LOGHUB = Path("/work/shared/data/loghub")
 CACHE = Path("/var/tmp/mohlog-bench")
 
@@ -179,6 +182,7 @@ def main() -> None:
           f"copies), index {lat['kind']} built in {lat['build_s']:.1f}s; full semantic search "
           f"p50 {lat['p50_ms']:.1f} ms p95 {lat['p95_ms']:.1f} ms (bar p95 < 50 ms); "
           f"of which query embedding p50 {lat['embed_p50_ms']:.1f} ms")
+    print(f"saved {save('semantic', {'quality': q, 'average': avg, 'scale': lat})}")
 
 
 if __name__ == "__main__":
