@@ -55,7 +55,7 @@ class AgentConfig:
     # Entries matching any rule are dropped early (never CRITICAL or SECURITY ones).
     drop: list[DropRule] = field(default_factory=list)
     # Most records per batch shipped.
-    batch_max_records: int = 5_000
+    batch_max_records: int = 10_000
     # Most NDJSON bytes per batch (before compression).
     batch_max_bytes: int = 8 << 20
     # Seconds a record may wait before its batch is shipped.
