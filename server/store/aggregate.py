@@ -6,9 +6,12 @@ import re
 from typing import TYPE_CHECKING, Any
 
 import duckdb
+import pyarrow as pa
 
 from mohlog.errors import InvalidInput
+from server.store import filters
 from server.store.query import FIELDS, Filter, LogQuery, check_filter, parse_filter, parse_time
+from server.store.segments import MINUTE, ROLLUP_KEYS, rollup
 
 if TYPE_CHECKING:
     from server.store.engine import Store
@@ -109,6 +112,8 @@ def _aggregate(store: Store, q: LogQuery, spec: dict[str, Any], bucket: int | No
         group = [group]
     keys = [(g, _column(g)) for g in group]
     metrics = _metrics(spec)
+    if _rollup_answers(q, group, metrics, bucket):
+        return _from_rollups(store, q, spec, keys, bucket)
     used = [g for g in group] + [m.get("field") or "" for m in spec.get("metrics") or []]
     cols = None if "message" in used else [c for c in ("id", "timestamp", "level", "source",
                                                        "component", "host", "pid", "tid",
@@ -129,6 +134,46 @@ def _aggregate(store: Store, q: LogQuery, spec: dict[str, Any], bucket: int | No
         rows = _fetch(con.execute(sql))
     finally:
         con.close()
+    out: dict[str, Any] = {"type": spec.get("type"), "rows": rows[: max(q.limit, 1) * 100]}
+    if bucket:
+        out["interval_ns"] = bucket
+    return out
+
+
+def _rollup_answers(q: LogQuery, group: list[str], metrics: list[tuple[str, str]],
+                    bucket: int | None) -> bool:
+    """Counts grouped by level/component/host/source in minute-multiple buckets, filtered
+    on those fields only, come from the segments' pre-aggregates."""
+    return (not q.text and all(name == "count" for name, _ in metrics)
+            and set(group) <= set(ROLLUP_KEYS)
+            and all(f.field in ROLLUP_KEYS for f in q.filters)
+            and (bucket is None or bucket % MINUTE == 0))
+
+
+def _from_rollups(store: Store, q: LogQuery, spec: dict[str, Any],
+                  keys: list[tuple[str, str]], bucket: int | None) -> dict[str, Any]:
+    parts = [p for p in store.rollups(q) if p.num_rows]
+    table = pa.concat_tables(parts) if parts else rollup(filters.empty().select(
+        ["timestamp", *ROLLUP_KEYS]))
+    for f in q.filters:
+        table = table.filter(filters.field_mask(table[f.field], f, q.case))
+    sel = [f'{expr} AS "{name}"' for name, expr in keys]
+    grp = [f'"{name}"' for name, _ in keys]
+    if bucket:
+        sel.insert(0, f"(minute // {bucket}) * {bucket} AS bucket")
+        grp.insert(0, "bucket")
+    sel.append('CAST(sum(n) AS BIGINT) AS "count"')
+    sql = f"SELECT {', '.join(sel)} FROM t"
+    if grp:
+        sql += f" GROUP BY {', '.join(grp)} ORDER BY {', '.join(grp)}"
+    con = duckdb.connect()
+    try:
+        con.register("t", table)
+        rows = _fetch(con.execute(sql))
+    finally:
+        con.close()
+    if not grp and rows and rows[0]["count"] is None:
+        rows[0]["count"] = 0
     out: dict[str, Any] = {"type": spec.get("type"), "rows": rows[: max(q.limit, 1) * 100]}
     if bucket:
         out["interval_ns"] = bucket

@@ -30,11 +30,17 @@ from server.store.config import StoreConfig
 from server.store.fsutil import fsync_dir
 from server.store.metrics import StoreMetrics
 from server.store.query import LogQuery, decode_cursor, encode_cursor
+from server.store.scan import RowGroup, SegmentReader
 from server.store.segments import (
+    ROLLUP_KEYS,
     Manifest,
     SegmentInfo,
     partition_name,
+    read_rollup,
+    rollup,
+    rollup_path,
     verify,
+    write_rollup,
     write_segment,
 )
 from server.store.wal import Pending, Wal, encode
@@ -125,7 +131,8 @@ class Store:
         self._rate: list[tuple[float, int]] = []
         self._stop = threading.Event()
         self._bg: threading.Thread | None = None
-        self._pf_cache: dict[str, pq.ParquetFile] = {}
+        self.reader = SegmentReader(self.seg_dir)
+        self._rollups: dict[str, pa.Table] = {}
 
     # ---- lifecycle ----------------------------------------------------------
     async def open(self) -> None:
@@ -345,9 +352,12 @@ class Store:
             path, size, digest = write_segment(sub, self.seg_dir / part, f"{n:010d}.parquet",
                                                self.cfg.row_group_rows, self.cfg.zstd_level)
             ts = sub["timestamp"]
+            agg = rollup(sub)
             out.append(SegmentInfo(f"{part}/{path.name}", part, sub.num_rows,
                                    pc.min(ts).as_py(), pc.max(ts).as_py(), size,
-                                   raw * sub.num_rows // max(1, table.num_rows), digest))
+                                   raw * sub.num_rows // max(1, table.num_rows), digest,
+                                   write_rollup(agg, path)))
+            self._rollups[out[-1].path] = agg
         return out
 
     def _persist_keys(self, chunks: list[Chunk]) -> None:
@@ -375,53 +385,100 @@ class Store:
         with self._lock:
             return list(self._segments), [c.table for c in self._chunks]
 
-    def _read_segment(self, s: SegmentInfo, q: LogQuery,
-                      columns: list[str] | None = None) -> pa.Table:
-        expr = filters.pushdown(q)
-        try:
-            t = pq.read_table(self.seg_dir / s.path, filters=expr, columns=columns)
-        except (OSError, pa.ArrowInvalid) as err:
-            log.store.error("segment %s unreadable: %s", s.path, err)
-            return pa.table({})
-        return t
-
-    def _candidates(self, q: LogQuery) -> Iterator[pa.Table]:
-        """Tables (memory tail first, then segments newest first) overlapping q's range."""
-        segs, mem = self._snapshot()
-        if mem:
-            yield pa.concat_tables(mem)
-        segs = [s for s in segs if _overlaps(s, q)]
-        segs.sort(key=lambda s: s.max_ts, reverse=(q.sort == "desc"))
+    def _row_groups(self, q: LogQuery) -> list[RowGroup]:
+        """Row groups of the segments overlapping q's range, in q's order."""
+        segs, _ = self._snapshot()
+        out: list[RowGroup] = []
         for s in segs:
-            t = self._read_segment(s, q)
-            if t.num_rows:
-                yield t
+            if not _overlaps(s, q):
+                continue
+            try:
+                out += self.reader.row_groups(s, q.start, q.end)
+            except (OSError, pa.ArrowInvalid) as err:
+                log.store.error("segment %s unreadable: %s", s.path, err)
+        desc = q.sort == "desc"
+        out.sort(key=lambda g: g.max_ts if desc else g.min_ts, reverse=desc)
+        return out
+
+    def _read(self, g: RowGroup, columns: list[str] | None) -> pa.Table | None:
+        try:
+            return self.reader.read(g, columns)
+        except (OSError, pa.ArrowInvalid) as err:
+            log.store.error("segment %s row group %d unreadable: %s", g.seg.path, g.index, err)
+            return None
+
+    def rollup_of(self, s: SegmentInfo) -> pa.Table:
+        """The per-minute counts of a segment: cached, else read from beside it, else (missing,
+        corrupt, or a segment from before pre-aggregates) rebuilt from the segment itself."""
+        agg = self._rollups.get(s.path)
+        if agg is not None:
+            return agg
+        path = self.seg_dir / s.path
+        agg = read_rollup(path, s.rollup_xxh64)
+        if agg is None or pc.sum(agg["n"]).as_py() != s.rows:
+            if s.rollup_xxh64:
+                log.store.warning("pre-aggregate of segment %s missing or corrupt: rebuilt",
+                                  s.path)
+            agg = rollup(pq.read_table(path, columns=["timestamp", *ROLLUP_KEYS]))
+            digest = write_rollup(agg, path)
+            with self._lock:
+                s.rollup_xxh64 = digest
+                self._manifest.save(self.dir / "manifest.json")
+        self._rollups[s.path] = agg
+        return agg
+
+    def rollups(self, q: LogQuery) -> list[pa.Table]:
+        """Per-minute counts of every record in q's time range (q's filters not applied):
+        pre-aggregates of the segments inside the range, counted from the rows themselves
+        for the memory tail and segments the range cuts."""
+        segs, mem = self._snapshot()
+        out = []
+        inside = [s for s in segs if (q.start is None or s.min_ts >= q.start)
+                  and (q.end is None or s.max_ts < q.end)]
+        cut = LogQuery(start=q.start, end=q.end, sort=q.sort)
+        out += [self.rollup_of(s) for s in inside]
+        done = {s.path for s in inside}
+        part = [g for g in self._row_groups(cut) if g.seg.path not in done]
+        cols = ["timestamp", *ROLLUP_KEYS]
+        tables = [t for t in (self._read(g, cols) for g in part) if t is not None]
+        tables += [m.select(cols) for m in mem]
+        if tables:
+            t = pa.concat_tables(tables)
+            mask = filters._cheap_mask(t, cut, None)
+            out.append(rollup(t.filter(mask) if mask is not None else t))
+        return out
 
     def search(self, q: LogQuery) -> SearchPage:
         t0 = time.perf_counter()
         cur = decode_cursor(q.cursor)
         q = _narrowed(q, cur)
-        segs, _ = self._snapshot()
+        _, mem = self._snapshot()
         found: list[pa.Table] = []
-        total = 0
-        segs_sorted = sorted((s for s in segs if _overlaps(s, q)), key=lambda s: s.max_ts,
-                             reverse=(q.sort == "desc"))
-        bounds = iter([(s.max_ts if q.sort == "desc" else s.min_ts) for s in segs_sorted[1:]]
-                      + [None])
-        gen = self._candidates(q)
-        first = True
-        for t in gen:
-            hit = filters.apply(t, q, self.miner, cur, top=q.limit)
+        if mem:
+            hit = filters.apply(pa.concat_tables(mem), q, self.miner, cur, top=q.limit)
             if hit.num_rows:
-                hit = _order(hit, q.sort).slice(0, q.limit)
-                found.append(hit)
-                total += hit.num_rows
-            if first:
-                first = False
-                continue
-            nxt = next(bounds, None)
-            if total >= q.limit and _can_stop(found, q, nxt):
+                found.append(_order(hit, q.sort).slice(0, q.limit))
+        sel = filters.Selector(q, self.miner, cur)
+        cols = filters.scan_columns(q)
+        desc = q.sort == "desc"
+        for g in self._row_groups(q):
+            if sum(f.num_rows for f in found) >= q.limit and \
+                    _can_stop(found, q, g.max_ts if desc else g.min_ts):
                 break
+            t = self._read(g, cols)
+            if t is None:
+                continue
+            idx = sel.select(t, q.limit)
+            if not len(idx):
+                continue
+            try:
+                rows = self.reader.fetch(g, t, pa.array(idx))
+            except (OSError, pa.ArrowInvalid) as err:
+                log.store.error("segment %s unreadable: %s", g.seg.path, err)
+                continue
+            found.append(filters.with_message(rows, self.miner))
+            if len(found) > 8:
+                found = [_order(pa.concat_tables(found), q.sort).slice(0, q.limit)]
         page = self._page(found, q)
         self.metrics.query_seconds.observe(time.perf_counter() - t0)
         return page
@@ -438,15 +495,35 @@ class Store:
         return SearchPage(recs, nxt)
 
     def matching(self, q: LogQuery, columns: list[str] | None = None) -> pa.Table:
-        """Every record matching q (no limit), as one table (messages only when asked)."""
-        message = columns is None or "message" in columns
-        parts = [filters.apply(t, q, self.miner, message=message)
-                 for t in self._candidates(q)]
-        parts = [p for p in parts if p.num_rows]
+        """Every record matching q (no limit), as one table of ``columns`` (default: every
+        output column); messages are rendered only when asked for."""
+        out_cols = list(columns or filters.OUT_COLUMNS)
+        message = "message" in out_cols
+        parts: list[pa.Table] = []
+        _, mem = self._snapshot()
+        if mem:
+            hit = filters.apply(pa.concat_tables(mem), q, self.miner, message=message)
+            if hit.num_rows:
+                parts.append(hit.select(out_cols))
+        sel = filters.Selector(q, self.miner, None)
+        need = filters.scan_columns(q)
+        read = [c for c in filters.OUT_COLUMNS if c != "message" and
+                (c in out_cols or c in need or (message and c in ("template_id", "params")))]
+        for g in self._row_groups(q):
+            t = self._read(g, read)
+            if t is None:
+                continue
+            idx = sel.select(t, None)
+            if not len(idx):
+                continue
+            t = t.take(pa.array(idx))
+            if message:
+                t = t.append_column("message", self.miner.render_many(
+                    t["template_id"].to_numpy(), t["params"].combine_chunks()))
+            parts.append(t.select(out_cols))
         if not parts:
-            return filters.empty(self.miner)
-        t = pa.concat_tables([p.select(parts[0].column_names) for p in parts])
-        return t.select(columns) if columns else t
+            return filters.empty(self.miner).select(out_cols)
+        return pa.concat_tables(parts)
 
     def query(self, spec: dict[str, Any]) -> dict[str, Any]:
         from server.store.aggregate import run_query
@@ -528,6 +605,9 @@ class Store:
             _tar_bytes(tar, "segments.json", info)
             for s in segs:
                 tar.add(self.seg_dir / s.path, arcname=Path(s.path).name)
+                agg = rollup_path(self.seg_dir / s.path)
+                if agg.exists():
+                    tar.add(agg, arcname=agg.name)
         with open(tmp, "rb") as f:
             import os
             os.fsync(f.fileno())
@@ -535,6 +615,9 @@ class Store:
         fsync_dir(self.archive_dir)
         with self._lock:
             paths = {s.path for s in segs}
+            for path in paths:
+                self.reader.forget(path)
+                self._rollups.pop(path, None)
             self._segments = [s for s in self._segments if s.path not in paths]
             self._manifest.segments = [s for s in self._manifest.segments if s.path not in paths]
             self._manifest.save(self.dir / "manifest.json")
@@ -569,6 +652,10 @@ class Store:
                     shutil.copyfileobj(src, out)
                 if not verify(dest, s.xxh64):
                     raise InvalidInput(f"archive {name}: segment {s.path} fails its checksum")
+                agg = rollup_path(dest)
+                if agg.name in tar.getnames():
+                    with tar.extractfile(agg.name) as src, open(agg, "wb") as out:  # type: ignore[union-attr]
+                        shutil.copyfileobj(src, out)
         with self._lock:
             known = {s.path for s in self._segments}
             new = [s for s in segs if s.path not in known]

@@ -270,3 +270,147 @@ def _match_value(v: Any, f: Filter, case: bool, rx: re.Pattern[str] | None) -> b
     if f.op == "regex":
         return bool(rx and rx.search(s))
     return {"<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b}[f.op]
+
+
+# ---- row selection on segment row groups (read the filter columns, keep row positions) ----
+
+def scan_columns(q: LogQuery) -> list[str]:
+    """The columns a segment row group must provide for ``Selector.select``."""
+    cols = ["timestamp", "id"]
+    for f in q.filters:
+        if f.field in _CHEAP and f.field not in cols:
+            cols.append(f.field)
+    if needs_message(q):
+        cols += [c for c in ("template_id", "params") if c not in cols]
+    if any(f.field.startswith("metadata.") for f in q.filters):
+        cols.append("metadata")
+    return cols
+
+
+class Selector:
+    """Which rows of a segment row group match a query, without rendering the messages
+    that need not be: a word or phrase inside a template's fixed text matches every row of
+    that template; rows are rendered only where the template or a parameter may hold the
+    term across a boundary, for regexes (prefiltered by their literal parts) and for
+    message or metadata filters. Template decisions are cached for the whole query."""
+
+    def __init__(self, q: LogQuery, miner: Any, cursor: tuple[int, str] | None) -> None:
+        self.q, self.miner, self.cursor = q, miner, cursor
+        self.terms = q.terms
+        self.render_all = any(f.field == "message" or f.field.startswith("metadata.")
+                              for f in q.filters)
+        self.needles = [_needles(t, q.case) for t in self.terms]
+        self._class: dict[tuple[str, int], int] = {}   # (needle, template) -> 0 no 1 maybe 2 yes
+        self.rendered = 0
+
+    def select(self, t: pa.Table, top: int | None) -> np.ndarray:
+        mask = _cheap_mask(t, self.q, self.cursor)
+        if mask is None:
+            idx = np.arange(t.num_rows)
+        else:
+            idx = np.flatnonzero(pc.fill_null(mask, False).to_numpy(zero_copy_only=False))
+        if len(idx) and (self.terms or self.render_all):
+            idx = self._text(t, idx)
+        if top is not None and len(idx) > top:
+            sub = t.select(["timestamp", "id"]).take(pa.array(idx))
+            order = "descending" if self.q.sort == "desc" else "ascending"
+            k = pc.select_k_unstable(sub, top, [("timestamp", order), ("id", order)])
+            idx = idx[k.to_numpy()]
+        return idx
+
+    def _text(self, t: pa.Table, idx: np.ndarray) -> np.ndarray:
+        sub = t.take(pa.array(idx))
+        keep = np.ones(len(idx), bool)
+        verify = np.full(len(idx), self.render_all)
+        for term, needles in zip(self.terms, self.needles, strict=True):
+            k, v = self._term(sub, term, needles)
+            keep &= k
+            verify |= v
+        verify &= keep
+        if verify.any():
+            rows = np.flatnonzero(verify)
+            vs = sub.take(pa.array(rows))
+            msg = self.miner.render_many(vs["template_id"].to_numpy(),
+                                         vs["params"].combine_chunks())
+            self.rendered += len(rows)
+            cols = {"message": msg}
+            if "metadata" in vs.column_names:
+                cols["metadata"] = vs["metadata"]
+            ok = _message_mask(pa.table(cols), self.q)
+            if ok is not None:
+                keep[rows[~pc.fill_null(ok, False).to_numpy(zero_copy_only=False)]] = False
+        return idx[keep]
+
+    def _term(self, sub: pa.Table, term: Any, needles: list[str]) -> tuple[np.ndarray,
+                                                                          np.ndarray]:
+        """(rows that may match, rows that must be rendered to know)."""
+        n = sub.num_rows
+        if not needles:                       # a regex with no literal part
+            return np.ones(n, bool), np.ones(n, bool)
+        case = self.q.case and term.kind != "regex"
+        tids = sub["template_id"].combine_chunks()
+        uniq = pc.unique(tids)
+        keep = np.ones(n, bool)
+        sure = np.ones(n, bool)
+        flat = pc.list_flatten(sub["params"])
+        parents = pc.list_parent_indices(sub["params"]).to_numpy(zero_copy_only=False)
+        for needle in needles:
+            cls = np.array([self._classify(needle, tid, case) for tid in uniq.to_pylist()],
+                           np.int8)
+            per_row = cls[pc.index_in(tids, value_set=uniq).to_numpy(zero_copy_only=False)]
+            hit = np.zeros(n, bool)
+            found = pc.match_substring(flat, needle, ignore_case=not case).to_numpy(
+                zero_copy_only=False)
+            hit[parents[found]] = True
+            keep &= (per_row > 0) | hit
+            sure &= per_row == 2
+        if term.kind == "regex":
+            sure[:] = False
+        return keep, keep & ~sure
+
+    def _classify(self, needle: str, tid: int, case: bool) -> int:
+        key = (needle, tid)
+        got = self._class.get(key)
+        if got is None:
+            info = self.miner.templates().get(tid) if tid is not None else None
+            if info is None:
+                got = 1
+            else:
+                text = info.text if case else info.text.lower()
+                if any(needle in p for p in text.split("<*>")):
+                    got = 2
+                else:
+                    got = 1 if _may_hold(text, needle) else 0
+            self._class[key] = got
+        return got
+
+
+def _needles(term: Any, case: bool) -> list[str]:
+    """Literal strings a match must contain (lower-cased unless the case flag is set:
+    regexes always lower-cased and checked case-insensitively, a superset)."""
+    if term.kind != "regex":
+        return [term.text if case else term.text.lower()]
+    return [s.lower() for s in regex_literals(term.text) if len(s) >= 3]
+
+
+def regex_literals(pattern: str) -> list[str]:
+    """Runs of literal characters at the top level of a regex (each must appear in any
+    match); empty when the pattern has a top-level alternation or does not parse."""
+    import re._parser as sre  # type: ignore[import-not-found]
+    try:
+        parsed = sre.parse(pattern)
+    except (re.error, RecursionError, OverflowError):
+        return []
+    out, cur = [], []
+    for op, av in parsed:
+        if op is sre.LITERAL:
+            cur.append(chr(av))
+            continue
+        if op is sre.BRANCH:
+            return []
+        if cur:
+            out.append("".join(cur))
+            cur = []
+    if cur:
+        out.append("".join(cur))
+    return out

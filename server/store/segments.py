@@ -34,6 +34,7 @@ class SegmentInfo:
     bytes: int
     raw_bytes: int     # NDJSON bytes of the records it holds (for the compression ratio)
     xxh64: str
+    rollup_xxh64: str = ""   # checksum of the pre-aggregate beside it ("" = none yet)
 
 
 def partition_name(ts_ns: int, span_s: int) -> str:
@@ -64,6 +65,50 @@ def write_segment(table: pa.Table, directory: Path, name: str, row_group: int,
         Path(tmp).unlink(missing_ok=True)
         raise
     return final, size, digest
+
+
+ROLLUP_KEYS = ("level", "component", "host", "source")
+MINUTE = 60_000_000_000
+
+
+def rollup(table: pa.Table) -> pa.Table:
+    """Record counts per (minute, level, component, host, source): the pre-aggregate that
+    answers counts and time series over whole segments without reading them."""
+    minute = pc.multiply(pc.divide(table["timestamp"], MINUTE), MINUTE)
+    keys = pa.table({"minute": minute, **{k: table[k] for k in ROLLUP_KEYS}})
+    out = keys.group_by(["minute", *ROLLUP_KEYS]).aggregate([([], "count_all")])
+    return out.rename_columns([*(c if c != "count_all" else "n" for c in out.column_names)])
+
+
+def rollup_path(seg_path: Path) -> Path:
+    return seg_path.with_suffix(".rollup.arrow")
+
+
+def write_rollup(table: pa.Table, seg_path: Path) -> str:
+    """Write the pre-aggregate of a segment beside it (Arrow IPC, zstd), atomically; xxh64."""
+    import pyarrow.ipc as ipc
+    path = rollup_path(seg_path)
+    tmp = path.with_name(".tmp-" + path.name)
+    with pa.OSFile(str(tmp), "wb") as f, ipc.new_file(
+            f, table.schema, options=ipc.IpcWriteOptions(compression="zstd")) as w:
+        w.write_table(table)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return _digest(path)[0]
+
+
+def read_rollup(seg_path: Path, digest: str) -> pa.Table | None:
+    """The pre-aggregate beside a segment, or None when missing or not matching digest."""
+    import pyarrow.ipc as ipc
+    path = rollup_path(seg_path)
+    if not digest or not verify(path, digest):
+        return None
+    try:
+        with pa.memory_map(str(path)) as src:
+            return ipc.open_file(src).read_all()
+    except (OSError, pa.ArrowInvalid):
+        return None
 
 
 def _digest(path: Path) -> tuple[str, int]:

@@ -1,0 +1,77 @@
+"""Row-group level reading of segments.
+
+A query reads a segment one row group at a time, newest first for descending order: row
+groups outside the time range are skipped by their statistics (segments are sorted by
+time), only the columns the filters need are read first, and whole rows are fetched only
+for the rows kept. File footers are cached, so a row group costs one read of its pages.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from server.store.segments import SEG_COLUMNS, SegmentInfo
+
+
+@dataclass(frozen=True)
+class RowGroup:
+    seg: SegmentInfo
+    index: int
+    rows: int
+    min_ts: int
+    max_ts: int
+
+
+class SegmentReader:
+    def __init__(self, seg_dir: Path) -> None:
+        self.seg_dir = seg_dir
+        self._meta: dict[str, pq.FileMetaData] = {}
+        self._lock = threading.Lock()
+
+    def forget(self, path: str) -> None:
+        with self._lock:
+            self._meta.pop(path, None)
+
+    def metadata(self, s: SegmentInfo) -> pq.FileMetaData:
+        with self._lock:
+            meta = self._meta.get(s.path)
+        if meta is None:
+            meta = pq.read_metadata(self.seg_dir / s.path)
+            with self._lock:
+                self._meta[s.path] = meta
+        return meta
+
+    def row_groups(self, s: SegmentInfo, start: int | None, end: int | None) -> list[RowGroup]:
+        """The row groups of s overlapping [start, end) (all of them without statistics)."""
+        meta = self.metadata(s)
+        ts_col = meta.schema.to_arrow_schema().get_field_index("timestamp")
+        out = []
+        for i in range(meta.num_row_groups):
+            rg = meta.row_group(i)
+            st = rg.column(ts_col).statistics
+            lo, hi = (st.min, st.max) if st is not None and st.has_min_max else (s.min_ts,
+                                                                                 s.max_ts)
+            if (start is None or hi >= start) and (end is None or lo < end):
+                out.append(RowGroup(s, i, rg.num_rows, lo, hi))
+        return out
+
+    def read(self, rg: RowGroup, columns: list[str] | None = None) -> pa.Table:
+        pf = pq.ParquetFile(self.seg_dir / rg.seg.path, metadata=self.metadata(rg.seg))
+        try:
+            return pf.read_row_group(rg.index, columns=columns)
+        finally:
+            pf.close()
+
+    def fetch(self, rg: RowGroup, have: pa.Table, idx: pa.Array) -> pa.Table:
+        """Whole rows idx of rg (SEG_COLUMNS), given the columns already read in ``have``."""
+        missing = [c for c in SEG_COLUMNS if c not in have.column_names]
+        rest = self.read(rg, missing).take(idx) if missing else None
+        got = have.take(idx)
+        cols = {c: (got[c] if c in got.column_names else rest[c])  # type: ignore[index]
+                for c in SEG_COLUMNS}
+        return pa.table(cols)
