@@ -18,12 +18,22 @@ Grouping, all by hashing (no scan over the known templates):
 
 Widening and merging are reported to the miner as (old text, cluster) events so that
 old ids stay renderable and point to the new template.
+
+Sibling keys are looked up by a 64-bit hash of the key (linear in per-token hashes, so
+the key with any one position made wild is one multiply-add away, and
+:func:`prepare_keys` computes them for a whole batch of new shapes with numpy); a hit is
+checked against the real key, and the rare colliding key is kept in an exact table.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import xxhash
 
 from embeddings.masking import MARK, PLACEHOLDER
 
@@ -96,6 +106,144 @@ def _with_wild(key: tuple[str, ...], positions: frozenset[int]) -> tuple[str, ..
     return tuple(WILD if i in positions else t for i, t in enumerate(key))
 
 
+# ------------------------------------------------------------------ key hashing
+# H(key) = sum(tv(key[j]) * P**(j + 1)) + len(key) * Q  (mod 2**64), tv = xxh64 of the
+# token. Making position i wild adds (tv(WILD) - tv(key[i])) * P**(i + 1).
+_M64 = (1 << 64) - 1
+_P = 0x9E3779B97F4A7C15
+_Q = 0xC2B2AE3D27D4EB4F
+_POW: list[int] = [1]
+_TV: dict[str, int] = {}
+_TV_MAX = 1 << 20  # token hash cache entries (values are recomputable: cleared when full)
+
+
+def _pow(n: int) -> list[int]:
+    """P**0 .. P**n (mod 2**64), cached."""
+    while len(_POW) <= n:
+        _POW.append(_POW[-1] * _P & _M64)
+    return _POW
+
+
+def _tv(token: str) -> int:
+    v = _TV.get(token)
+    if v is None:
+        if len(_TV) >= _TV_MAX:
+            _TV.clear()
+        v = _TV[token] = xxhash.xxh64_intdigest(token.encode("utf-8", "surrogatepass"))
+    return v
+
+
+def key_hash(key: tuple[str, ...]) -> int:
+    """64-bit hash of a key (or sibling key)."""
+    pw = _pow(len(key))
+    h = len(key) * _Q
+    for j, t in enumerate(key):
+        h += _tv(t) * pw[j + 1]
+    return h & _M64
+
+
+def key_hashes(key: tuple[str, ...]) -> tuple[int, list[int]]:
+    """The key's hash and, for each position, the hash of the key with it made wild."""
+    pw = _pow(len(key))
+    tvs = [_tv(t) for t in key]
+    h = len(key) * _Q
+    for j, v in enumerate(tvs):
+        h += v * pw[j + 1]
+    h &= _M64
+    w = _tv(WILD)
+    return h, [(h + (w - v) * pw[j + 1]) & _M64 for j, v in enumerate(tvs)]
+
+
+@dataclass(slots=True)
+class PreparedKeys:
+    """Keys of a batch of new shapes, computed vectorised (see :func:`prepare_keys`)."""
+
+    display: list[str]  # every shape's display tokens, flat (equal tokens are one object)
+    offsets: list[int]  # shape k's tokens are display[offsets[k]:offsets[k + 1]]
+    hashes: list[int]  # key hash of each shape
+    sibs: list[int]  # flat, per token: hash of its shape's key with that token wild
+    varlike: dict[int, list[int]]  # shape -> positions of its variable-like tokens
+    marks: list[int]  # masked values (MARKs) in each shape
+
+
+def split_tokens(shapes: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """:func:`tokenize` over a string array, vectorised: (flat tokens, per-shape offsets)."""
+    pieces = pc.split_pattern(shapes, " ")
+    offsets = pieces.offsets.to_numpy().astype(np.int64)
+    offsets -= offsets[0]
+    flat = pieces.flatten()
+    empty = pc.equal(pc.binary_length(flat), 0).to_numpy(zero_copy_only=False)
+    if not empty.any():
+        return flat, offsets
+    # a space splits only after a non-empty piece: a token is a run of empty pieces and
+    # the non-empty piece that ends it (or the run that ends the shape), joined by " "
+    ends = ~empty
+    ends[offsets[1:] - 1] = True
+    token_end = np.flatnonzero(ends)
+    starts = np.concatenate(([0], token_end + 1)).astype(np.int32)
+    tokens = pc.binary_join(pa.ListArray.from_arrays(pa.array(starts, pa.int32()), flat), " ")
+    tok_offsets = np.concatenate(([0], np.cumsum(ends)[offsets[1:] - 1])).astype(np.int64)
+    return tokens, tok_offsets
+
+
+def prepare_keys(shapes: pa.Array) -> PreparedKeys:
+    """Display tokens, key hashes and sibling hashes of many shapes, vectorised; Python
+    runs once per distinct token only."""
+    tokens, offsets = split_tokens(shapes)
+    display = pc.replace_substring(tokens, MARK, WILD).dictionary_encode()
+    uniq: list[str] = display.dictionary.to_pylist()
+    idx = display.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    uniq_tv = np.array([_tv(t) for t in uniq], dtype=np.uint64)
+    uniq_var = np.array([variable_like(t) and t != WILD for t in uniq], dtype=bool)
+    lengths = np.diff(offsets)
+    pw = np.array(_pow(int(lengths.max()) + 1 if len(lengths) else 1), dtype=np.uint64)
+    owner = np.repeat(np.arange(len(lengths)), lengths)
+    pos = np.arange(len(idx), dtype=np.int64) - offsets[:-1][owner] + 1
+    tv = uniq_tv[idx]
+    ppos = pw[pos]
+    hashes = lengths.astype(np.uint64) * np.uint64(_Q)
+    if len(idx):
+        hashes += np.add.reduceat(tv * ppos, offsets[:-1])
+    sibs = hashes[owner] + (np.uint64(_tv(WILD)) - tv) * ppos
+    var = uniq_var[idx]
+    varlike: dict[int, list[int]] = {}
+    for t in np.flatnonzero(var).tolist():
+        k = int(owner[t])
+        varlike.setdefault(k, []).append(t - int(offsets[k]))
+    marks = pc.count_substring(shapes, MARK).to_numpy(zero_copy_only=False)
+    return PreparedKeys(
+        [uniq[i] for i in idx.tolist()],
+        offsets.tolist(),
+        hashes.tolist(),
+        sibs.tolist(),
+        varlike,
+        marks.tolist(),
+    )
+
+
+class _Lone:
+    """A lone cluster stored with its sibling key: used where two sibling keys of the
+    same cluster have the same hash (a bare cluster would match both)."""
+
+    __slots__ = ("cluster", "key")
+
+    def __init__(self, cluster: Cluster, key: tuple[str, ...]) -> None:
+        self.cluster = cluster
+        self.key = key
+
+
+def _sib_key_is(entry: Cluster | _Siblings | _Lone, sib: tuple[str, ...]) -> bool:
+    """Whether ``entry`` is stored under sibling key ``sib`` (its shared key, or for a
+    bare lone cluster: its key with one more position wild)."""
+    if not isinstance(entry, Cluster):
+        return entry.key == sib
+    key = entry.key
+    if len(key) != len(sib):
+        return False
+    diff = [i for i, (a, b) in enumerate(zip(key, sib, strict=True)) if a != b]
+    return len(diff) == 1 and sib[diff[0]] == WILD
+
+
 class _Siblings:
     """Clusters that differ only at one position (their shared key has it wild)."""
 
@@ -108,6 +256,9 @@ class _Siblings:
         self.varlike = False  # some member's value there is variable-like
 
 
+_Entry = Cluster | _Siblings | _Lone
+
+
 @dataclass
 class ClusterIndex:
     """Clusters by key; see the module docstring."""
@@ -118,19 +269,32 @@ class ClusterIndex:
     _by_key: dict[tuple[str, ...], Cluster] = field(default_factory=dict)
     # length -> sets of merged wild positions, most specific first
     _wildsets: dict[int, list[frozenset[int]]] = field(default_factory=dict)
-    # sibling key (one more position wild) -> clusters differing only there
-    _siblings: dict[tuple[str, ...], _Siblings | Cluster] = field(default_factory=dict)
+    # hash of a sibling key (one more position wild) -> clusters differing only there
+    _siblings: dict[int, _Entry] = field(default_factory=dict)
+    # sibling key -> its entry, for the keys whose hash another key holds in _siblings
+    _siblings_exact: dict[tuple[str, ...], _Entry] = field(default_factory=dict)
     # (old text, cluster) for every widening/merge since the miner last drained them
     events: list[tuple[str, Cluster]] = field(default_factory=list)
 
     def assign(self, shape_tokens: list[str]) -> Cluster:
         """The cluster for a shape, creating, widening or merging as needed."""
         display = [t.replace(MARK, WILD) for t in shape_tokens]
-        key = tuple(display)
-        cluster = self._find(key)
+        return self.assign_key(display, tuple(display))
+
+    def assign_key(
+        self,
+        display: list[str],
+        key: tuple[str, ...],
+        hashes: tuple[int, list[int]] | None = None,
+        varlike: list[int] | None = None,
+    ) -> Cluster:
+        """``assign`` for a shape already turned into display tokens and key, with the
+        key's hashes (``key_hashes``) and variable-like positions when known."""
+        cluster = self._find(key, varlike)
         if cluster is None:
-            cluster = self._new(display, key)
-            self._absorb_narrower(cluster)
+            h, sibs = hashes if hashes is not None else key_hashes(key)
+            cluster = self._new(display, key, h, sibs)
+            self._absorb_narrower(cluster, h)
             return self._maybe_merge(cluster.live()).live()
         wider = widened(cluster.tokens, display)
         if wider is not None:
@@ -138,7 +302,7 @@ class ClusterIndex:
             cluster.tokens = wider
         return cluster
 
-    def _find(self, key: tuple[str, ...]) -> Cluster | None:
+    def _find(self, key: tuple[str, ...], varlike: list[int] | None = None) -> Cluster | None:
         found = self._by_key.get(key)
         if found is not None:
             return found
@@ -147,17 +311,49 @@ class ClusterIndex:
             if found is not None:
                 return found
         # a value-like token (" <*>", "(<*>)") where a known template has a plain <*>
-        for i, t in enumerate(key):
-            if t != WILD and variable_like(t):
-                found = self._by_key.get((*key[:i], WILD, *key[i + 1 :]))
-                if found is not None:
-                    return found
+        if varlike is None:
+            varlike = [i for i, t in enumerate(key) if t != WILD and variable_like(t)]
+        for i in varlike:
+            found = self._by_key.get((*key[:i], WILD, *key[i + 1 :]))
+            if found is not None:
+                return found
         return None
 
-    def _absorb_narrower(self, cluster: Cluster) -> None:
+    # -------------------------------------------------------- sibling table
+    def _sib_get(self, h: int, sib: tuple[str, ...]) -> _Entry | None:
+        """The entry of sibling key ``sib`` (hash ``h``)."""
+        entry = self._siblings.get(h)
+        if entry is None or _sib_key_is(entry, sib):
+            return entry
+        return self._siblings_exact.get(sib)
+
+    def _sib_set(self, h: int, sib: tuple[str, ...], entry: _Entry) -> None:
+        """Store (or replace) the entry of sibling key ``sib`` (hash ``h``)."""
+        held = self._siblings.get(h)
+        if held is None or _sib_key_is(held, sib):
+            self._siblings[h] = entry
+        else:
+            self._siblings_exact[sib] = entry
+
+    def _placed_sibling(
+        self, key: tuple[str, ...], sibs: list[int], i: int
+    ) -> tuple[str, ...]:
+        """The sibling key (position before ``i``, same hash as position ``i``) under which
+        the cluster of ``key`` holds the slot of that hash; the others went to the exact
+        table, and a slot once held never changes key."""
+        for p in range(i):
+            if key[p] != WILD and sibs[p] == sibs[i]:
+                sib = (*key[:p], WILD, *key[p + 1 :])
+                if sib not in self._siblings_exact:
+                    return sib
+        raise AssertionError("sibling slot without its key")
+
+    def _absorb_narrower(self, cluster: Cluster, h: int) -> None:
         """Merge into a new cluster the ones that differ from it only by having a
         value-like token where it has a plain ``<*>``."""
-        group = self._siblings.get(cluster.key)
+        group = self._sib_get(h, cluster.key)
+        if isinstance(group, _Lone):
+            group = group.cluster
         members = [group] if isinstance(group, Cluster) else group.members if group else []
         narrower = [
             m for m in members
@@ -169,7 +365,12 @@ class ClusterIndex:
         if narrower:
             self._merge(narrower, cluster.key)
 
-    def _new(self, tokens: list[str], key: tuple[str, ...]) -> Cluster:
+    def _new(
+        self, tokens: list[str], key: tuple[str, ...], h: int | None = None,
+        sibs: list[int] | None = None,
+    ) -> Cluster:
+        if sibs is None:
+            _, sibs = key_hashes(key)
         cluster = Cluster(tokens=tokens, key=key, index=len(self.clusters))
         self.clusters.append(cluster)
         self._by_key[key] = cluster
@@ -178,14 +379,22 @@ class ClusterIndex:
         for i, t in enumerate(key):
             if t == WILD:
                 continue
-            sib = (*key[:i], WILD, *key[i + 1 :])
-            group = siblings.get(sib)
+            hs = sibs[i]
+            group = siblings.get(hs)
             if group is None:  # a lone cluster is stored as itself (fewer objects)
-                siblings[sib] = cluster
+                siblings[hs] = cluster
                 continue
-            if isinstance(group, Cluster):
-                first = group
-                group = siblings[sib] = _Siblings(sib, literals)
+            sib = (*key[:i], WILD, *key[i + 1 :])
+            if group is cluster:  # two of its sibling keys share a hash: store both exactly
+                siblings[hs] = _Lone(cluster, self._placed_sibling(key, sibs, i))
+            group = self._sib_get(hs, sib)
+            if group is None:
+                self._sib_set(hs, sib, cluster)
+                continue
+            if not isinstance(group, _Siblings):
+                first = group.cluster if isinstance(group, _Lone) else group
+                group = _Siblings(sib, literals)
+                self._sib_set(hs, sib, group)
                 group.members.append(first)
                 group.varlike = variable_like(first.key[i])
             group.members.append(cluster)
