@@ -56,6 +56,8 @@ from embeddings.clusters import (
     Cluster,
     ClusterConfig,
     ClusterIndex,
+    PreparedKeys,
+    prepare_keys,
     tokenize,
 )
 from embeddings.masking import MARK
@@ -129,6 +131,28 @@ def _recipe(shape_tokens: list[str], template: list[str]) -> Recipe:
             out.append(tuple(pieces))
         var += marks
     return tuple(out)
+
+
+class _IdentityRecipes(dict[int, Recipe]):
+    """n -> the recipe whose parameters are the n masked values in order."""
+
+    def __missing__(self, n: int) -> Recipe:
+        recipe = self[n] = tuple((i,) for i in range(n))
+        return recipe
+
+
+_IDENTITY = _IdentityRecipes()
+_IDENTITY_ARRAYS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _identity(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The encoded identity recipe of n values (shared read-only arrays)."""
+    arrays = _IDENTITY_ARRAYS.get(n)
+    if arrays is None:
+        pieces, counts = np.arange(n, dtype=np.int64), np.ones(n, dtype=np.int64)
+        pieces.flags.writeable = counts.flags.writeable = False
+        arrays = _IDENTITY_ARRAYS[n] = (pieces, counts)
+    return arrays
 
 
 def _is_identity(recipe: Recipe) -> bool:
@@ -271,7 +295,7 @@ class TemplateMiner:
         splits = list(_pool().map(_split, chunks)) if len(chunks) > 1 else [_split(arr)]
         parts = []
         for sp in splits:  # in input order: first appearances are learnt in order
-            decisions = [self._decide(s) for s in sp.shapes.dictionary.to_pylist()]
+            decisions = self._decide_many(sp.shapes.dictionary)
             self._count(decisions, sp.codes)
             parts.append((decisions, sp))
         if len(parts) == 1:
@@ -317,8 +341,52 @@ class TemplateMiner:
 
     def _count(self, decisions: list[_Shape], codes: np.ndarray) -> None:
         counts = np.bincount(codes, minlength=len(decisions))
+        infos = self._infos
         for d, n in zip(decisions, counts.tolist(), strict=True):
-            self._infos[d.tid].count += n
+            infos[d.tid].count += n
+
+    def _decide_many(self, shapes: pa.Array) -> list[_Shape]:
+        """``_decide`` for every distinct shape of a batch, in order. Shapes never seen
+        are tokenised and their keys hashed for all of them at once (vectorised) first."""
+        texts: list[str] = shapes.to_pylist()
+        get = self._shapes.get
+        found = [get(t) for t in texts]
+        new = [k for k, d in enumerate(found) if d is None]
+        prep = prepare_keys(shapes.take(pa.array(new, pa.int64()))) if new else None
+        slot = dict(zip(new, range(len(new)), strict=True))
+        out: list[_Shape] = []
+        for k, d in enumerate(found):
+            if d is not None and d.cluster.merged_into is None and d.tid == d.cluster.tid:
+                out.append(d)
+            elif d is None and prep is not None:
+                out.append(self._decide_new(texts[k], prep, slot[k]))
+            else:
+                out.append(self._decide(texts[k]))
+        return out
+
+    def _decide_new(self, shape: str, prep: PreparedKeys, j: int) -> _Shape:
+        """``_decide`` for a shape not in the cache, from its prepared key (``prep[j]``)."""
+        a, b = prep.offsets[j], prep.offsets[j + 1]
+        display = prep.display[a:b]
+        cluster = self._learn_key(
+            display, tuple(display), (prep.hashes[j], prep.sibs[a:b]), prep.varlike.get(j)
+        )
+        if cluster.tokens == display:  # parameters are the masked values, as they are
+            n = prep.marks[j]
+            pieces, counts = _identity(n)
+            decision = _Shape(cluster, cluster.tid, _IDENTITY[n], True, pieces, counts)
+        else:
+            recipe = _recipe(tokenize(shape), cluster.tokens)
+            decision = _Shape(cluster, cluster.tid, recipe, _is_identity(recipe))
+            decision.pieces, decision.counts = self._consts.encode(recipe)
+        self._cache(shape, decision)
+        return decision
+
+    def _cache(self, shape: str, decision: _Shape) -> None:
+        if len(self._shapes) >= SHAPE_CACHE_MAX:
+            self._shapes.clear()  # only a cache: a shape's cluster is found again by key
+            self._consts = _Constants()
+        self._shapes[shape] = decision
 
     def _decide(self, shape: str) -> _Shape:
         """Template id and recipe for a masked shape (learning it when new)."""
@@ -331,14 +399,21 @@ class TemplateMiner:
         recipe = _recipe(tokens, cluster.tokens)
         decision = _Shape(cluster, cluster.tid, recipe, _is_identity(recipe))
         decision.pieces, decision.counts = self._consts.encode(recipe)
-        if len(self._shapes) >= SHAPE_CACHE_MAX:
-            self._shapes.clear()  # only a cache: a shape's cluster is found again by key
-            self._consts = _Constants()
-        self._shapes[shape] = decision
+        self._cache(shape, decision)
         return decision
 
     def _learn(self, shape_tokens: list[str]) -> Cluster:
-        cluster = self._index.assign(shape_tokens)
+        display = [t.replace(MARK, WILD) for t in shape_tokens]
+        return self._learn_key(display, tuple(display))
+
+    def _learn_key(
+        self,
+        display: list[str],
+        key: tuple[str, ...],
+        hashes: tuple[int, list[int]] | None = None,
+        varlike: list[int] | None = None,
+    ) -> Cluster:
+        cluster = self._index.assign_key(display, key, hashes, varlike)
         for old_text, changed in self._index.events:
             self._register(changed.live(), template_id(old_text))
         self._index.events.clear()
