@@ -30,7 +30,7 @@ from server.store.config import StoreConfig
 from server.store.fsutil import fsync_dir
 from server.store.metrics import StoreMetrics
 from server.store.query import LogQuery, decode_cursor, encode_cursor
-from server.store.scan import RowGroup, SegmentReader
+from server.store.scan import RowGroup, SegmentReader, batched
 from server.store.segments import (
     ROLLUP_KEYS,
     Manifest,
@@ -459,9 +459,9 @@ class Store:
             if hit.num_rows:
                 found.append(_order(hit, q.sort).slice(0, q.limit))
         sel = filters.Selector(q, self.miner, cur)
-        cols = filters.scan_columns(q)
+        cols = filters.scan_columns(q, cursor=cur is not None)
         desc = q.sort == "desc"
-        for g in self._row_groups(q):
+        for g in batched(self._row_groups(q), desc):
             if sum(f.num_rows for f in found) >= q.limit and \
                     _can_stop(found, q, g.max_ts if desc else g.min_ts):
                 break
@@ -509,7 +509,7 @@ class Store:
         need = filters.scan_columns(q)
         read = [c for c in filters.OUT_COLUMNS if c != "message" and
                 (c in out_cols or c in need or (message and c in ("template_id", "params")))]
-        for g in self._row_groups(q):
+        for g in batched(self._row_groups(q), q.sort == "desc", 8):
             t = self._read(g, read)
             if t is None:
                 continue

@@ -274,9 +274,10 @@ def _match_value(v: Any, f: Filter, case: bool, rx: re.Pattern[str] | None) -> b
 
 # ---- row selection on segment row groups (read the filter columns, keep row positions) ----
 
-def scan_columns(q: LogQuery) -> list[str]:
-    """The columns a segment row group must provide for ``Selector.select``."""
-    cols = ["timestamp", "id"]
+def scan_columns(q: LogQuery, cursor: bool = False) -> list[str]:
+    """The columns a segment row group must provide for ``Selector.select`` (the id, long
+    and unique, only for a cursor or a filter on it)."""
+    cols = ["timestamp", "id"] if cursor else ["timestamp"]
     for f in q.filters:
         if f.field in _CHEAP and f.field not in cols:
             cols.append(f.field)
@@ -312,14 +313,16 @@ class Selector:
         if len(idx) and (self.terms or self.render_all):
             idx = self._text(t, idx)
         if top is not None and len(idx) > top:
-            sub = t.select(["timestamp", "id"]).take(pa.array(idx))
-            order = "descending" if self.q.sort == "desc" else "ascending"
-            k = pc.select_k_unstable(sub, top, [("timestamp", order), ("id", order)])
-            idx = idx[k.to_numpy()]
+            # the top rows by time, with every row tied with the last (ids break ties later)
+            ts = t["timestamp"].to_numpy()[idx]
+            desc = self.q.sort == "desc"
+            kth = np.partition(ts, len(ts) - top)[len(ts) - top] if desc else \
+                np.partition(ts, top - 1)[top - 1]
+            idx = idx[ts >= kth] if desc else idx[ts <= kth]
         return idx
 
     def _text(self, t: pa.Table, idx: np.ndarray) -> np.ndarray:
-        sub = t.take(pa.array(idx))
+        sub = t if len(idx) == t.num_rows else t.take(pa.array(idx))
         keep = np.ones(len(idx), bool)
         verify = np.full(len(idx), self.render_all)
         for term, needles in zip(self.terms, self.needles, strict=True):

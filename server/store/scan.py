@@ -20,11 +20,34 @@ from server.store.segments import SEG_COLUMNS, SegmentInfo
 
 @dataclass(frozen=True)
 class RowGroup:
+    """One row group of a segment, or a run of them read together (``indices``)."""
     seg: SegmentInfo
     index: int
     rows: int
     min_ts: int
     max_ts: int
+    indices: tuple[int, ...] = ()
+
+
+def batched(groups: list[RowGroup], desc: bool, first: int = 1, most: int = 8
+            ) -> list[RowGroup]:
+    """Runs of consecutive row groups of the same segment, of growing size (1, 2, 4, ...
+    up to ``most``): a query that stops early reads one row group, a scan of everything
+    pays the per-read overhead on few large reads."""
+    out: list[RowGroup] = []
+    size = first
+    i = 0
+    while i < len(groups):
+        run = [groups[i]]
+        while len(run) < size and i + len(run) < len(groups) and \
+                groups[i + len(run)].seg.path == run[0].seg.path:
+            run.append(groups[i + len(run)])
+        i += len(run)
+        out.append(RowGroup(run[0].seg, run[0].index, sum(g.rows for g in run),
+                            min(g.min_ts for g in run), max(g.max_ts for g in run),
+                            tuple(g.index for g in run)))
+        size = min(most, size * 2)
+    return out
 
 
 class SegmentReader:
@@ -63,6 +86,8 @@ class SegmentReader:
     def read(self, rg: RowGroup, columns: list[str] | None = None) -> pa.Table:
         pf = pq.ParquetFile(self.seg_dir / rg.seg.path, metadata=self.metadata(rg.seg))
         try:
+            if len(rg.indices) > 1:
+                return pf.read_row_groups(list(rg.indices), columns=columns)
             return pf.read_row_group(rg.index, columns=columns)
         finally:
             pf.close()
