@@ -28,6 +28,7 @@ checked against the real key, and the rare colliding key is kept in an exact tab
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -154,6 +155,11 @@ def key_hashes(key: tuple[str, ...]) -> tuple[int, list[int]]:
     return h, [(h + (w - v) * pw[j + 1]) & _M64 for j, v in enumerate(tvs)]
 
 
+# a key's hash, its sibling hashes by position and (when known) the sibling hashes of
+# its positions that are not wild
+KeyHashes = tuple[int, list[int], list[int] | None]
+
+
 @dataclass(slots=True)
 class PreparedKeys:
     """Keys of a batch of new shapes, computed vectorised (see :func:`prepare_keys`)."""
@@ -161,9 +167,16 @@ class PreparedKeys:
     display: list[str]  # every shape's display tokens, flat (equal tokens are one object)
     offsets: list[int]  # shape k's tokens are display[offsets[k]:offsets[k + 1]]
     hashes: list[int]  # key hash of each shape
-    sibs: list[int]  # flat, per token: hash of its shape's key with that token wild
+    sibs: np.ndarray  # flat uint64, per token: hash of its shape's key with it wild
     varlike: dict[int, list[int]]  # shape -> positions of its variable-like tokens
     marks: list[int]  # masked values (MARKs) in each shape
+    lone: list[int]  # flat: the sibling hashes of the tokens that are not wild
+    lone_offsets: list[int]  # shape k's are lone[lone_offsets[k]:lone_offsets[k + 1]]
+
+    def hashes_of(self, k: int) -> KeyHashes:
+        """Shape k's key hashes, as ``ClusterIndex.assign_key`` takes them."""
+        sibs = self.sibs[self.offsets[k] : self.offsets[k + 1]].tolist()
+        return self.hashes[k], sibs, self.lone[self.lone_offsets[k] : self.lone_offsets[k + 1]]
 
 
 def split_tokens(shapes: pa.Array) -> tuple[pa.Array, np.ndarray]:
@@ -190,11 +203,12 @@ def prepare_keys(shapes: pa.Array) -> PreparedKeys:
     """Display tokens, key hashes and sibling hashes of many shapes, vectorised; Python
     runs once per distinct token only."""
     tokens, offsets = split_tokens(shapes)
-    display = pc.replace_substring(tokens, MARK, WILD).dictionary_encode()
-    uniq: list[str] = display.dictionary.to_pylist()
-    idx = display.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    encoded = tokens.dictionary_encode()
+    uniq = [t.replace(MARK, WILD) for t in encoded.dictionary.to_pylist()]
+    idx = encoded.indices.to_numpy(zero_copy_only=False)
     uniq_tv = np.array([_tv(t) for t in uniq], dtype=np.uint64)
-    uniq_var = np.array([variable_like(t) and t != WILD for t in uniq], dtype=bool)
+    uniq_var = np.array([t != WILD and variable_like(t) for t in uniq], dtype=bool)
+    uniq_wild = np.array([t == WILD for t in uniq], dtype=bool)
     lengths = np.diff(offsets)
     pw = np.array(_pow(int(lengths.max()) + 1 if len(lengths) else 1), dtype=np.uint64)
     owner = np.repeat(np.arange(len(lengths)), lengths)
@@ -205,19 +219,23 @@ def prepare_keys(shapes: pa.Array) -> PreparedKeys:
     if len(idx):
         hashes += np.add.reduceat(tv * ppos, offsets[:-1])
     sibs = hashes[owner] + (np.uint64(_tv(WILD)) - tv) * ppos
-    var = uniq_var[idx]
     varlike: dict[int, list[int]] = {}
-    for t in np.flatnonzero(var).tolist():
+    for t in np.flatnonzero(uniq_var[idx]).tolist():
         k = int(owner[t])
         varlike.setdefault(k, []).append(t - int(offsets[k]))
+    wild = uniq_wild[idx]
+    lone_offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(owner[~wild], minlength=len(lengths)), out=lone_offsets[1:])
     marks = pc.count_substring(shapes, MARK).to_numpy(zero_copy_only=False)
     return PreparedKeys(
-        [uniq[i] for i in idx.tolist()],
+        list(map(uniq.__getitem__, idx.tolist())),
         offsets.tolist(),
         hashes.tolist(),
-        sibs.tolist(),
+        sibs,
         varlike,
         marks.tolist(),
+        sibs[~wild].tolist(),
+        lone_offsets.tolist(),
     )
 
 
@@ -285,15 +303,19 @@ class ClusterIndex:
         self,
         display: list[str],
         key: tuple[str, ...],
-        hashes: tuple[int, list[int]] | None = None,
-        varlike: list[int] | None = None,
+        hashes: KeyHashes | None = None,
+        varlike: Sequence[int] | None = None,
     ) -> Cluster:
         """``assign`` for a shape already turned into display tokens and key, with the
-        key's hashes (``key_hashes``) and variable-like positions when known."""
+        key's hashes (``PreparedKeys.hashes_of``) and variable-like positions when known."""
         cluster = self._find(key, varlike)
         if cluster is None:
-            h, sibs = hashes if hashes is not None else key_hashes(key)
-            cluster = self._new(display, key, h, sibs)
+            if hashes is None:
+                h, sibs = key_hashes(key)
+                lone = None
+            else:
+                h, sibs, lone = hashes
+            cluster = self._new(display, key, sibs, lone)
             self._absorb_narrower(cluster, h)
             return self._maybe_merge(cluster.live()).live()
         wider = widened(cluster.tokens, display)
@@ -302,7 +324,9 @@ class ClusterIndex:
             cluster.tokens = wider
         return cluster
 
-    def _find(self, key: tuple[str, ...], varlike: list[int] | None = None) -> Cluster | None:
+    def _find(
+        self, key: tuple[str, ...], varlike: Sequence[int] | None = None
+    ) -> Cluster | None:
         found = self._by_key.get(key)
         if found is not None:
             return found
@@ -366,16 +390,23 @@ class ClusterIndex:
             self._merge(narrower, cluster.key)
 
     def _new(
-        self, tokens: list[str], key: tuple[str, ...], h: int | None = None,
-        sibs: list[int] | None = None,
+        self, tokens: list[str], key: tuple[str, ...], sibs: list[int] | None = None,
+        lone: list[int] | None = None,
     ) -> Cluster:
+        """A new cluster, entered in the sibling table under each of its sibling keys.
+        ``lone``: its non-wild sibling hashes, when known (see ``KeyHashes``)."""
         if sibs is None:
             _, sibs = key_hashes(key)
         cluster = Cluster(tokens=tokens, key=key, index=len(self.clusters))
         self.clusters.append(cluster)
         self._by_key[key] = cluster
-        literals = len(key) - key.count(WILD) - 1
         siblings = self._siblings
+        if lone is not None:
+            mine = dict.fromkeys(lone, cluster)
+            if len(mine) == len(lone) and siblings.keys().isdisjoint(mine):
+                siblings.update(mine)  # no sibling yet, no two hashes alike: all lone
+                return cluster
+        literals = len(key) - key.count(WILD) - 1
         for i, t in enumerate(key):
             if t == WILD:
                 continue

@@ -56,6 +56,7 @@ from embeddings.clusters import (
     Cluster,
     ClusterConfig,
     ClusterIndex,
+    KeyHashes,
     PreparedKeys,
     prepare_keys,
     tokenize,
@@ -366,10 +367,9 @@ class TemplateMiner:
 
     def _decide_new(self, shape: str, prep: PreparedKeys, j: int) -> _Shape:
         """``_decide`` for a shape not in the cache, from its prepared key (``prep[j]``)."""
-        a, b = prep.offsets[j], prep.offsets[j + 1]
-        display = prep.display[a:b]
+        display = prep.display[prep.offsets[j] : prep.offsets[j + 1]]
         cluster = self._learn_key(
-            display, tuple(display), (prep.hashes[j], prep.sibs[a:b]), prep.varlike.get(j)
+            display, tuple(display), prep.hashes_of(j), prep.varlike.get(j, ())
         )
         if cluster.tokens == display:  # parameters are the masked values, as they are
             n = prep.marks[j]
@@ -410,8 +410,8 @@ class TemplateMiner:
         self,
         display: list[str],
         key: tuple[str, ...],
-        hashes: tuple[int, list[int]] | None = None,
-        varlike: list[int] | None = None,
+        hashes: KeyHashes | None = None,
+        varlike: Sequence[int] | None = None,
     ) -> Cluster:
         cluster = self._index.assign_key(display, key, hashes, varlike)
         for old_text, changed in self._index.events:
