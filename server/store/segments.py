@@ -24,6 +24,10 @@ SEG_COLUMNS = ("id", "timestamp", "level", "source", "component", "host", "pid",
                "process", "template_id", "params", "metadata", "context")
 
 
+_DICT_COLUMNS = ("level", "source", "component", "host", "process", "template_id", "metadata",
+                 "context")
+
+
 @dataclass
 class SegmentInfo:
     path: str          # relative to the segments directory
@@ -52,9 +56,13 @@ def write_segment(table: pa.Table, directory: Path, name: str, row_group: int,
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".parquet")
     os.close(fd)
     try:
+        # Dictionaries only for low-cardinality columns (random-ish ids, pids and
+        # parameters compress better plain); timestamps, sorted, as deltas.
         pq.write_table(table, tmp, compression="zstd", compression_level=level,
-                       row_group_size=row_group, use_dictionary=True, write_statistics=True,
-                       use_byte_stream_split=False)
+                       row_group_size=row_group, use_dictionary=list(_DICT_COLUMNS),
+                       write_statistics=True, use_byte_stream_split=False,
+                       column_encoding={"timestamp": "DELTA_BINARY_PACKED", "pid": "PLAIN",
+                                        "tid": "PLAIN"})
         digest, size = _digest(Path(tmp))
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
