@@ -324,6 +324,28 @@ class ClusterIndex:
             cluster.tokens = wider
         return cluster
 
+    def new_lone(
+        self, display: list[str], key: tuple[str, ...], h: int, lone: list[int],
+        varlike: Sequence[int] = (),
+    ) -> Cluster | None:
+        """The new cluster of a key that ``assign_key`` would simply add: nothing known
+        finds it, no merged template has its length, and it has no sibling yet (so
+        nothing can merge). None (and nothing done) for any other key."""
+        by_key, siblings = self._by_key, self._siblings
+        if key in by_key or len(key) in self._wildsets or h in siblings:
+            return None
+        for i in varlike:
+            if (*key[:i], WILD, *key[i + 1 :]) in by_key:
+                return None
+        cluster = Cluster(tokens=display, key=key, index=len(self.clusters))
+        mine = dict.fromkeys(lone, cluster)
+        if len(mine) != len(lone) or not siblings.keys().isdisjoint(mine):
+            return None
+        self.clusters.append(cluster)
+        by_key[key] = cluster
+        siblings.update(mine)
+        return cluster
+
     def _find(
         self, key: tuple[str, ...], varlike: Sequence[int] | None = None
     ) -> Cluster | None:

@@ -360,10 +360,26 @@ class TemplateMiner:
             if d is not None and d.cluster.merged_into is None and d.tid == d.cluster.tid:
                 out.append(d)
             elif d is None and prep is not None:
-                out.append(self._decide_new(texts[k], prep, slot[k]))
+                out.append(self._decide_lone(texts[k], prep, slot[k]))
             else:
                 out.append(self._decide(texts[k]))
         return out
+
+    def _decide_lone(self, shape: str, prep: PreparedKeys, j: int) -> _Shape:
+        """``_decide_new``, short when the shape makes a template with no sibling yet."""
+        display = prep.display[prep.offsets[j] : prep.offsets[j + 1]]
+        lone = prep.lone[prep.lone_offsets[j] : prep.lone_offsets[j + 1]]
+        cluster = self._index.new_lone(
+            display, tuple(display), prep.hashes[j], lone, prep.varlike.get(j, ())
+        )
+        if cluster is None:
+            return self._decide_new(shape, prep, j)
+        self._register(cluster, None)
+        n = prep.marks[j]
+        pieces, counts = _identity(n)
+        decision = _Shape(cluster, cluster.tid, _IDENTITY[n], True, pieces, counts)
+        self._cache(shape, decision)
+        return decision
 
     def _decide_new(self, shape: str, prep: PreparedKeys, j: int) -> _Shape:
         """``_decide`` for a shape not in the cache, from its prepared key (``prep[j]``)."""
