@@ -6,6 +6,9 @@ is scored on the template each line resolves to at the end of the run (``resolve
 lines stored under a template that later widened are found under the wider one); the
 accuracy of the id returned at mining time is printed too.
 
+The figures are also written as JSON to ``--out`` (default
+bench/results/miner_accuracy.json).
+
 Usage: .venv/bin/python bench/miner_accuracy.py [--data DIR] [--no-drain3]
 """
 
@@ -13,11 +16,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
+import math
 import statistics
 import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Hashable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--no-drain3", action="store_true")
+    ap.add_argument(
+        "--out", type=Path, default=ROOT / "bench" / "results" / "miner_accuracy.json",
+        help="where to write the figures as JSON",
+    )
     args = ap.parse_args(argv)
     rows = []
     print(f"{'system':<11} {'ours':>7} {'at-time':>8} {'drain3':>7} {'tmpl':>5} {'true':>5}")
@@ -82,16 +92,41 @@ def main(argv: list[str] | None = None) -> int:
         took = time.perf_counter() - t0
         ours, ours_t = grouping_accuracy(final, truth), grouping_accuracy(at_time, truth)
         d3 = float("nan") if args.no_drain3 else grouping_accuracy(mine_drain3(messages), truth)
-        rows.append((folder.name, ours, ours_t, d3))
+        rows.append((folder.name, ours, ours_t, d3, len(set(final)), len(set(truth)), took))
         print(
             f"{folder.name:<11} {ours:7.3f} {ours_t:8.3f} {d3:7.3f} {len(set(final)):5d} "
             f"{len(set(truth)):5d}   ({took * 1000:.0f} ms)"
         )
+    summary = {}
     for label, fn in (("average", statistics.mean), ("minimum", min)):
+        summary[label] = {
+            "ours": fn(r[1] for r in rows),
+            "ours_at_time": fn(r[2] for r in rows),
+            "drain3": fn(r[3] for r in rows),
+        }
         print(
-            f"{label:<11} {fn(r[1] for r in rows):7.3f} {fn(r[2] for r in rows):8.3f} "
-            f"{fn(r[3] for r in rows):7.3f}"
+            f"{label:<11} {summary[label]['ours']:7.3f} {summary[label]['ours_at_time']:8.3f} "
+            f"{summary[label]['drain3']:7.3f}"
         )
+
+    def num(x: float) -> float | None:
+        return None if math.isnan(x) else x
+
+    result = {
+        "when": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "metric": "grouping accuracy (Loghub GA)",
+        "systems": {
+            r[0]: {
+                "ours": r[1], "ours_at_time": r[2], "drain3": num(r[3]),
+                "templates_mined": r[4], "templates_true": r[5], "ours_ms": r[6] * 1000,
+            }
+            for r in rows
+        },
+        **{k: {n: num(x) for n, x in v.items()} for k, v in summary.items()},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written to {args.out}")
     return 0
 
 

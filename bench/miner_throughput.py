@@ -15,7 +15,8 @@ Two workloads:
 drain3 is slow on these lines, so it runs on the first ``--peer-known`` /
 ``--peer-learning`` lines of the same corpora (a prefix: fewer templates, which favours it).
 
-Each figure is the median of ``--runs`` runs. Usage:
+Each figure is the median of ``--runs`` runs; all of them are also written as JSON to
+``--out`` (default bench/results/miner_throughput.json). Usage:
   .venv/bin/python bench/miner_throughput.py [--lines 1000000] [--runs 3]
 """
 
@@ -23,12 +24,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import random
 import re
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -170,13 +173,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--peer-known", type=int, default=100_000, help="drain3 known lines")
     ap.add_argument("--peer-learning", type=int, default=10_000, help="drain3 learning lines")
+    ap.add_argument(
+        "--out", type=Path, default=ROOT / "bench" / "results" / "miner_throughput.json",
+        help="where to write the figures as JSON",
+    )
     args = ap.parse_args(argv)
     import logging
 
     logging.disable(logging.WARNING)  # drain3 warns about its missing ini file
+    result: dict[str, object] = {
+        "when": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "unit": "lines/s, median of runs",
+    }
     known = known_corpus(args.lines)
     print(f"known templates: {len(known)} lines (median of {args.runs} runs)")
-    for name, rate in bench_known(known, args.runs, args.batch, args.peer_known).items():
+    rates = bench_known(known, args.runs, args.batch, args.peer_known)
+    result["known"] = rates
+    for name, rate in rates.items():
         print(f"  {name:<45} {rate:>12,.0f} lines/s")
     for repeats in (4, 1):
         learn = learning_corpus(args.templates, repeats=repeats)
@@ -184,10 +198,13 @@ def main(argv: list[str] | None = None) -> int:
             f"learning: {len(learn)} lines, {args.templates} new templates x{repeats}, shuffled"
             f" ({100 // repeats}% of the lines bring a new template)"
         )
-        for name, rate in bench_learning(
-            learn, args.runs, min(args.batch, 10_000), args.peer_learning
-        ).items():
+        rates = bench_learning(learn, args.runs, min(args.batch, 10_000), args.peer_learning)
+        result[f"learning, {100 // repeats}% new"] = rates
+        for name, rate in rates.items():
             print(f"  {name:<45} {rate:>12,.0f} lines/s")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written to {args.out}")
     return 0
 
 
