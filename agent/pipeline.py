@@ -92,7 +92,7 @@ class Pipeline:
             if room < len(keep):
                 keep = self._shed(keep, room)
             self._queue.extend(keep)
-        if keep:
+        if keep and not self._ready.is_set():  # set() takes a lock and notifies
             self._ready.set()
 
     def _shed(self, keep: list[dict[str, Any]], room: int) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ The compiling and attaching happen in a short-lived child process
 probe has one ring buffer per CPU, read through mmap from one thread that waits on all of
 them (and /dev/kmsg) with epoll; records are decoded in place from the mapping
 (agent/sources/ebpf_decode.py) and handed on in batches, with no per-record callback.
+While events flow the rings are read every ``read_interval_ms``, not at every wakeup.
 Failed reserves are counted per event type in each probe's ``mh_drops`` array (read via
 mmap); ``stats()`` reports them per probe with the kernel's recursion misses.
 
@@ -147,6 +148,10 @@ class EbpfConfig:
     batch_max: int = 8192
     # Milliseconds the reader waits for events when idle.
     poll_timeout_ms: int = 100
+    # Milliseconds between reads of the rings while events flow (0: read at each wakeup).
+    # The kernel wakes the reader for the first record put in an empty ring, so a reader
+    # that keeps up is woken for nearly every event; waiting lets them gather into batches.
+    read_interval_ms: float = 10.0
     # Where tracefs is mounted (tracepoint existence and formats).
     tracefs: str = "/sys/kernel/tracing"
 
@@ -232,6 +237,8 @@ def _has_field(cfg: EbpfConfig, tp: str, name: str) -> bool:
 
 
 def check_config(cfg: EbpfConfig) -> None:
+    if not 0 <= cfg.read_interval_ms <= 1000:
+        raise EbpfError(f"read_interval_ms must be in 0..1000, not {cfg.read_interval_ms}")
     if not _power_of_two(cfg.argv_bytes) or not 64 <= cfg.argv_bytes <= 4096:
         raise EbpfError(f"argv_bytes must be a power of 2 in 64..4096, not {cfg.argv_bytes}")
     for name, mb in cfg.ringbuf_mb.items():
@@ -441,10 +448,15 @@ class EbpfSource(Source):
         if self.kmsg is not None:
             poller.register(self.kmsg.fd, select.EPOLLIN)
         next_drain = time.monotonic() + self.cfg.syscall_errors_interval_s
+        interval = self.cfg.read_interval_ms / 1000
         try:
             while not self.stopping.is_set():
-                if not self.poll_once(emit, rings):
-                    poller.poll(self.cfg.poll_timeout_ms / 1000)
+                n = self.poll_once(emit, rings)
+                if n >= self.cfg.batch_max:
+                    pass  # a ring held more than a batch: read on at once
+                elif n or poller.poll(self.cfg.poll_timeout_ms / 1000):
+                    if interval > 0:  # events flow: let them gather (see read_interval_ms)
+                        self.stopping.wait(interval)
                 if time.monotonic() >= next_drain:
                     next_drain += self.cfg.syscall_errors_interval_s
                     self.drain_syscall_errors(emit)
