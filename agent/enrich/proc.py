@@ -5,6 +5,11 @@ ppid, parents, start_time, cgroup, container_id}. Results are cached per pid (LR
 TTL; an exec event refreshes its pid), so known pids cost a dictionary look-up. A process
 already gone keeps what the kernel gave in the entry's metadata (comm, ppid, uid,
 cgroup id, filename) and is marked ``gone``.
+
+Per-event cost matters in exec storms (10k+ exec/s, most processes already gone when their
+entry is enriched): paths are plain strings (pathlib costs microseconds per join), a gone
+process costs one failed open, the uid of an exec event is the kernel's (the same real uid
+``status`` shows), and the parent chain stops at the first parent already in the cache.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 class ProcCache:
     def __init__(self, root: str = "/proc", ttl_s: float = 30.0, max_pids: int = 32768) -> None:
         self.root = Path(root)
+        self._root = str(self.root)
         self.ttl_s, self.max_pids = ttl_s, max_pids
         self._cache: OrderedDict[int, tuple[float, dict[str, Any] | None]] = OrderedDict()
         self._users: dict[int, str] = {}
@@ -45,39 +51,45 @@ class ProcCache:
         if pid <= 0:
             return
         meta = entry.get("metadata") or {}
-        fresh = meta.get("event") == "exec"
-        info = self.lookup(int(pid), refresh=fresh)
-        ctx = entry.setdefault("context", {})
+        exec_event = meta.get("event") == "exec"
+        info = self.lookup(int(pid), refresh=exec_event, kernel=meta if exec_event else None)
+        ctx = entry.get("context")
+        if ctx is None:
+            ctx = entry["context"] = {}
         ctx["proc"] = info if info is not None else self._from_kernel(meta)
 
-    def lookup(self, pid: int, refresh: bool = False) -> dict[str, Any] | None:
+    def lookup(self, pid: int, refresh: bool = False,
+               kernel: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """Cached context of pid; ``kernel``: the exec event's metadata (its uid is used)."""
         now = time.monotonic()
-        hit = self._cache.get(pid)
+        cache = self._cache
+        hit = cache.get(pid)
         if hit is not None and not refresh and now - hit[0] < self.ttl_s:
             self.hits += 1
-            self._cache.move_to_end(pid)
+            cache.move_to_end(pid)
             return hit[1]
         self.misses += 1
-        info = self.read(pid)
-        self._cache[pid] = (now, info)
-        self._cache.move_to_end(pid)
-        while len(self._cache) > self.max_pids:
-            self._cache.popitem(last=False)
+        info = self.read(pid, kernel)
+        cache[pid] = (now, info)
+        cache.move_to_end(pid)
+        if len(cache) > self.max_pids:
+            while len(cache) > self.max_pids:
+                cache.popitem(last=False)
         return info
 
-    def read(self, pid: int) -> dict[str, Any] | None:
+    def read(self, pid: int, kernel: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """Everything /proc says about pid, or None when it is gone."""
-        base = self.root / str(pid)
-        try:
-            stat = (base / "stat").read_text()
-        except OSError:
+        base = f"{self._root}/{pid}/"
+        stat = _read_text(base + "stat")
+        if stat is None:
             return None
         fields = stat[stat.rfind(")") + 2:].split()
         ppid, start_ticks = int(fields[1]), int(fields[19])
-        uid = self._uid(base)
+        kuid = kernel.get("uid") if kernel else None
+        uid = kuid if isinstance(kuid, int) else self._uid(base)
         cgroup = self._cgroup(base)
         info: dict[str, Any] = {
-            "exe": _readlink(base / "exe"),
+            "exe": _readlink(base + "exe"),
             "cmdline": _cmdline(base),
             "uid": uid,
             "user": self._user(uid),
@@ -91,41 +103,47 @@ class ProcCache:
         return info
 
     def _parents(self, ppid: int, depth: int = 8) -> list[int]:
-        chain = []
+        chain: list[int] = []
         pid = ppid
+        now = time.monotonic()
         while pid > 0 and len(chain) < depth:
             chain.append(pid)
-            try:
-                stat = (self.root / str(pid) / "stat").read_text()
-            except OSError:
+            hit = self._cache.get(pid)
+            if hit is not None and hit[1] is not None and now - hit[0] < self.ttl_s:
+                chain.extend(hit[1]["parents"][:depth - len(chain)])
+                break
+            stat = _read_text(f"{self._root}/{pid}/stat")
+            if stat is None:
                 break
             pid = int(stat[stat.rfind(")") + 2:].split()[1])
         return chain
 
-    def _uid(self, base: Path) -> int | None:
-        try:
-            for line in (base / "status").read_text().splitlines():
-                if line.startswith("Uid:"):
-                    return int(line.split()[1])
-        except OSError:
-            pass
+    def _uid(self, base: str) -> int | None:
+        status = _read_text(base + "status")
+        if status is None:
+            return None
+        for line in status.splitlines():
+            if line.startswith("Uid:"):
+                return int(line.split()[1])
         return None
 
     def _user(self, uid: int | None) -> str | None:
         if uid is None:
             return None
-        if uid not in self._users:
+        name = self._users.get(uid)
+        if name is None:
             try:
-                self._users[uid] = pwd.getpwuid(uid).pw_name
+                name = pwd.getpwuid(uid).pw_name
             except KeyError:
-                self._users[uid] = str(uid)
-        return self._users[uid]
+                name = str(uid)
+            self._users[uid] = name
+        return name
 
-    def _cgroup(self, base: Path) -> str | None:
-        try:
-            lines = (base / "cgroup").read_text().splitlines()
-        except OSError:
+    def _cgroup(self, base: str) -> str | None:
+        text = _read_text(base + "cgroup")
+        if text is None:
             return None
+        lines = text.splitlines()
         for line in lines:
             if line.startswith("0::"):
                 return line[3:]
@@ -151,16 +169,25 @@ def container_id(cgroup: str | None) -> str | None:
     return None
 
 
-def _readlink(path: Path) -> str | None:
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+
+
+def _readlink(path: str) -> str | None:
     try:
         return os.readlink(path)
     except OSError:
         return None
 
 
-def _cmdline(base: Path) -> str | None:
+def _cmdline(base: str) -> str | None:
     try:
-        raw = (base / "cmdline").read_bytes()
+        with open(base + "cmdline", "rb") as f:
+            raw = f.read()
     except OSError:
         return None
     return raw.rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace") or None

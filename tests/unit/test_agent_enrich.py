@@ -42,6 +42,24 @@ def test_cache_hits_and_exec_refresh() -> None:
     assert cache.misses == 2
 
 
+def test_exec_event_takes_the_uid_the_kernel_gave() -> None:
+    cache = ProcCache(str(PROC))
+    e = {"pid": 4242, "metadata": {"event": "exec", "uid": 1000}}
+    cache(e)
+    assert e["context"]["proc"]["uid"] == 1000  # /proc/4242/status says 0
+    other = {"pid": 4242, "metadata": {"event": "fork", "uid": 1000}}
+    ProcCache(str(PROC))(other)  # not an exec: /proc/4242/status
+    assert other["context"]["proc"]["uid"] == 0
+
+
+def test_parent_chain_from_the_cache() -> None:
+    cache = ProcCache(str(PROC))
+    assert cache.lookup(4000)["parents"] == [1]
+    e = {"pid": 4242, "metadata": {}}
+    cache(e)
+    assert e["context"]["proc"]["parents"] == [4000, 1]
+
+
 def test_container_ids() -> None:
     cid = "ab" * 32
     assert container_id(f"/kubepods/burstable/pod1/cri-containerd-{cid}.scope") == cid
