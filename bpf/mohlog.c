@@ -49,7 +49,14 @@ BPF_HASH(mh_filter_comms, struct mh_comm, u8, 1024);
 BPF_HASH(mh_filter_cgroups, u64, u8, 1024);
 #endif
 
-/* Reserve in this CPU's ring; if that fails, retry once (counted in mh_drops[0]). */
+/* Retries of a failed reserve: in this CPU's ring again, then in up to 3 other CPUs' rings. */
+#define MH_RESERVE_RETRIES (NCPUS < 4 ? NCPUS : 4)
+
+/* Reserve in this CPU's ring; if that fails (counted once in mh_drops[0]), retry in it,
+ * then in the rings of the following CPUs: a reserve that fails with space left (see
+ * above) failed twice in a row in the same ring a few times per million records in exec
+ * storms, so the retry goes elsewhere too. User space reads every ring, so a record in
+ * another CPU's ring is delivered like any other. */
 static __always_inline void *mh_reserve(u64 size)
 {
     u32 cpu = bpf_get_smp_processor_id();
@@ -61,7 +68,19 @@ static __always_inline void *mh_reserve(u64 size)
     u64 *n = mh_drops.lookup(&retried);
     if (n)
         __sync_fetch_and_add(n, 1);
-    return rb ? bpf_ringbuf_reserve(rb, size, 0) : mh_events.ringbuf_reserve(size);
+    if (!rb)
+        return mh_events.ringbuf_reserve(size);
+#pragma unroll
+    for (u32 i = 0; i < MH_RESERVE_RETRIES; i++) {
+        u32 other = (cpu + i) % NCPUS;
+        void *orb = mh_rings.lookup(&other);
+        if (orb) {
+            e = bpf_ringbuf_reserve(orb, size, 0);
+            if (e)
+                return e;
+        }
+    }
+    return 0;
 }
 
 static __always_inline void mh_count_drop(u32 type)

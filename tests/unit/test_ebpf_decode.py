@@ -215,6 +215,8 @@ def test_probe_table_and_config() -> None:
         check_config(EbpfConfig(exclude_comms=["x" * 16]))
     with pytest.raises(EbpfError, match="signals"):
         check_config(EbpfConfig(signals="some"))
+    with pytest.raises(EbpfError, match="read_interval_ms"):
+        check_config(EbpfConfig(read_interval_ms=-1))
     assert signal_mask([15]) == 1 << 15
     assert signal_mask("fatal") == sum(1 << s for s in FATAL_SIGNALS)
     assert signal_mask("all") & (1 << 17)
