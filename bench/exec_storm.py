@@ -7,15 +7,21 @@ unique name, paced to ``--rate``). Ground truth in the same run: bpftrace counti
 ``tracepoint:sched:sched_process_exec`` for that comm. Optional peer: Debian's
 ``exitsnoop-bpfcc`` counting the same processes' exits (``--exitsnoop``). After the storm it
 waits for the agent to drain and counts the records in the hub
-(``metadata.event=exec`` and ``metadata.comm=<name>``).
+(``metadata.event=exec`` and ``metadata.comm=<name>``). The CPU the agent and the hub used
+during the storm (from /proc/PID/stat) is reported in cores.
+
+``--spawner-only`` runs the generator alone (no agent, hub or bpftrace): the machine's
+ceiling. ``--method spawn`` uses posix_spawn() instead of vfork()+execve().
 
     .venv/bin/python bench/exec_storm.py --duration 60 --rate 10000
+    .venv/bin/python bench/exec_storm.py --spawner-only --duration 20 --rate 0
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -45,6 +51,17 @@ from agent_common import (  # noqa: E402
 )
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def spawner_cmd(args: argparse.Namespace, spawner: Path, target: Path) -> list[str]:
+    return [str(spawner), str(target), str(args.workers), str(args.duration), str(args.rate),
+            args.method]
+
+
 def storm(args: argparse.Namespace, work: Path, name: str) -> dict[str, object]:
     target = build_c("exec_target.c", work / name, "-nostdlib")
     spawner = build_c("spawner.c", work / "spawner")
@@ -56,8 +73,11 @@ def storm(args: argparse.Namespace, work: Path, name: str) -> dict[str, object]:
         truth = Bpftrace("tracepoint:sched:sched_process_exec", f'comm == "{name}"').start()
         peer = Exitsnoop(name).start() if args.exitsnoop else None
         log(f"storm: {args.workers} workers, {args.rate:,.0f} exec/s, {args.duration:.0f} s")
-        out = subprocess.run([str(spawner), str(target), str(args.workers), str(args.duration),
-                              str(args.rate)], check=True, capture_output=True, text=True).stdout
+        assert agent.proc is not None and hub.proc is not None
+        cpu0 = (cpu_seconds(agent.proc.pid), cpu_seconds(hub.proc.pid), time.monotonic())
+        out = subprocess.run(spawner_cmd(args, spawner, target), check=True,
+                             capture_output=True, text=True).stdout
+        cpu1 = (cpu_seconds(agent.proc.pid), cpu_seconds(hub.proc.pid), time.monotonic())
         spawned, seconds = int(out.split()[1]), float(out.split()[5])
         time.sleep(1.0)
         kernel = truth.stop()
@@ -72,7 +92,8 @@ def storm(args: argparse.Namespace, work: Path, name: str) -> dict[str, object]:
         agent.stop()
         hub.stop()
     return {
-        "name": name, "workers": args.workers, "target_rate": args.rate, "seconds": seconds,
+        "name": name, "workers": args.workers, "method": args.method,
+        "target_rate": args.rate, "seconds": seconds,
         "spawned": spawned, "rate_per_s": spawned / seconds, "bpftrace_exec": kernel,
         "exitsnoop_exits": exits, "exitsnoop_all_exits": exits_any,
         "delivered": count, "exported": len(ids), "unique_delivered": len(set(ids)),
@@ -82,6 +103,8 @@ def storm(args: argparse.Namespace, work: Path, name: str) -> dict[str, object]:
         "agent_exec_events": metric_sum(after, "mohlog_agent_events_total", probe="exec")
         - metric_sum(before, "mohlog_agent_events_total", probe="exec"),
         "agent_shipped": metric_sum(after, "mohlog_agent_shipped_total"),
+        "agent_cores": (cpu1[0] - cpu0[0]) / (cpu1[2] - cpu0[2]),
+        "hub_cores": (cpu1[1] - cpu0[1]) / (cpu1[2] - cpu0[2]),
     }
 
 
@@ -89,11 +112,23 @@ def source_only_run(args: argparse.Namespace, work: Path, name: str) -> dict[str
     target = build_c("exec_target.c", work / name, "-nostdlib")
     spawner = build_c("spawner.c", work / "spawner")
     truth = Bpftrace("tracepoint:sched:sched_process_exec", f'comm == "{name}"').start()
-    cmd = [str(spawner), str(target), str(args.workers), str(args.duration), str(args.rate)]
+    cmd = spawner_cmd(args, spawner, target)
     res = source_only("exec", name, lambda: subprocess.run(
         cmd, check=True, capture_output=True, text=True).stdout.strip())
     res["bpftrace_exec"] = truth.stop()
     return res
+
+
+def spawner_only_run(args: argparse.Namespace, work: Path, name: str) -> dict[str, object]:
+    """The generator alone: no agent, no hub, no bpftrace."""
+    target = build_c("exec_target.c", work / name, "-nostdlib")
+    spawner = build_c("spawner.c", work / "spawner")
+    out = subprocess.run(spawner_cmd(args, spawner, target), check=True, capture_output=True,
+                         text=True).stdout
+    spawned, seconds = int(out.split()[1]), float(out.split()[5])
+    return {"workers": args.workers, "method": args.method, "target_rate": args.rate,
+            "seconds": seconds, "spawned": spawned, "failed": int(out.split()[3]),
+            "rate_per_s": spawned / seconds}
 
 
 def report(r: dict[str, object]) -> None:
@@ -107,6 +142,8 @@ def report(r: dict[str, object]) -> None:
         ("agent exec events (metrics)", r["agent_exec_events"]),
         ("delivered to hub", r["delivered"]), ("unique ids in hub", r["unique_delivered"]),
         ("agent drops during run", r["agent_drops_during_run"]),
+        ("agent CPU during the storm, cores", r["agent_cores"]),
+        ("hub CPU during the storm, cores", r["hub_cores"]),
     ]))
     print(f"  agent drops by stage: {r['agent_drops'] or 'none'}")
     ok = (r["rate_per_s"] >= 10_000 and r["delivered"] == r["bpftrace_exec"]
@@ -123,11 +160,23 @@ def main() -> int:
     parser.add_argument("--probes", default="exec", help="agent --probes (default: exec)")
     parser.add_argument("--exitsnoop", action="store_true", help="run exitsnoop-bpfcc too")
     parser.add_argument("--drain-timeout", type=float, default=300.0)
+    parser.add_argument("--method", choices=("vfork", "spawn"), default="vfork",
+                        help="how the generator starts processes (see bench/c/spawner.c)")
+    parser.add_argument("--spawner-only", action="store_true",
+                        help="only the generator (no agent, hub, bpftrace): the ceiling")
     parser.add_argument("--source-only", action="store_true",
                         help="only the eBPF source in this process (no agent, no hub)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
     work = workdir("exec-storm")
+    if args.spawner_only:
+        try:
+            result = spawner_only_run(args, work, unique_name("mhx"))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        print(json.dumps(result, indent=2))
+        print(f"saved {save('exec_storm_spawner_only', result)}")
+        return 0
     if args.source_only:
         try:
             result = source_only_run(args, work, unique_name("mhx"))
