@@ -25,7 +25,7 @@ from embeddings.miner import TemplateMiner
 from mohlog import log
 from mohlog.errors import InvalidInput, NotFound
 from server.store import batch as batchmod
-from server.store import filters
+from server.store import filters, words
 from server.store.config import StoreConfig
 from server.store.fsutil import fsync_dir
 from server.store.metrics import StoreMetrics
@@ -39,6 +39,7 @@ from server.store.segments import (
     read_rollup,
     rollup,
     rollup_path,
+    sort_for_segment,
     verify,
     write_rollup,
     write_segment,
@@ -133,6 +134,7 @@ class Store:
         self._bg: threading.Thread | None = None
         self.reader = SegmentReader(self.seg_dir)
         self._rollups: dict[str, pa.Table] = {}
+        self._words: dict[str, words.WordIndex] = {}
 
     # ---- lifecycle ----------------------------------------------------------
     async def open(self) -> None:
@@ -345,19 +347,23 @@ class Store:
         part_keys = pc.divide(table["timestamp"], span * 1_000_000_000).to_numpy()
         out = []
         for pk in np.unique(part_keys):
-            sub = table.filter(pa.array(part_keys == pk))
+            sub = sort_for_segment(table.filter(pa.array(part_keys == pk)))
             part = partition_name(int(pk) * span * 1_000_000_000, span)
             n = self._manifest.next_segment
             self._manifest.next_segment += 1
             path, size, digest = write_segment(sub, self.seg_dir / part, f"{n:010d}.parquet",
-                                               self.cfg.row_group_rows, self.cfg.zstd_level)
+                                               self.cfg.row_group_rows, self.cfg.zstd_level,
+                                               presorted=True)
             ts = sub["timestamp"]
             agg = rollup(sub)
+            index = words.build(sub["message"], self.cfg.row_group_rows)
             out.append(SegmentInfo(f"{part}/{path.name}", part, sub.num_rows,
                                    pc.min(ts).as_py(), pc.max(ts).as_py(), size,
                                    raw * sub.num_rows // max(1, table.num_rows), digest,
-                                   write_rollup(agg, path)))
+                                   write_rollup(agg, path),
+                                   _digest_of(words.write(index, path))))
             self._rollups[out[-1].path] = agg
+            self._words[out[-1].path] = index
         return out
 
     def _persist_keys(self, chunks: list[Chunk]) -> None:
@@ -427,6 +433,52 @@ class Store:
         self._rollups[s.path] = agg
         return agg
 
+    def word_index(self, s: SegmentInfo) -> words.WordIndex | None:
+        """The word index of a segment: cached, else read from beside it, else (missing,
+        corrupt, or from before word indexes) rebuilt from the segment's messages."""
+        index = self._words.get(s.path)
+        if index is not None:
+            return index
+        path = self.seg_dir / s.path
+        if s.words_xxh64 and verify(words.path_for(path), s.words_xxh64):
+            index = words.read(path)
+        if index is None:
+            if s.words_xxh64:
+                log.store.warning("word index of segment %s missing or corrupt: rebuilt",
+                                  s.path)
+            try:
+                t = pq.read_table(path, columns=["template_id", "params"])
+                msgs = self.miner.render_many(t["template_id"].to_numpy(),
+                                              t["params"].combine_chunks())
+                rg_rows = pq.read_metadata(path).row_group(0).num_rows
+            except (OSError, pa.ArrowInvalid, NotFound, InvalidInput) as err:
+                log.store.error("word index of segment %s cannot be rebuilt: %s", s.path, err)
+                return None
+            index = words.build(msgs, max(rg_rows, 1))
+            digest = _digest_of(words.write(index, path))
+            with self._lock:
+                s.words_xxh64 = digest
+                self._manifest.save(self.dir / "manifest.json")
+        self._words[s.path] = index
+        return index
+
+    def _pruned(self, groups: list[RowGroup], q: LogQuery) -> list[RowGroup]:
+        """Row groups whose word index may hold every word the query's terms require."""
+        need = filters.required_words(q)
+        if not need:
+            return groups
+        hashes = [h for h in (words.query_hashes(w) for w in need) if h is not None and len(h)]
+        if not hashes:
+            return groups
+        allh = np.concatenate(hashes)
+        out = []
+        for g in groups:
+            index = self.word_index(g.seg)
+            if index is None or g.index >= len(index.blooms) or \
+                    index.may_contain(g.index, allh):
+                out.append(g)
+        return out
+
     def rollups(self, q: LogQuery) -> list[pa.Table]:
         """Per-minute counts of every record in q's time range (q's filters not applied):
         pre-aggregates of the segments inside the range, counted from the rows themselves
@@ -461,7 +513,7 @@ class Store:
         sel = filters.Selector(q, self.miner, cur)
         cols = filters.scan_columns(q, cursor=cur is not None)
         desc = q.sort == "desc"
-        for g in batched(self._row_groups(q), desc):
+        for g in batched(self._pruned(self._row_groups(q), q), desc):
             if sum(f.num_rows for f in found) >= q.limit and \
                     _can_stop(found, q, g.max_ts if desc else g.min_ts):
                 break
@@ -509,7 +561,7 @@ class Store:
         need = filters.scan_columns(q)
         read = [c for c in filters.OUT_COLUMNS if c != "message" and
                 (c in out_cols or c in need or (message and c in ("template_id", "params")))]
-        for g in batched(self._row_groups(q), q.sort == "desc", 8):
+        for g in batched(self._pruned(self._row_groups(q), q), q.sort == "desc", 8):
             t = self._read(g, read)
             if t is None:
                 continue
@@ -605,9 +657,10 @@ class Store:
             _tar_bytes(tar, "segments.json", info)
             for s in segs:
                 tar.add(self.seg_dir / s.path, arcname=Path(s.path).name)
-                agg = rollup_path(self.seg_dir / s.path)
-                if agg.exists():
-                    tar.add(agg, arcname=agg.name)
+                for side in (rollup_path(self.seg_dir / s.path),
+                             words.path_for(self.seg_dir / s.path)):
+                    if side.exists():
+                        tar.add(side, arcname=side.name)
         with open(tmp, "rb") as f:
             import os
             os.fsync(f.fileno())
@@ -618,6 +671,7 @@ class Store:
             for path in paths:
                 self.reader.forget(path)
                 self._rollups.pop(path, None)
+                self._words.pop(path, None)
             self._segments = [s for s in self._segments if s.path not in paths]
             self._manifest.segments = [s for s in self._manifest.segments if s.path not in paths]
             self._manifest.save(self.dir / "manifest.json")
@@ -652,10 +706,11 @@ class Store:
                     shutil.copyfileobj(src, out)
                 if not verify(dest, s.xxh64):
                     raise InvalidInput(f"archive {name}: segment {s.path} fails its checksum")
-                agg = rollup_path(dest)
-                if agg.name in tar.getnames():
-                    with tar.extractfile(agg.name) as src, open(agg, "wb") as out:  # type: ignore[union-attr]
-                        shutil.copyfileobj(src, out)
+                for side in (rollup_path(dest), words.path_for(dest)):
+                    if side.name in tar.getnames():
+                        with tar.extractfile(side.name) as src, \
+                                open(side, "wb") as out:  # type: ignore[union-attr]
+                            shutil.copyfileobj(src, out)
         with self._lock:
             known = {s.path for s in self._segments}
             new = [s for s in segs if s.path not in known]
@@ -664,6 +719,11 @@ class Store:
             self._manifest.save(self.dir / "manifest.json")
         path.unlink()
         return {"restored": name, "records": sum(s.rows for s in segs)}
+
+
+def _digest_of(path: Path) -> str:
+    from server.store.segments import _digest
+    return _digest(path)[0]
 
 
 def _tar_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:

@@ -192,9 +192,49 @@ def _message_mask(t: pa.Table, q: LogQuery) -> pa.Array | None:
         msg = t["message"]
         if term.kind == "regex":
             m = _and(m, pc.match_substring_regex(msg, term.text, ignore_case=not q.case))
+        elif term.kind == "word":
+            m = _and(m, pc.match_substring_regex(msg, word_regex(term.text),
+                                                 ignore_case=not q.case))
         else:
             m = _and(m, pc.match_substring(msg, term.text, ignore_case=not q.case))
     return m
+
+
+# A word is a run of ASCII letters/digits and non-ASCII characters (as in the word index).
+_WORD_RE2 = "0-9A-Za-z\\x{80}-\\x{10FFFF}"
+_WORD_PY = re.compile(r"(?:[0-9A-Za-z]|[^\x00-\x7f])+")
+
+
+def is_word_char(c: str) -> bool:
+    return not c.isascii() or c.isalnum()
+
+
+def word_regex(w: str) -> str:
+    """RE2 pattern: w not preceded or followed by a word character (a bare word of ``q``
+    matches whole words: ``7493702076`` finds ``blk_7493702076`` but not ``17493702076``)."""
+    pre = f"(?:^|[^{_WORD_RE2}])" if w and is_word_char(w[0]) else ""
+    post = f"(?:$|[^{_WORD_RE2}])" if w and is_word_char(w[-1]) else ""
+    return pre + re.escape(w) + post
+
+
+def required_words(q: LogQuery) -> list[str]:
+    """Words every matching message holds as whole words (for the word index): all the
+    words of a bare word term, and the words inside phrases and regex literals that do not
+    touch their ends (those may be parts of longer words)."""
+    out: list[str] = []
+    for t in q.terms:
+        if t.kind == "word":
+            out += _WORD_PY.findall(t.text)
+        elif t.kind == "phrase":
+            out += _interior(t.text)
+        else:
+            for lit in regex_literals(t.text):
+                out += _interior(lit)
+    return out
+
+
+def _interior(s: str) -> list[str]:
+    return [m.group() for m in _WORD_PY.finditer(s) if m.start() > 0 and m.end() < len(s)]
 
 
 def field_mask(col: pa.ChunkedArray | pa.Array, f: Filter, case: bool) -> pa.Array:
@@ -358,8 +398,9 @@ class Selector:
         flat = pc.list_flatten(sub["params"])
         parents = pc.list_parent_indices(sub["params"]).to_numpy(zero_copy_only=False)
         for needle in needles:
-            cls = np.array([self._classify(needle, tid, case) for tid in uniq.to_pylist()],
-                           np.int8)
+            word = term.kind == "word"
+            cls = np.array([self._classify(needle, tid, case, word)
+                            for tid in uniq.to_pylist()], np.int8)
             per_row = cls[pc.index_in(tids, value_set=uniq).to_numpy(zero_copy_only=False)]
             hit = np.zeros(n, bool)
             found = pc.match_substring(flat, needle, ignore_case=not case).to_numpy(
@@ -371,7 +412,7 @@ class Selector:
             sure[:] = False
         return keep, keep & ~sure
 
-    def _classify(self, needle: str, tid: int, case: bool) -> int:
+    def _classify(self, needle: str, tid: int, case: bool, word: bool = False) -> int:
         key = (needle, tid)
         got = self._class.get(key)
         if got is None:
@@ -380,12 +421,35 @@ class Selector:
                 got = 1
             else:
                 text = info.text if case else info.text.lower()
-                if any(needle in p for p in text.split("<*>")):
+                pieces = text.split("<*>")
+                if word:
+                    sure = any(_whole_inside(p, needle, i > 0, i < len(pieces) - 1)
+                               for i, p in enumerate(pieces))
+                else:
+                    sure = any(needle in p for p in pieces)
+                if sure:
                     got = 2
                 else:
                     got = 1 if _may_hold(text, needle) else 0
             self._class[key] = got
         return got
+
+
+def _whole_inside(piece: str, w: str, param_before: bool, param_after: bool) -> bool:
+    """w occurs in piece as a whole word whatever the parameters around the piece are."""
+    start = piece.find(w)
+    while start >= 0:
+        end = start + len(w)
+        left = piece[start - 1] if start > 0 else None
+        right = piece[end] if end < len(piece) else None
+        ok_left = not (w and is_word_char(w[0])) or (
+            (left is None and not param_before) or (left is not None and not is_word_char(left)))
+        ok_right = not (w and is_word_char(w[-1])) or (
+            (right is None and not param_after) or (right is not None and not is_word_char(right)))
+        if ok_left and ok_right:
+            return True
+        start = piece.find(w, start + 1)
+    return False
 
 
 def _needles(term: Any, case: bool) -> list[str]:

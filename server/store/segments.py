@@ -39,6 +39,7 @@ class SegmentInfo:
     raw_bytes: int     # NDJSON bytes of the records it holds (for the compression ratio)
     xxh64: str
     rollup_xxh64: str = ""   # checksum of the pre-aggregate beside it ("" = none yet)
+    words_xxh64: str = ""    # checksum of the word index beside it ("" = none yet)
 
 
 def partition_name(ts_ns: int, span_s: int) -> str:
@@ -47,12 +48,17 @@ def partition_name(ts_ns: int, span_s: int) -> str:
     return _t.strftime("%Y%m%d%H%M", _t.gmtime(start))
 
 
+def sort_for_segment(table: pa.Table) -> pa.Table:
+    return table.take(pc.sort_indices(table, [("timestamp", "ascending"), ("id", "ascending")]))
+
+
 def write_segment(table: pa.Table, directory: Path, name: str, row_group: int,
-                  level: int) -> tuple[Path, int, str]:
+                  level: int, presorted: bool = False) -> tuple[Path, int, str]:
     """Write ``table`` sorted by time to ``directory/name`` atomically; (path, bytes, xxh64)."""
     directory.mkdir(parents=True, exist_ok=True)
     table = table.select(list(SEG_COLUMNS))
-    table = table.take(pc.sort_indices(table, [("timestamp", "ascending"), ("id", "ascending")]))
+    if not presorted:
+        table = sort_for_segment(table)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".parquet")
     os.close(fd)
     try:

@@ -68,6 +68,10 @@ def oracle(recs: list[dict], q: LogQuery) -> list[str]:
         flags = 0 if q.case else re.I
         for t in q.terms:
             pat = t.text if t.kind == "regex" else re.escape(t.text)
+            if t.kind == "word":  # whole words: not touching another letter or digit
+                wc = r"0-9A-Za-z\x80-\U0010ffff"
+                pat = (rf"(?<![{wc}])" if t.text[0].isalnum() else "") + pat + (
+                    rf"(?![{wc}])" if t.text[-1].isalnum() else "")
             if not re.search(pat, r["message"], flags):
                 return False
         for f in q.filters:
@@ -84,7 +88,8 @@ def oracle(recs: list[dict], q: LogQuery) -> list[str]:
 
 
 CASES = [
-    ("", []), ('"Received block"', []), ("blk_79190", []),
+    ("", []), ('"Received block"', []), ("blk_79190", []), ("79190", []), ("7919", []),
+    ("sda1", []), ("10.0.3", []), ('"took 4 ms"', []), ("usage 5", []),
     ("/Accepted password for \\w+ from/", []),
     ('"user3 from"', []), ('"of size 9 from"', []), ("admin1 192.168.0.7", []),
     ("ms", ["host=db-1"]), ("", ["message contains took 4"]), ("", ["metadata.n=3"]),
@@ -204,3 +209,51 @@ def test_pre_aggregate_rebuilt_when_corrupt(store: Any) -> None:
     path.unlink()
     st._rollups.clear()
     assert st.query(spec)["rows"] == before and path.exists()
+
+
+def test_word_index_skips_row_groups_and_matches_whole_words(store: Any) -> None:
+    st, recs = store
+    q = LogQuery(text="blk_79190", limit=100)   # record 10 only: blk_79190, not blk_791900
+    groups = st._row_groups(q)
+    kept = st._pruned(groups, q)
+    assert len(groups) >= 15 and 1 <= len(kept) <= 3
+    assert [r["id"] for r in st.search(q).records] == ["m10", "e000010"] == oracle(recs, q)
+    # every word of every record is found through the index (no false negatives)
+    for i in range(0, 6000, 97):
+        w = f"port {i}" if i % 5 == 1 else None
+        if w:
+            assert f"e{i:06d}" in [r["id"] for r in st.search(LogQuery(text=w, limit=10**5)
+                                                               ).records]
+
+
+def test_word_index_rebuilt_when_missing_or_corrupt(store: Any) -> None:
+    from server.store import words
+    st, recs = store
+    q = LogQuery(text="user7", limit=10**5)
+    before = [r["id"] for r in st.search(q).records]
+    seg = st._segments[1]
+    path = words.path_for(st.seg_dir / seg.path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    st._words.clear()
+    assert [r["id"] for r in st.search(q).records] == before == oracle(recs, q)
+    path.unlink()
+    st._words.clear()
+    assert [r["id"] for r in st.search(q).records] == before and path.exists()
+
+
+def test_word_index_native_equals_numpy_and_query_hashes() -> None:
+    import numpy as np
+    import pyarrow as pa
+
+    from server.store import words
+    msgs = pa.array([r["message"] for r in entries(3000)] + ["", "ÉTÉ x_y-Z", None])
+    a = words.build(msgs, 700)
+    b = words.build(msgs, 700, native=False)
+    assert len(a.blooms) == len(b.blooms) == 5
+    assert all(np.array_equal(x, y) for x, y in zip(a.blooms, b.blooms, strict=True))
+    assert a.may_contain(4, words.query_hashes("x y z"))
+    assert not a.may_contain(4, words.query_hashes("nowhere"))
+    assert a.may_contain(0, words.query_hashes("RECEIVED Block"))
+    assert words.query_hashes("été") is None

@@ -1,0 +1,90 @@
+/* Word Bloom filters of a segment's row groups (see server/store/words.py for the format).
+ * Built with the C compiler at first use; words.py holds the same hash in numpy. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define P 0x100000001B3ULL
+#define GOLD 0x9E3779B97F4A7C15ULL
+
+static uint8_t lut[256];
+
+static void init_lut(void) {
+    for (int c = 0; c < 256; c++) {
+        if (c >= 0x80) lut[c] = (uint8_t)c;
+        else if (c >= 'a' && c <= 'z') lut[c] = (uint8_t)c;
+        else if (c >= '0' && c <= '9') lut[c] = (uint8_t)c;
+        else if (c >= 'A' && c <= 'Z') lut[c] = (uint8_t)(c + 32);
+        else lut[c] = 0;
+    }
+}
+
+/* Returns the number of row groups, or -1 when out_cap is too small or memory runs out. */
+int64_t mohlog_word_blooms(const uint8_t *data, const int64_t *offsets, int64_t n_strings,
+                           int64_t rg_rows, int bits_per_word, int k, uint8_t *out,
+                           int64_t out_cap, int64_t *out_sizes) {
+    if (!lut['a']) init_lut();
+    int64_t used = 0, n_rg = 0;
+    for (int64_t first = 0; first < n_strings || (n_strings == 0 && n_rg == 0); first += rg_rows) {
+        int64_t last = first + rg_rows < n_strings ? first + rg_rows : n_strings;
+        int64_t lo = n_strings ? offsets[first] : 0, hi = n_strings ? offsets[last] : 0;
+        (void)lo; (void)hi;
+        uint64_t cap = 1 << 16;
+        uint64_t *set = calloc(cap, sizeof(uint64_t));
+        if (!set) return -1;
+        int64_t distinct = 0;
+        for (int64_t s = first; s < last; s++) {
+            uint64_t h = 0, pw = 1, len = 0;
+            for (int64_t i = offsets[s]; i <= offsets[s + 1]; i++) {
+                uint8_t b = i < offsets[s + 1] ? lut[data[i]] : 0;
+                if (b) {
+                    h += (uint64_t)b * pw;
+                    pw *= P;
+                    len++;
+                    continue;
+                }
+                if (!len) continue;
+                h ^= len * GOLD;
+                if (!h) h = 1;
+                uint64_t j = (h * GOLD) >> 20 & (cap - 1);
+                while (set[j] && set[j] != h) j = (j + 1) & (cap - 1);
+                if (!set[j]) {
+                    set[j] = h;
+                    if (++distinct * 2 > (int64_t)cap) {      /* grow: rehash at 2x */
+                        uint64_t ncap = cap * 2, *nset = calloc(ncap, sizeof(uint64_t));
+                        if (!nset) { free(set); return -1; }
+                        for (uint64_t q = 0; q < cap; q++) {
+                            if (!set[q]) continue;
+                            uint64_t r = (set[q] * GOLD) >> 20 & (ncap - 1);
+                            while (nset[r]) r = (r + 1) & (ncap - 1);
+                            nset[r] = set[q];
+                        }
+                        free(set);
+                        set = nset;
+                        cap = ncap;
+                    }
+                }
+                h = 0; pw = 1; len = 0;
+            }
+        }
+        uint64_t m = (uint64_t)distinct * (uint64_t)bits_per_word;
+        m = m < 64 ? 64 : (m + 63) / 64 * 64;
+        if (used + (int64_t)(m / 8) > out_cap) { free(set); return -1; }
+        uint8_t *bits = out + used;
+        memset(bits, 0, m / 8);
+        for (uint64_t j = 0; j < cap; j++) {
+            uint64_t h = set[j];
+            if (!h) continue;
+            uint64_t h1 = h & 0xFFFFFFFFULL, h2 = (h >> 32) | 1ULL;
+            for (int i = 0; i < k; i++) {
+                uint64_t pos = (h1 + (uint64_t)i * h2) % m;
+                bits[pos >> 3] |= (uint8_t)(0x80 >> (pos & 7));
+            }
+        }
+        free(set);
+        out_sizes[n_rg++] = (int64_t)(m / 8);
+        used += (int64_t)(m / 8);
+        if (n_strings == 0) break;
+    }
+    return n_rg;
+}
