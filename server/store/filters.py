@@ -386,39 +386,54 @@ class Selector:
 
     def _term(self, sub: pa.Table, term: Any, needles: list[str]) -> tuple[np.ndarray,
                                                                           np.ndarray]:
-        """(rows that may match, rows that must be rendered to know)."""
+        """(rows that may match, rows that must be rendered to know). Needles are taken
+        longest first, each on the rows the previous ones left."""
         n = sub.num_rows
         if not needles:                       # a regex with no literal part
             return np.ones(n, bool), np.ones(n, bool)
         case = self.q.case and term.kind != "regex"
-        tids = sub["template_id"].combine_chunks()
-        uniq = pc.unique(tids)
-        keep = np.ones(n, bool)
+        word = term.kind == "word"
+        alive = np.arange(n)
         sure = np.ones(n, bool)
-        flat = pc.list_flatten(sub["params"])
-        parents = pc.list_parent_indices(sub["params"]).to_numpy(zero_copy_only=False)
-        for needle in needles:
-            word = term.kind == "word"
+        for needle in sorted(needles, key=len, reverse=True):
+            part = sub if len(alive) == n else sub.take(pa.array(alive))
+            tids = part["template_id"].combine_chunks()
+            uniq = pc.unique(tids)
             cls = np.array([self._classify(needle, tid, case, word)
                             for tid in uniq.to_pylist()], np.int8)
             per_row = cls[pc.index_in(tids, value_set=uniq).to_numpy(zero_copy_only=False)]
-            hit = np.zeros(n, bool)
-            found = pc.match_substring(flat, needle, ignore_case=not case).to_numpy(
-                zero_copy_only=False)
-            hit[parents[found]] = True
-            keep &= (per_row > 0) | hit
-            sure &= per_row == 2
+            m = len(alive)
+            hit = np.zeros(m, bool)
+            edge = np.zeros(m, bool)
+            if (per_row < 2).any():
+                flat = pc.list_flatten(part["params"])
+                parents = pc.list_parent_indices(part["params"]).to_numpy(
+                    zero_copy_only=False)
+                found = pc.match_substring(flat, needle, ignore_case=not case).to_numpy(
+                    zero_copy_only=False)
+                hit[parents[found]] = True
+                if (per_row == 1).any():
+                    edge[parents[_may_join(flat, needle, case)]] = True
+            ok = (per_row >= 2) | hit | ((per_row == 1) & edge)
+            sure[alive[per_row != 2]] = False
+            alive = alive[ok]
+            if not len(alive):
+                break
+        keep = np.zeros(n, bool)
+        keep[alive] = True
         if term.kind == "regex":
             sure[:] = False
         return keep, keep & ~sure
 
     def _classify(self, needle: str, tid: int, case: bool, word: bool = False) -> int:
+        """0: no row of the template can hold the needle; 1: only across a boundary between
+        its text and a parameter; 2: every row holds it; 3: unknown template."""
         key = (needle, tid)
         got = self._class.get(key)
         if got is None:
             info = self.miner.templates().get(tid) if tid is not None else None
             if info is None:
-                got = 1
+                got = 3      # unknown template: render to know
             else:
                 text = info.text if case else info.text.lower()
                 pieces = text.split("<*>")
@@ -433,6 +448,49 @@ class Selector:
                     got = 1 if _may_hold(text, needle) else 0
             self._class[key] = got
         return got
+
+
+_LOWER = np.arange(256, dtype=np.uint8)
+_LOWER[ord("A"):ord("Z") + 1] += 32
+
+
+def _may_join(flat: Any, needle: str, case: bool) -> np.ndarray:
+    """Parameters that could take part in a needle crossing a parameter boundary. The
+    needle then overlaps the parameter partly, so (in bytes) the parameter is empty, or
+    ends with the needle's first byte or one of its two-byte pieces, or starts with its
+    last byte or one of its pieces, or is one byte of it. Computed on the raw buffers."""
+    if not case and not needle.isascii():
+        return np.ones(len(flat), bool)       # case folding beyond ASCII: no pruning
+    if isinstance(flat, pa.ChunkedArray):
+        flat = flat.combine_chunks()
+    if flat.type != pa.large_string():
+        flat = pc.cast(flat, pa.large_string())
+    n = len(flat)
+    off = np.frombuffer(flat.buffers()[1], np.int64)[flat.offset:flat.offset + n + 1]
+    buf = flat.buffers()[2]
+    data = np.frombuffer(buf, np.uint8) if buf is not None else np.zeros(1, np.uint8)
+    if not len(data):
+        data = np.zeros(1, np.uint8)
+
+    def at(pos: np.ndarray) -> np.ndarray:
+        b = np.take(data, pos, mode="clip")
+        return (b if case else _LOWER[b]).astype(np.int32)
+    nb = np.frombuffer(needle.encode(), np.uint8).astype(np.int32)
+    start, end = off[:-1], off[1:]
+    size = end - start
+    first = at(start)
+    last = at(end - 1)
+    pairs = np.zeros(65536, bool)
+    pairs[nb[:-1] * 256 + nb[1:]] = True
+    chars = np.zeros(256, bool)
+    chars[nb] = True
+    two = size >= 2
+    out = (size == 0) | ((size == 1) & chars[first])
+    out |= two & (pairs[first * 256 + at(start + 1)] | pairs[at(end - 2) * 256 + last])
+    out |= (size >= 1) & ((last == nb[0]) | (first == nb[-1]))
+    if flat.null_count:
+        out |= ~np.asarray(flat.is_valid())
+    return out
 
 
 def _whole_inside(piece: str, w: str, param_before: bool, param_after: bool) -> bool:
