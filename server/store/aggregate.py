@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mohlog.errors import InvalidInput
 from server.store import filters
@@ -157,23 +158,18 @@ def _from_rollups(store: Store, q: LogQuery, spec: dict[str, Any],
         ["timestamp", *ROLLUP_KEYS]))
     for f in q.filters:
         table = table.filter(filters.field_mask(table[f.field], f, q.case))
-    sel = [f'{expr} AS "{name}"' for name, expr in keys]
-    grp = [f'"{name}"' for name, _ in keys]
+    names = [name for name, _ in keys]
+    cols: dict[str, Any] = {name: table[name] for name in names}
     if bucket:
-        sel.insert(0, f"(minute // {bucket}) * {bucket} AS bucket")
-        grp.insert(0, "bucket")
-    sel.append('CAST(sum(n) AS BIGINT) AS "count"')
-    sql = f"SELECT {', '.join(sel)} FROM t"
+        cols = {"bucket": pc.multiply(pc.divide(table["minute"], bucket), bucket), **cols}
+    grp = list(cols)
+    t = pa.table({**cols, "n": table["n"]})
     if grp:
-        sql += f" GROUP BY {', '.join(grp)} ORDER BY {', '.join(grp)}"
-    con = duckdb.connect()
-    try:
-        con.register("t", table)
-        rows = _fetch(con.execute(sql))
-    finally:
-        con.close()
-    if not grp and rows and rows[0]["count"] is None:
-        rows[0]["count"] = 0
+        agg = t.group_by(grp).aggregate([("n", "sum")]).rename_columns([*grp, "count"])
+        agg = agg.sort_by([(g, "ascending") for g in grp])
+    else:
+        agg = pa.table({"count": [pc.sum(t["n"]).as_py() or 0]})
+    rows = agg.to_pylist()
     out: dict[str, Any] = {"type": spec.get("type"), "rows": rows[: max(q.limit, 1) * 100]}
     if bucket:
         out["interval_ns"] = bucket

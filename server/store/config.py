@@ -23,7 +23,7 @@ class StoreConfig:
     # Span of one time partition, in seconds (segments never straddle two).
     partition_s: int = 3600
     # Rows per Parquet row group inside a segment (the unit of skipping by statistics).
-    row_group_rows: int = 65_536
+    row_group_rows: int = 16_384
     # zstd level for segments.
     zstd_level: int = 3
     # Idempotency keys remembered for deduplication (oldest forgotten first).

@@ -135,6 +135,7 @@ class Store:
         self.reader = SegmentReader(self.seg_dir)
         self._rollups: dict[str, pa.Table] = {}
         self._words: dict[str, words.WordIndex] = {}
+        self._classes: dict[tuple, int] = {}
 
     # ---- lifecycle ----------------------------------------------------------
     async def open(self) -> None:
@@ -462,6 +463,12 @@ class Store:
         self._words[s.path] = index
         return index
 
+    def _class_cache(self) -> dict[tuple, int]:
+        """Template decisions shared by queries (bounded: emptied past 1M entries)."""
+        if len(self._classes) > 1_000_000:
+            self._classes = {}
+        return self._classes
+
     def _pruned(self, groups: list[RowGroup], q: LogQuery) -> list[RowGroup]:
         """Row groups whose word index may hold every word the query's terms require."""
         need = filters.required_words(q)
@@ -510,7 +517,7 @@ class Store:
             hit = filters.apply(pa.concat_tables(mem), q, self.miner, cur, top=q.limit)
             if hit.num_rows:
                 found.append(_order(hit, q.sort).slice(0, q.limit))
-        sel = filters.Selector(q, self.miner, cur)
+        sel = filters.Selector(q, self.miner, cur, self._class_cache())
         cols = filters.scan_columns(q, cursor=cur is not None)
         desc = q.sort == "desc"
         for g in batched(self._pruned(self._row_groups(q), q), desc):
@@ -557,11 +564,11 @@ class Store:
             hit = filters.apply(pa.concat_tables(mem), q, self.miner, message=message)
             if hit.num_rows:
                 parts.append(hit.select(out_cols))
-        sel = filters.Selector(q, self.miner, None)
+        sel = filters.Selector(q, self.miner, None, self._class_cache())
         need = filters.scan_columns(q)
         read = [c for c in filters.OUT_COLUMNS if c != "message" and
                 (c in out_cols or c in need or (message and c in ("template_id", "params")))]
-        for g in batched(self._pruned(self._row_groups(q), q), q.sort == "desc", 8):
+        for g in batched(self._pruned(self._row_groups(q), q), q.sort == "desc", 32):
             t = self._read(g, read)
             if t is None:
                 continue

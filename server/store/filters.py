@@ -335,13 +335,17 @@ class Selector:
     term across a boundary, for regexes (prefiltered by their literal parts) and for
     message or metadata filters. Template decisions are cached for the whole query."""
 
-    def __init__(self, q: LogQuery, miner: Any, cursor: tuple[int, str] | None) -> None:
+    def __init__(self, q: LogQuery, miner: Any, cursor: tuple[int, str] | None,
+                 cache: dict[tuple, int] | None = None) -> None:
         self.q, self.miner, self.cursor = q, miner, cursor
         self.terms = q.terms
         self.render_all = any(f.field == "message" or f.field.startswith("metadata.")
                               for f in q.filters)
         self.needles = [_needles(t, q.case) for t in self.terms]
-        self._class: dict[tuple[str, int], int] = {}   # (needle, template) -> 0 no 1 maybe 2 yes
+        # (needle, case, word, template) -> class; a template id is the hash of its text, so
+        # a decision holds for good and the store shares one cache across queries.
+        self._class: dict[tuple, int] = {} if cache is None else cache
+        self._infos: dict[int, Any] | None = None
         self.rendered = 0
 
     def select(self, t: pa.Table, top: int | None) -> np.ndarray:
@@ -428,12 +432,15 @@ class Selector:
     def _classify(self, needle: str, tid: int, case: bool, word: bool = False) -> int:
         """0: no row of the template can hold the needle; 1: only across a boundary between
         its text and a parameter; 2: every row holds it; 3: unknown template."""
-        key = (needle, tid)
+        key = (needle, case, word, tid)
         got = self._class.get(key)
         if got is None:
-            info = self.miner.templates().get(tid) if tid is not None else None
+            if self._infos is None:
+                self._infos = self.miner.templates()
+            info = self._infos.get(tid) if tid is not None else None
             if info is None:
                 got = 3      # unknown template: render to know
+                self._infos = None   # (a template new since the query began: look again)
             else:
                 text = info.text if case else info.text.lower()
                 pieces = text.split("<*>")

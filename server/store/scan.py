@@ -29,7 +29,7 @@ class RowGroup:
     indices: tuple[int, ...] = ()
 
 
-def batched(groups: list[RowGroup], desc: bool, first: int = 1, most: int = 8
+def batched(groups: list[RowGroup], desc: bool, first: int = 1, most: int = 32
             ) -> list[RowGroup]:
     """Runs of consecutive row groups of the same segment, of growing size (1, 2, 4, ...
     up to ``most``): a query that stops early reads one row group, a scan of everything
