@@ -479,10 +479,13 @@ class Store:
             return groups
         allh = np.concatenate(hashes)
         out = []
+        verdict: dict[str, np.ndarray | None] = {}
         for g in groups:
-            index = self.word_index(g.seg)
-            if index is None or g.index >= len(index.blooms) or \
-                    index.may_contain(g.index, allh):
+            if g.seg.path not in verdict:
+                index = self.word_index(g.seg)
+                verdict[g.seg.path] = None if index is None else index.row_groups_with(allh)
+            ok = verdict[g.seg.path]
+            if ok is None or g.index >= len(ok) or ok[g.index]:
                 out.append(g)
         return out
 

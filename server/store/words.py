@@ -104,6 +104,26 @@ def _positions(h: np.ndarray, m: int) -> np.ndarray:
 class WordIndex:
     blooms: list[np.ndarray]        # one packed bit array per row group
 
+    def __post_init__(self) -> None:
+        sizes = np.array([len(b) for b in self.blooms], np.int64)
+        self._bits = np.concatenate(self.blooms) if self.blooms else np.zeros(0, np.uint8)
+        self._start = (np.cumsum(sizes) - sizes) * 8        # bit offset of each filter
+        self._m = (sizes * 8).astype(np.uint64)
+
+    def row_groups_with(self, hashes: np.ndarray) -> np.ndarray:
+        """For every row group at once: may it hold all these words?"""
+        if not len(self.blooms):
+            return np.zeros(0, bool)
+        h = np.asarray(hashes, np.uint64)
+        h1 = (h & np.uint64(0xFFFFFFFF))[None, :, None]
+        h2 = ((h >> np.uint64(32)) | np.uint64(1))[None, :, None]
+        i = np.arange(_K, dtype=np.uint64)[None, None, :]
+        with np.errstate(over="ignore"):
+            pos = (h1 + i * h2) % self._m[:, None, None]
+        bit = pos.astype(np.int64) + self._start[:, None, None]
+        got = (self._bits[bit >> 3] >> (7 - (bit & 7)).astype(np.uint8)) & 1
+        return got.reshape(len(self.blooms), -1).all(axis=1)
+
     def may_contain(self, rg: int, hashes: np.ndarray) -> bool:
         bits = self.blooms[rg]
         m = len(bits) * 8

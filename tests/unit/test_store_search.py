@@ -257,3 +257,17 @@ def test_word_index_native_equals_numpy_and_query_hashes() -> None:
     assert not a.may_contain(4, words.query_hashes("nowhere"))
     assert a.may_contain(0, words.query_hashes("RECEIVED Block"))
     assert words.query_hashes("été") is None
+
+
+def test_word_index_all_row_groups_at_once_equals_one_by_one() -> None:
+    import numpy as np
+    import pyarrow as pa
+
+    from server.store import words
+    idx = words.build(pa.array([r["message"] for r in entries(5000)]), 300)
+    for text in ["received", "blk_79190", "port 4001", "nowhere at all", "user3 10"]:
+        h = words.query_hashes(text)
+        assert idx.row_groups_with(h).tolist() == [idx.may_contain(i, h)
+                                                  for i in range(len(idx.blooms))]
+    assert idx.row_groups_with(words.query_hashes("received")).all()
+    assert not np.any(idx.row_groups_with(words.query_hashes("nowhere")))
