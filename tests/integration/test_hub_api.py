@@ -45,6 +45,14 @@ def test_ingest_plain_zstd_gzip_round_trip(hub: Hub) -> None:
         "e00000150"}
     assert len(hub.search('q="took+9+ms"&limit=1000')["records"]) == 3  # 9, 106, 203
     assert [r["id"] for r in hub.search("q=/request+15[0]+from/")["records"]] == ["e00000150"]
+    # a bare word matches whole words only; a phrase matches anywhere
+    import re
+    whole = {e["id"] for b in batches for e in b if re.search(r"(?<![0-9A-Za-z])15(?![0-9A-Za-z])",
+                                                              e["message"])}
+    assert {r["id"] for r in hub.search("q=15&limit=1000")["records"]} == whole
+    assert "e00000015" in whole and "e00000150" not in whole
+    assert {r["id"] for r in hub.search('q="request+15"&limit=1000')["records"]} == {
+        f"e{i:08d}" for i in (15, *range(150, 160))}
 
 
 def test_malformed_line_names_line_and_stores_nothing(hub: Hub) -> None:
