@@ -9,8 +9,8 @@ import tarfile
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Iterator
-from concurrent.futures import Future
+from collections.abc import Generator, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,6 +136,7 @@ class Store:
         self._rollups: dict[str, pa.Table] = {}
         self._words: dict[str, words.WordIndex] = {}
         self._classes: dict[tuple, int] = {}
+        self._scan_pool = ThreadPoolExecutor(2, thread_name_prefix="scan")
 
     # ---- lifecycle ----------------------------------------------------------
     async def open(self) -> None:
@@ -189,6 +190,7 @@ class Store:
         if self._bg:
             await asyncio.get_running_loop().run_in_executor(None, self._bg.join, 30)
         self.wal.stop()
+        self._scan_pool.shutdown(wait=True, cancel_futures=True)
         with self._lock:
             if self.miner.state_path:
                 self.miner.save()
@@ -523,27 +525,54 @@ class Store:
         sel = filters.Selector(q, self.miner, cur, self._class_cache())
         cols = filters.scan_columns(q, cursor=cur is not None)
         desc = q.sort == "desc"
-        for g in batched(self._pruned(self._row_groups(q), q), desc):
-            if sum(f.num_rows for f in found) >= q.limit and \
-                    _can_stop(found, q, g.max_ts if desc else g.min_ts):
-                break
+        groups = batched(self._pruned(self._row_groups(q), q), desc)
+
+        def work(g: RowGroup) -> pa.Table | None:
             t = self._read(g, cols)
             if t is None:
-                continue
+                return None
             idx = sel.select(t, q.limit)
             if not len(idx):
-                continue
+                return None
             try:
                 rows = self.reader.fetch(g, t, pa.array(idx))
             except (OSError, pa.ArrowInvalid) as err:
                 log.store.error("segment %s unreadable: %s", g.seg.path, err)
-                continue
-            found.append(filters.with_message(rows, self.miner))
-            if len(found) > 8:
-                found = [_order(pa.concat_tables(found), q.sort).slice(0, q.limit)]
+                return None
+            return filters.with_message(rows, self.miner)
+
+        results = self._prefetched(groups, work, skip_first=True)
+        try:
+            for g in groups:
+                if sum(f.num_rows for f in found) >= q.limit and \
+                        _can_stop(found, q, g.max_ts if desc else g.min_ts):
+                    break
+                hit = next(results)
+                if hit is not None:
+                    found.append(hit)
+                if len(found) > 8:
+                    found = [_order(pa.concat_tables(found), q.sort).slice(0, q.limit)]
+        finally:
+            results.close()
         page = self._page(found, q)
         self.metrics.query_seconds.observe(time.perf_counter() - t0)
         return page
+
+    def _prefetched(self, groups: list[RowGroup], work: Any, skip_first: bool = False
+                    ) -> Generator[Any, None, None]:
+        """work(g) for each g in order, the next one computed on the other core meanwhile
+        (from the second on with ``skip_first``: the first often completes a page alone).
+        Closing the generator cancels what is pending."""
+        ahead: Future | None = None
+        try:
+            for k, g in enumerate(groups):
+                fut, ahead = ahead, None
+                if k + 1 < len(groups) and (k >= 1 or not skip_first):
+                    ahead = self._scan_pool.submit(work, groups[k + 1])
+                yield fut.result() if fut is not None else work(g)
+        finally:
+            if ahead is not None:
+                ahead.cancel()
 
     def _page(self, found: list[pa.Table], q: LogQuery) -> SearchPage:
         if not found:
@@ -571,18 +600,21 @@ class Store:
         need = filters.scan_columns(q)
         read = [c for c in filters.OUT_COLUMNS if c != "message" and
                 (c in out_cols or c in need or (message and c in ("template_id", "params")))]
-        for g in batched(self._pruned(self._row_groups(q), q), q.sort == "desc", 32):
+        def work(g: RowGroup) -> pa.Table | None:
             t = self._read(g, read)
             if t is None:
-                continue
+                return None
             idx = sel.select(t, None)
             if not len(idx):
-                continue
+                return None
             t = t.take(pa.array(idx))
             if message:
                 t = t.append_column("message", self.miner.render_many(
                     t["template_id"].to_numpy(), t["params"].combine_chunks()))
-            parts.append(t.select(out_cols))
+            return t.select(out_cols)
+
+        groups = batched(self._pruned(self._row_groups(q), q), q.sort == "desc", 32)
+        parts += [t for t in self._prefetched(groups, work) if t is not None]
         if not parts:
             return filters.empty(self.miner).select(out_cols)
         return pa.concat_tables(parts)
