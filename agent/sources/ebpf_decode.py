@@ -13,6 +13,7 @@ number, ``syscall_errors`` and ``printk`` by errno / priority).
 from __future__ import annotations
 
 import errno as errno_mod
+import itertools
 import os
 import re
 import signal as signal_mod
@@ -22,8 +23,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-from mohlog.model import new_id
 
 # event type numbers (enum mh_event_type in bpf/include/mohlog.h)
 EV_EXEC, EV_EXIT, EV_FORK, EV_OOM, EV_SIGNAL = 1, 2, 3, 4, 5
@@ -164,6 +163,11 @@ class Decoder:
                             else mono_offset)
         self.argv_bytes = argv_bytes
         self._comms: dict[bytes, str] = {}
+        self._errnos: dict[int, tuple[str, str]] = {}
+        # ids like mohlog.model.new_id (64 random bits, then a counter) without its getpid()
+        # per call: a syscall, slow while syscall tracepoints are on (open storms)
+        self._id_prefix = os.urandom(8).hex()
+        self._ids = itertools.count(time.time_ns() & 0xFFFFFFFF)
         self._by_type: dict[int, Callable[[Any, int], dict[str, Any]]] = {
             EV_EXEC: self.exec, EV_EXIT: self.exit, EV_FORK: self.fork, EV_OOM: self.oom,
             EV_SIGNAL: self.signal, EV_TCP_STATE: self.net, EV_TCP_RETRANSMIT: self.net,
@@ -186,9 +190,10 @@ class Decoder:
     def entry(self, event: str, level: str, component: str, ts: int, pid: int, tid: int,
               comm: str, message: str, meta: dict[str, Any]) -> dict[str, Any]:
         meta["event"] = event
-        return {"id": new_id(), "timestamp": ts + self.mono_offset, "level": level,
-                "source": "ebpf", "component": component, "host": self.host, "pid": pid,
-                "tid": tid, "process": comm, "message": message, "metadata": meta,
+        return {"id": f"{self._id_prefix}{next(self._ids):016x}",
+                "timestamp": ts + self.mono_offset, "level": level, "source": "ebpf",
+                "component": component, "host": self.host, "pid": pid, "tid": tid,
+                "process": comm, "message": message, "metadata": meta,
                 "context": {}}
 
     # -- processes ---------------------------------------------------------------------
@@ -306,17 +311,30 @@ class Decoder:
 
     # -- files, syscalls ------------------------------------------------------------------
 
+    def errno_names(self, err: int) -> tuple[str, str]:
+        """(name, description) of an errno, cached."""
+        names = self._errnos.get(err)
+        if names is None:
+            names = self._errnos[err] = (_errname(err), _strerror(err))
+        return names
+
     def open_fail(self, buf: Any, off: int) -> dict[str, Any]:
+        # the hottest decoder (failed-open storms): no helper calls beyond the caches
         ts, cg, _t, pid, tid, uid, comm_raw, err, flags, sc, plen = OPEN_FAIL.unpack_from(
             buf, off)
-        path = bytes(buf[off + 64:off + 63 + plen]).decode("utf-8", "replace") if plen else ""
-        comm = self.comm(comm_raw)
-        name = _errname(err)
-        msg = f"open {path} failed: {name} ({_strerror(err)}) in {comm} pid {pid} uid {uid}"
-        meta = {"filename": path, "errno": err, "errno_name": name, "flags": flags,
-                "syscall": OPEN_SYSCALLS[sc] if sc < 2 else str(sc), "uid": uid,
-                "cgroup_id": cg, "comm": comm}
-        return self.entry("open_fail", "WARNING", "KERNEL", ts, pid, tid, comm, msg, meta)
+        path = buf[off + 64:off + 63 + plen].decode("utf-8", "replace") if plen else ""
+        comm = self._comms.get(comm_raw) or self.comm(comm_raw)
+        name, text = self._errnos.get(err) or self.errno_names(err)
+        return {"id": f"{self._id_prefix}{next(self._ids):016x}",
+                "timestamp": ts + self.mono_offset, "level": "WARNING", "source": "ebpf",
+                "component": "KERNEL", "host": self.host, "pid": pid, "tid": tid,
+                "process": comm,
+                "message": f"open {path} failed: {name} ({text}) in {comm} pid {pid} uid {uid}",
+                "metadata": {"filename": path, "errno": err, "errno_name": name,
+                             "flags": flags,
+                             "syscall": OPEN_SYSCALLS[sc] if sc < 2 else str(sc),
+                             "uid": uid, "cgroup_id": cg, "comm": comm, "event": "open_fail"},
+                "context": {}}
 
     def syscall_errors(self, key: bytes, value: bytes, interval_s: float) -> dict[str, Any]:
         """One drained mh_errors map entry (raw key and value bytes)."""
