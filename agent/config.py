@@ -56,8 +56,12 @@ class AgentConfig:
     drop: list[DropRule] = field(default_factory=list)
     # Most records per batch shipped.
     batch_max_records: int = 10_000
-    # Most NDJSON bytes per batch (before compression).
+    # Most bytes per batch before compression (NDJSON lines; for Arrow batches the JSON of
+    # metadata and context plus the message and 200 bytes per record).
     batch_max_bytes: int = 8 << 20
+    # Body of the batches shipped: "arrow" (an Arrow IPC stream: the hub takes it without
+    # parsing JSON, ~20x cheaper for it) or "ndjson" (for hubs without Arrow ingest).
+    batch_format: str = "arrow"
     # Seconds a record may wait before its batch is shipped.
     batch_max_delay_s: float = 0.5
     # Records waiting between the sources and the shipper before new ones are dropped.
@@ -118,3 +122,6 @@ def check(cfg: AgentConfig) -> None:
                            valid=list(COMPONENTS))
     if cfg.batch_max_records < 1 or cfg.batch_max_bytes < 1024:
         raise InvalidInput("batch_max_records must be >= 1 and batch_max_bytes >= 1024")
+    if cfg.batch_format not in ("arrow", "ndjson"):
+        raise InvalidInput(f"unknown batch_format {cfg.batch_format!r}",
+                           valid=["arrow", "ndjson"])

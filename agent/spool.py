@@ -1,7 +1,9 @@
 """Bounded on-disk FIFO of batches waiting for the hub; survives restarts.
 
 One file per batch, ``<seq>.batch``: a JSON header line (batch id, record count, count per
-level) then the zstd-compressed NDJSON body. Files are written to a temp name, fsync'd and
+level, and ``format`` for an Arrow batch) then the zstd-compressed body: NDJSON, or one
+Arrow IPC stream. The body is compressed once, when spooled; the sink sends those bytes.
+Files are written to a temp name, fsync'd and
 renamed. When the spool is full, entries of the lowest level present (TRACE first, by
 ``LEVEL_RANK``) are removed from the spooled batches and the incoming one until it fits;
 CRITICAL and SECURITY entries are never dropped (the bound is exceeded for them, counted
@@ -13,8 +15,9 @@ from __future__ import annotations
 import os
 import threading
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 import zstandard
@@ -22,31 +25,121 @@ import zstandard
 from mohlog import log
 from mohlog.model import LEVEL_RANK, NEVER_DROP
 
-_Z = zstandard.ZstdCompressor(level=3)
-_DZ = zstandard.ZstdDecompressor()
+ZSTD_LEVEL = 3
 
 
-@dataclass
+def _compress(data: bytes) -> bytes:
+    return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(data)  # one per call: threads
+
+
+def _decompress(data: bytes) -> bytes:
+    return zstandard.ZstdDecompressor().decompress(data)
+
+
 class Batch:
-    """A batch on its way: its stable id (the Idempotency-Key) and its NDJSON lines."""
+    """A batch on its way: its stable id (the Idempotency-Key) and its records, either as
+    NDJSON lines or as one Arrow IPC stream (``fmt="arrow"``, columns of
+    ``server.store.batch.SCHEMA``, metadata and context as JSON text). A batch read back
+    from the spool keeps its compressed body (``zbody``) so the sink sends it as it is; its
+    lines or table are decoded only when asked for."""
 
-    id: str
-    lines: list[bytes]
-    levels: Counter[str] = field(default_factory=Counter)
+    def __init__(self, id: str, lines: list[bytes] | None = None,  # noqa: A002 - the id
+                 levels: Counter[str] | None = None, *, fmt: str = "ndjson",
+                 ipc: bytes | None = None, records: int | None = None,
+                 zbody: bytes | None = None) -> None:
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown batch format {fmt!r}")
+        self.id = id
+        self.levels: Counter[str] = levels if levels is not None else Counter()
+        self.fmt = fmt
+        self._lines = lines
+        self._ipc = ipc
+        self.zbody = zbody
+        if records is None:
+            records = len(lines) if lines is not None else _ipc_rows(ipc or b"")
+        self._records = records
 
     @property
     def records(self) -> int:
-        return len(self.lines)
+        return self._records
+
+    @property
+    def content_type(self) -> str:
+        return ARROW_STREAM if self.fmt == "arrow" else NDJSON
 
     def body(self) -> bytes:
+        """The uncompressed request body."""
+        if self.fmt == "arrow":
+            if self._ipc is None:
+                self._ipc = _decompress(self.zbody or b"")
+            return self._ipc
         return b"\n".join(self.lines) + b"\n"
 
+    def compressed(self) -> bytes:
+        """The zstd-compressed body (made once, then kept)."""
+        if self.zbody is None:
+            self.zbody = _compress(self.body())
+        return self.zbody
+
+    @property
+    def lines(self) -> list[bytes]:
+        """NDJSON lines (of an Arrow batch: converted, for tests and level drops)."""
+        if self._lines is None:
+            if self.fmt == "arrow":
+                self._lines = _arrow_lines(self.body())
+            else:
+                body = _decompress(self.zbody or b"")
+                self._lines = [ln for ln in body.split(b"\n") if ln]
+        return self._lines
+
     def without(self, level: str) -> tuple[Batch, int]:
-        keep = [ln for ln in self.lines if _level(ln) != level]
-        dropped = len(self.lines) - len(keep)
         levels = Counter(self.levels)
         levels.pop(level, None)
+        if self.fmt == "arrow":
+            import pyarrow as pa
+            import pyarrow.compute as pc
+
+            table = pa.ipc.open_stream(pa.py_buffer(self.body())).read_all()
+            keep = table.filter(pc.fill_null(pc.not_equal(table["level"], level), True))
+            return (Batch(self.id, levels=levels, fmt="arrow", ipc=arrow_ipc(keep),
+                          records=keep.num_rows), table.num_rows - keep.num_rows)
+        keep = [ln for ln in self.lines if _level(ln) != level]
+        dropped = len(self.lines) - len(keep)
         return Batch(self.id, keep, levels), dropped
+
+
+FORMATS = ("ndjson", "arrow")
+NDJSON = "application/x-ndjson"
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+
+
+def arrow_ipc(table: Any) -> bytes:
+    """A pyarrow Table as the bytes of one Arrow IPC stream."""
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue())
+
+
+def _ipc_rows(ipc: bytes) -> int:
+    import pyarrow as pa
+
+    return pa.ipc.open_stream(pa.py_buffer(ipc)).read_all().num_rows if ipc else 0
+
+
+def _arrow_lines(ipc: bytes) -> list[bytes]:
+    import pyarrow as pa
+
+    rows = pa.ipc.open_stream(pa.py_buffer(ipc)).read_all().to_pylist()
+    out = []
+    for row in rows:
+        for key in ("metadata", "context"):
+            if isinstance(row.get(key), str):
+                row[key] = orjson.loads(row[key])
+        out.append(orjson.dumps({k: v for k, v in row.items() if v is not None}))
+    return out
 
 
 def _level(line: bytes) -> str:
@@ -162,9 +255,11 @@ class Spool:
 
 
 def _encode(batch: Batch) -> bytes:
-    header = orjson.dumps({"id": batch.id, "records": batch.records,
-                           "levels": dict(batch.levels)})
-    return header + b"\n" + _Z.compress(batch.body())
+    meta: dict[str, Any] = {"id": batch.id, "records": batch.records,
+                            "levels": dict(batch.levels)}
+    if batch.fmt != "ndjson":
+        meta["format"] = batch.fmt
+    return orjson.dumps(meta) + b"\n" + batch.compressed()
 
 
 def _read_header(path: Path) -> dict:
@@ -173,12 +268,17 @@ def _read_header(path: Path) -> dict:
 
 
 def read(path: Path) -> Batch:
+    """A spooled batch; its body stays compressed until lines or a table are asked for."""
     data = path.read_bytes()
     nl = data.index(b"\n")
     header = orjson.loads(data[:nl])
-    body = _DZ.decompress(data[nl + 1:])
-    lines = [ln for ln in body.split(b"\n") if ln]
-    return Batch(header["id"], lines, Counter(header["levels"]))
+    zbody = data[nl + 1:]
+    fmt = header.get("format", "ndjson")
+    records = header.get("records")
+    if fmt not in FORMATS or not isinstance(records, int):
+        raise ValueError(f"bad spool header {header}")
+    return Batch(header["id"], levels=Counter(header["levels"]), fmt=fmt, records=records,
+                 zbody=zbody)
 
 
 def _write(path: Path, data: bytes) -> None:

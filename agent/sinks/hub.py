@@ -1,4 +1,5 @@
-"""Ships batches to the hub (NDJSON + zstd, Idempotency-Key = batch id), through the spool.
+"""Ships batches to the hub (Arrow IPC or NDJSON, zstd; Idempotency-Key = batch id), through
+the spool: the body is sent as the spool compressed it.
 
 Order is kept: while anything waits in the spool, new batches go behind it. A batch is
 removed from the spool only when the hub acknowledged it (200, also as a duplicate). 5xx,
@@ -17,7 +18,6 @@ from collections import Counter
 from collections.abc import Callable
 
 import orjson
-import zstandard
 
 from agent.spool import Batch, Spool
 from mohlog import log
@@ -33,7 +33,6 @@ class HubSink:
         self.spool = spool
         self.timeout = timeout
         self.counters: Counter[str] = Counter()
-        self._z = zstandard.ZstdCompressor(level=1)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -72,9 +71,9 @@ class HubSink:
             backoff = min(backoff * 2, 5.0)
 
     def send(self, batch: Batch) -> str:
-        body = self._z.compress(batch.body())
+        body = batch.compressed()
         req = urllib.request.Request(self.url, data=body, method="POST", headers={
-            "Content-Type": "application/x-ndjson", "Content-Encoding": "zstd",
+            "Content-Type": batch.content_type, "Content-Encoding": "zstd",
             "Idempotency-Key": batch.id, **({"Authorization": f"Bearer {self.token}"}
                                             if self.token else {})})
         try:

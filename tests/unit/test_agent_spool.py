@@ -95,3 +95,77 @@ def test_pipeline_batches_by_records_and_counts() -> None:
     assert p.dropped[("queue", "full")] == 51 and p.dropped[("filter", "level")] == 1
     assert all(b.records <= 100 for b in out) and len({b.id for b in out}) == len(out)
     assert p.events[("test", "")] == 302
+
+
+def _entries(n: int, level: str = "WARNING") -> list[dict]:
+    return [{"id": f"{i:032x}", "timestamp": 1_700_000_000_000_000_000 + i, "level": level,
+             "source": "ebpf", "component": "KERNEL", "host": "h", "pid": 7, "tid": 7,
+             "process": "cat", "message": f"open /x{i} failed",
+             "metadata": {"event": "open_fail", "filename": f"/x{i}", "errno": 2},
+             "context": {"proc": {"exe": "/bin/cat", "parents": [1]}}} for i in range(n)]
+
+
+def test_pipeline_arrow_batches_keep_every_field_and_parse_in_the_hub(tmp_path: Path) -> None:
+    from server.store import batch as hub_batch
+
+    out: list[Batch] = []
+    p = Pipeline(AgentConfig(batch_max_delay_s=0.0), out.append, [])
+    entries = _entries(50)
+    p.accept([dict(e) for e in entries])
+    p.start()
+    p.stop()
+    assert len(out) == 1 and out[0].fmt == "arrow" and out[0].records == 50
+    assert out[0].levels == Counter({"WARNING": 50})
+    sp = Spool(tmp_path, 10 << 20)
+    sp.push(out[0])
+    seq, back = Spool(tmp_path, 10 << 20).peek()  # type: ignore[misc]
+    assert back.content_type == "application/vnd.apache.arrow.stream"
+    table = hub_batch.parse(back.compressed(), "zstd", back.content_type, 1 << 30).table
+    rows = table.to_pylist()
+    assert [orjson.loads(r["metadata"]) for r in rows] == [e["metadata"] for e in entries]
+    assert [orjson.loads(r["context"]) for r in rows] == [e["context"] for e in entries]
+    for field in ("id", "timestamp", "level", "source", "component", "host", "pid", "tid",
+                  "process", "message"):
+        assert [r[field] for r in rows] == [e[field] for e in entries]
+    assert [orjson.loads(ln) for ln in back.lines] == entries
+
+
+def test_pipeline_falls_back_to_ndjson_for_fields_arrow_does_not_take() -> None:
+    out: list[Batch] = []
+    p = Pipeline(AgentConfig(batch_max_delay_s=0.0), out.append, [])
+    bad = _entries(3)
+    bad[1]["pid"] = "not a number"
+    p.accept(bad)
+    p.start()
+    p.stop()
+    assert [b.fmt for b in out] == ["ndjson"] and p.arrow_fallbacks == 1
+    assert [orjson.loads(ln)["pid"] for ln in out[0].lines] == [7, "not a number", 7]
+
+
+def test_arrow_batch_cut_by_bytes_and_null_metadata() -> None:
+    out: list[Batch] = []
+    p = Pipeline(AgentConfig(batch_max_delay_s=0.0, batch_max_bytes=4096), out.append, [])
+    entries = _entries(40)
+    entries[3]["metadata"] = None
+    p.accept(entries)
+    p.start()
+    p.stop()
+    assert len(out) > 1 and all(b.fmt == "arrow" for b in out)
+    assert sum(b.records for b in out) == 40
+    lines = [orjson.loads(ln) for b in out for ln in b.lines]
+    assert [x["id"] for x in lines] == [e["id"] for e in entries]
+    assert "metadata" not in lines[3]
+
+
+def test_full_spool_drops_levels_from_arrow_batches(tmp_path: Path) -> None:
+    out: list[Batch] = []
+    p = Pipeline(AgentConfig(batch_max_delay_s=0.0), out.append, [])
+    p.accept(_entries(20, "DEBUG") + _entries(5, "CRITICAL"))
+    p.start()
+    p.stop()
+    sp = Spool(tmp_path, 1200)
+    sp.push(out[0])
+    seq, back = sp.peek()  # type: ignore[misc]
+    assert back.fmt == "arrow" and back.records == 5 and sp.dropped["DEBUG"] == 20
+    assert {orjson.loads(ln)["level"] for ln in back.lines} == {"CRITICAL"}
+
