@@ -72,6 +72,9 @@ class Agent:
         if self.cfg.metrics_listen:
             from agent.metrics import serve
             serve(self, self.cfg.metrics_listen)
+        if self.cfg.tune_runtime:
+            from agent import tuning
+            tuning.tune()
         log.agent.info("agent running: %s → %s", ", ".join(s.name for s in self.sources),
                        self.cfg.hub)
 

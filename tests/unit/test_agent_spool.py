@@ -169,3 +169,17 @@ def test_full_spool_drops_levels_from_arrow_batches(tmp_path: Path) -> None:
     assert back.fmt == "arrow" and back.records == 5 and sp.dropped["DEBUG"] == 20
     assert {orjson.loads(ln)["level"] for ln in back.lines} == {"CRITICAL"}
 
+
+def test_runtime_tuning() -> None:
+    import gc
+
+    from agent import tuning
+
+    before = gc.get_threshold()
+    try:
+        tuning.tune_gc()
+        assert gc.get_threshold() == tuning.GC_THRESHOLDS and gc.get_freeze_count() > 0
+        assert tuning.tune_malloc() in (True, False)
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
