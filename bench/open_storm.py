@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -54,8 +55,13 @@ def storm(args: argparse.Namespace, work: Path, name: str) -> dict[str, object]:
                          f'comm == "{name}" && args->ret < 0').start()
         log(f"storm: {args.workers} workers, {args.rate:,.0f} failed opens/s, "
             f"{args.duration:.0f} s")
+        assert agent.proc is not None and hub.proc is not None
+        pids = (agent.proc.pid, hub.proc.pid)
+        cpu0 = (*(cpu_seconds(p) for p in pids), time.monotonic())
         out = subprocess.run([str(generator), missing, str(args.workers), str(args.duration),
                               str(args.rate)], check=True, capture_output=True, text=True).stdout
+        cpu1 = (*(cpu_seconds(p) for p in pids), time.monotonic())
+        rss_mb = memory_mb(pids[0])
         attempted, seconds = int(out.split()[1]), float(out.split()[5])
         time.sleep(1.0)
         kernel = truth.stop()
@@ -63,6 +69,7 @@ def storm(args: argparse.Namespace, work: Path, name: str) -> dict[str, object]:
         wait_spool_empty(agent, args.drain_timeout)
         count = wait_stable_count(hub, filters, kernel, 20.0, args.drain_timeout)
         after = agent.metrics()
+        hwm_mb = memory_mb(pids[0], "VmHWM")
     finally:
         agent.stop()
         hub.stop()
@@ -76,7 +83,25 @@ def storm(args: argparse.Namespace, work: Path, name: str) -> dict[str, object]:
         "agent_open_events": metric_sum(after, "mohlog_agent_events_total", probe="open_fail")
         - metric_sum(before, "mohlog_agent_events_total", probe="open_fail"),
         "unaccounted": attempted - count - drops,
+        "agent_cores": (cpu1[0] - cpu0[0]) / (cpu1[2] - cpu0[2]),
+        "hub_cores": (cpu1[1] - cpu0[1]) / (cpu1[2] - cpu0[2]),
+        "agent_rss_mb_end_of_storm": rss_mb, "agent_peak_rss_mb": hwm_mb,
+        "load_avg_after": os.getloadavg(),
     }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def memory_mb(pid: int, key: str = "VmRSS") -> float:
+    """VmRSS (resident now) or VmHWM (peak resident) of a process, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def source_only_run(args: argparse.Namespace, work: Path, name: str) -> dict[str, object]:
@@ -100,6 +125,10 @@ def report(r: dict[str, object]) -> None:
         ("delivered to hub (count query)", r["delivered"]),
         ("agent drops during run", r["agent_drops_during_run"]),
         ("attempted - delivered - drops", r["unaccounted"]),
+        ("agent CPU during the storm, cores", r["agent_cores"]),
+        ("hub CPU during the storm, cores", r["hub_cores"]),
+        ("agent RSS at the end of the storm, MB", r["agent_rss_mb_end_of_storm"]),
+        ("agent peak RSS, MB", r["agent_peak_rss_mb"]),
     ]))
     print(f"  agent drops by stage: {r['agent_drops'] or 'none'}")
     ok = (r["rate_per_s"] >= 100_000 and r["unaccounted"] == 0
