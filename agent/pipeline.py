@@ -159,7 +159,15 @@ class Pipeline:
     def _batch(self, entries: list[dict[str, Any]]) -> Batch:
         for e in entries:
             e.pop("_t", None)
-            for enrich in self.enrichers:
+        for enrich in self.enrichers:
+            many = getattr(enrich, "many", None)
+            if many is not None:  # whole batch at once (ProcCache: one look-up per pid)
+                try:
+                    many(entries)
+                    continue
+                except Exception:  # noqa: BLE001 - redone entry by entry below
+                    pass
+            for e in entries:
                 try:
                     enrich(e)
                 except Exception:  # noqa: BLE001 - enrichment is best effort, counted

@@ -58,6 +58,25 @@ class ProcCache:
             ctx = entry["context"] = {}
         ctx["proc"] = info if info is not None else self._from_kernel(meta)
 
+    def many(self, entries: list[dict[str, Any]]) -> None:
+        """``self(entry)`` for each entry, looking each pid up once per call (storms: many
+        entries of few processes). An exec event still refreshes its pid."""
+        seen: dict[int, dict[str, Any] | None] = {}
+        for entry in entries:
+            pid = entry.get("pid") or 0
+            meta = entry.get("metadata") or {}
+            if pid <= 0 or pid not in seen or meta.get("event") == "exec":
+                self(entry)
+                if pid > 0:
+                    proc = entry["context"]["proc"]
+                    seen[pid] = None if proc.get("gone") else proc
+                continue
+            info = seen[pid]
+            ctx = entry.get("context")
+            if ctx is None:
+                ctx = entry["context"] = {}
+            ctx["proc"] = info if info is not None else self._from_kernel(meta)
+
     def lookup(self, pid: int, refresh: bool = False,
                kernel: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """Cached context of pid; ``kernel``: the exec event's metadata (its uid is used)."""

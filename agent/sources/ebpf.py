@@ -479,8 +479,10 @@ class EbpfSource(Source):
             if not lp.rings:
                 continue
             out: list[dict[str, Any]] = []
+            # a probe's rings carry its one event type: its decoder directly, no dispatch
+            decode = self.decoder.for_type(lp.probe.event)
             for ring in lp.rings:
-                self.decode_errors += ring.read(self.decoder.decode, out, self.cfg.batch_max)
+                self.decode_errors += ring.read(decode, out, self.cfg.batch_max)
             if out:
                 lp.events += len(out)
                 total += len(out)

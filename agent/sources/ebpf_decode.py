@@ -179,6 +179,10 @@ class Decoder:
         etype = struct.unpack_from("<I", buf, off + 16)[0]
         return self._by_type[etype](buf, off)
 
+    def for_type(self, etype: int) -> Callable[[Any, int], dict[str, Any]]:
+        """The decoder of one event type (``decode`` when the type has none of its own)."""
+        return self._by_type.get(etype, self.decode)
+
     def comm(self, raw: bytes) -> str:
         name = self._comms.get(raw)
         if name is None:

@@ -77,3 +77,24 @@ def test_network_context_for_loopback() -> None:
     other = {"metadata": {"event": "exec"}}
     net(other)
     assert "context" not in other
+
+
+def test_many_gives_what_one_by_one_gives_with_one_lookup_per_pid() -> None:
+    def batch() -> list[dict]:
+        return [{"pid": 4242, "metadata": {"event": "open_fail"}},
+                {"pid": 999999, "metadata": {"comm": "a", "uid": 0}},
+                {"pid": 0, "metadata": {}},
+                {"pid": 4242, "metadata": {"event": "open_fail"}},
+                {"pid": 999999, "metadata": {"comm": "b", "uid": 0}},
+                {"pid": 4242, "metadata": {"event": "exec"}},
+                {"pid": 4242, "metadata": {"event": "open_fail"}}]
+    one, many = batch(), batch()
+    single = ProcCache(str(PROC))
+    for e in one:
+        single(e)
+    cache = ProcCache(str(PROC))
+    cache.many(many)
+    assert many == one
+    assert many[0]["context"]["proc"] is many[3]["context"]["proc"]
+    assert many[4]["context"]["proc"]["comm"] == "b" and "context" not in many[2]
+    assert cache.misses == 3  # 4242, 999999, then the exec's refresh

@@ -255,3 +255,8 @@ def test_btf_offsets_through_anonymous_members() -> None:
         btf.compute_offsets(types, {"C": "mm_struct.nope"})
     with pytest.raises(btf.BtfError, match="not in BTF"):
         btf.compute_offsets(types, {"C": "nothere.x"})
+
+
+def test_decoder_for_one_type_skips_the_dispatch(dec: d.Decoder) -> None:
+    assert dec.for_type(d.EV_OPEN_FAIL) == dec.open_fail
+    assert dec.for_type(d.EV_TCP_RESET) == dec.net and dec.for_type(99) == dec.decode
