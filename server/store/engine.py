@@ -359,7 +359,8 @@ class Store:
                                                presorted=True)
             ts = sub["timestamp"]
             agg = rollup(sub)
-            index = words.build(sub["message"], self.cfg.row_group_rows)
+            index = words.build(sub["message"], self.cfg.row_group_rows,
+                                fields=sub.select(list(words.FIELDS)))
             out.append(SegmentInfo(f"{part}/{path.name}", part, sub.num_rows,
                                    pc.min(ts).as_py(), pc.max(ts).as_py(), size,
                                    raw * sub.num_rows // max(1, table.num_rows), digest,
@@ -450,14 +451,14 @@ class Store:
                 log.store.warning("word index of segment %s missing or corrupt: rebuilt",
                                   s.path)
             try:
-                t = pq.read_table(path, columns=["template_id", "params"])
+                t = pq.read_table(path, columns=["template_id", "params", *words.FIELDS])
                 msgs = self.miner.render_many(t["template_id"].to_numpy(),
                                               t["params"].combine_chunks())
                 rg_rows = pq.read_metadata(path).row_group(0).num_rows
             except (OSError, pa.ArrowInvalid, NotFound, InvalidInput) as err:
                 log.store.error("word index of segment %s cannot be rebuilt: %s", s.path, err)
                 return None
-            index = words.build(msgs, max(rg_rows, 1))
+            index = words.build(msgs, max(rg_rows, 1), fields=t.select(list(words.FIELDS)))
             digest = _digest_of(words.write(index, path))
             with self._lock:
                 s.words_xxh64 = digest
@@ -472,11 +473,14 @@ class Store:
         return self._classes
 
     def _pruned(self, groups: list[RowGroup], q: LogQuery) -> list[RowGroup]:
-        """Row groups whose word index may hold every word the query's terms require."""
+        """Row groups whose word index may hold every word the query's terms require and
+        every field value its equality filters name."""
         need = filters.required_words(q)
-        if not need:
-            return groups
         hashes = [h for h in (words.query_hashes(w) for w in need) if h is not None and len(h)]
+        for f in q.filters:
+            if f.op == "=" and f.field in words.FIELDS:
+                value = np.array([f.int_value()]) if f.field == "pid" else [f.value]
+                hashes.append(words.field_hashes(f.field, value))
         if not hashes:
             return groups
         allh = np.concatenate(hashes)

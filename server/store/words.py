@@ -7,6 +7,10 @@ times a constant). The distinct words of a row group are set in a Bloom filter o
 each (k = 10, ~0.08 % false positives). A query whose words are missing from a row group's
 filter skips that row group unread.
 
+The same filters hold the values of the fields host, level, component, source and pid
+(hashed apart from words: ``field_hashes``), so an equality filter on them skips the row
+groups that do not hold the value.
+
 Building runs in C (native/words.c, compiled with the system's C compiler at first use and
 cached beside it or in ~/.cache/mohlog): ~0.1 s per million messages. Without a compiler the
 same filters are built with numpy, ~30x slower (said once in the log).
@@ -23,10 +27,12 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import xxhash
 
 from mohlog import log
 from server.store.fsutil import fsync_dir
@@ -186,7 +192,7 @@ def _load() -> ctypes.CDLL:
     fn.restype = ctypes.c_int64
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
                    ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_int64,
-                   ctypes.c_void_p]
+                   ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
     return lib
 
 
@@ -205,21 +211,62 @@ def _large(messages: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray
     return np.ascontiguousarray(data[lo:hi]), np.ascontiguousarray(offsets - lo)
 
 
-def build(messages: pa.Array | pa.ChunkedArray, rg_rows: int,
-          native: bool = True) -> WordIndex:
-    """The index of a segment whose messages, in stored order, are ``messages`` and whose
-    row groups hold ``rg_rows`` rows each."""
+FIELDS = ("host", "level", "component", "source", "pid")
+
+
+def field_hashes(field: str, values: Any) -> np.ndarray:
+    """Hashes of field=value tokens (never equal to a word's hash but by chance): xxh64 of
+    "field NUL value" for strings, a 64-bit mix of the value and the field for integers."""
+    if isinstance(values, np.ndarray) and values.dtype.kind in "iu":
+        salt = np.uint64(xxhash.xxh64_intdigest(field.encode()))
+        with np.errstate(over="ignore"):
+            z = values.astype(np.uint64) ^ salt
+            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            z ^= z >> np.uint64(31)
+    else:
+        z = np.array([xxhash.xxh64_intdigest(f"{field}\x00{v}".encode()) for v in values],
+                     np.uint64)
+    z[z == 0] = 1
+    return z
+
+
+def _extra(fields: pa.Table | None, n: int, rg_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct field-value hashes of each row group, concatenated, with offsets."""
+    n_rg = max(1, -(-n // rg_rows))
+    parts = []
+    for r in range(n_rg):
+        hs = [np.zeros(0, np.uint64)]
+        if fields is not None:
+            sub = fields.slice(r * rg_rows, rg_rows)
+            for name in fields.column_names:
+                vals = pc.unique(sub[name]).drop_null()
+                arr = vals.to_numpy(zero_copy_only=False) if pa.types.is_integer(vals.type) \
+                    else vals.to_pylist()
+                hs.append(field_hashes(name, arr))
+        parts.append(np.concatenate(hs))
+    off = np.zeros(n_rg + 1, np.int64)
+    off[1:] = np.cumsum([len(p) for p in parts])
+    return np.ascontiguousarray(np.concatenate(parts)), off
+
+
+def build(messages: pa.Array | pa.ChunkedArray, rg_rows: int, native: bool = True,
+          fields: pa.Table | None = None) -> WordIndex:
+    """The index of a segment whose messages, in stored order, are ``messages`` (and the
+    ``fields`` columns, same order) and whose row groups hold ``rg_rows`` rows each."""
+    extra, extra_off = _extra(fields, len(messages), rg_rows)
     lib = _native() if native else None
     if lib is not None:
         data, offsets = _large(messages)
         n = len(offsets) - 1
         n_rg = max(1, -(-n // rg_rows))
-        cap = (len(data) // 2 + n + 1) * _BITS_PER_WORD // 8 + 64 * n_rg
+        cap = (len(data) // 2 + n + 1 + len(extra)) * _BITS_PER_WORD // 8 + 64 * n_rg
         out = np.empty(cap, np.uint8)
         sizes = np.zeros(n_rg, np.int64)
         got = lib.mohlog_word_blooms(data.ctypes.data, offsets.ctypes.data, n, rg_rows,
                                      _BITS_PER_WORD, _K, out.ctypes.data, cap,
-                                     sizes.ctypes.data)
+                                     sizes.ctypes.data, extra.ctypes.data,
+                                     extra_off.ctypes.data)
         if got == n_rg:
             ends = np.cumsum(sizes)
             return WordIndex([out[e - s:e].copy() for s, e in zip(sizes, ends, strict=True)])
@@ -227,7 +274,7 @@ def build(messages: pa.Array | pa.ChunkedArray, rg_rows: int,
     if isinstance(messages, pa.ChunkedArray):
         messages = messages.combine_chunks()
     blooms = []
-    for start in range(0, max(len(messages), 1), rg_rows):
+    for r, start in enumerate(range(0, max(len(messages), 1), rg_rows)):
         part = messages.slice(start, rg_rows)
         if part.type != pa.large_string():
             part = pc.cast(part, pa.large_string())
@@ -236,7 +283,9 @@ def build(messages: pa.Array | pa.ChunkedArray, rg_rows: int,
         data = np.frombuffer(part.buffers()[2], np.uint8) if part.buffers()[2] else \
             np.zeros(0, np.uint8)
         lo, hi = int(offsets[0]), int(offsets[-1])
-        h = pc.unique(pa.array(word_hashes(data[lo:hi], offsets - lo))).to_numpy()
+        h = np.concatenate([word_hashes(data[lo:hi], offsets - lo),
+                            extra[extra_off[r]:extra_off[r + 1]]])
+        h = pc.unique(pa.array(h)).to_numpy()
         m = max(64, (len(h) * _BITS_PER_WORD + 63) // 64 * 64)
         bits = np.zeros(m, bool)
         bits[_positions(h, m)] = True

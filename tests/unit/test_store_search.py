@@ -248,9 +248,14 @@ def test_word_index_native_equals_numpy_and_query_hashes() -> None:
     import pyarrow as pa
 
     from server.store import words
-    msgs = pa.array([r["message"] for r in entries(3000)] + ["", "ÉTÉ x_y-Z", None])
-    a = words.build(msgs, 700)
-    b = words.build(msgs, 700, native=False)
+    recs = entries(3000)
+    msgs = pa.array([r["message"] for r in recs] + ["", "ÉTÉ x_y-Z", None])
+    fields = pa.table({"host": [r["host"] for r in recs] + ["a", "b", None],
+                       "pid": [r["pid"] for r in recs] + [1, 2, 3]})
+    a = words.build(msgs, 700, fields=fields)
+    b = words.build(msgs, 700, native=False, fields=fields)
+    assert a.may_contain(4, words.field_hashes("pid", np.array([2])))
+    assert not a.row_groups_with(words.field_hashes("host", ["nowhere"])).any()
     assert len(a.blooms) == len(b.blooms) == 5
     assert all(np.array_equal(x, y) for x, y in zip(a.blooms, b.blooms, strict=True))
     assert a.may_contain(4, words.query_hashes("x y z"))
@@ -271,3 +276,15 @@ def test_word_index_all_row_groups_at_once_equals_one_by_one() -> None:
                                                   for i in range(len(idx.blooms))]
     assert idx.row_groups_with(words.query_hashes("received")).all()
     assert not np.any(idx.row_groups_with(words.query_hashes("nowhere")))
+
+
+@pytest.mark.parametrize("flt", ["pid=105", "host=db-1", "level=ERROR", "pid=99999",
+                                 "component=KERNEL", "source=test"])
+def test_field_values_in_the_index_prune_and_match_oracle(store: Any, flt: str) -> None:
+    st, recs = store
+    q = LogQuery(filters=[parse_filter(flt)], limit=10**5)
+    groups = st._row_groups(q)
+    kept = st._pruned(groups, q)
+    if flt in ("pid=99999", "component=KERNEL"):
+        assert len(kept) <= 1          # absent values: (nearly) every row group skipped
+    assert [r["id"] for r in st.search(q).records] == oracle(recs, q)

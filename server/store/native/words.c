@@ -19,16 +19,40 @@ static void init_lut(void) {
     }
 }
 
-/* Returns the number of row groups, or -1 when out_cap is too small or memory runs out. */
+static int insert(uint64_t **setp, uint64_t *capp, int64_t *distinct, uint64_t h) {
+    uint64_t *set = *setp, cap = *capp;
+    if (!h) h = 1;
+    uint64_t j = (h * GOLD) >> 20 & (cap - 1);
+    while (set[j] && set[j] != h) j = (j + 1) & (cap - 1);
+    if (set[j]) return 0;
+    set[j] = h;
+    if (++*distinct * 2 > (int64_t)cap) {      /* grow: rehash at 2x */
+        uint64_t ncap = cap * 2, *nset = calloc(ncap, sizeof(uint64_t));
+        if (!nset) return -1;
+        for (uint64_t q = 0; q < cap; q++) {
+            if (!set[q]) continue;
+            uint64_t r = (set[q] * GOLD) >> 20 & (ncap - 1);
+            while (nset[r]) r = (r + 1) & (ncap - 1);
+            nset[r] = set[q];
+        }
+        free(set);
+        *setp = nset;
+        *capp = ncap;
+    }
+    return 0;
+}
+
+/* Row group r's filter holds the words of strings [r*rg_rows, (r+1)*rg_rows) and the
+ * extra hashes extra[extra_off[r]:extra_off[r+1]] (field values; extra may be NULL).
+ * Returns the number of row groups, or -1 when out_cap is too small or memory runs out. */
 int64_t mohlog_word_blooms(const uint8_t *data, const int64_t *offsets, int64_t n_strings,
                            int64_t rg_rows, int bits_per_word, int k, uint8_t *out,
-                           int64_t out_cap, int64_t *out_sizes) {
+                           int64_t out_cap, int64_t *out_sizes, const uint64_t *extra,
+                           const int64_t *extra_off) {
     if (!lut['a']) init_lut();
     int64_t used = 0, n_rg = 0;
     for (int64_t first = 0; first < n_strings || (n_strings == 0 && n_rg == 0); first += rg_rows) {
         int64_t last = first + rg_rows < n_strings ? first + rg_rows : n_strings;
-        int64_t lo = n_strings ? offsets[first] : 0, hi = n_strings ? offsets[last] : 0;
-        (void)lo; (void)hi;
         uint64_t cap = 1 << 16;
         uint64_t *set = calloc(cap, sizeof(uint64_t));
         if (!set) return -1;
@@ -45,28 +69,13 @@ int64_t mohlog_word_blooms(const uint8_t *data, const int64_t *offsets, int64_t 
                 }
                 if (!len) continue;
                 h ^= len * GOLD;
-                if (!h) h = 1;
-                uint64_t j = (h * GOLD) >> 20 & (cap - 1);
-                while (set[j] && set[j] != h) j = (j + 1) & (cap - 1);
-                if (!set[j]) {
-                    set[j] = h;
-                    if (++distinct * 2 > (int64_t)cap) {      /* grow: rehash at 2x */
-                        uint64_t ncap = cap * 2, *nset = calloc(ncap, sizeof(uint64_t));
-                        if (!nset) { free(set); return -1; }
-                        for (uint64_t q = 0; q < cap; q++) {
-                            if (!set[q]) continue;
-                            uint64_t r = (set[q] * GOLD) >> 20 & (ncap - 1);
-                            while (nset[r]) r = (r + 1) & (ncap - 1);
-                            nset[r] = set[q];
-                        }
-                        free(set);
-                        set = nset;
-                        cap = ncap;
-                    }
-                }
+                if (insert(&set, &cap, &distinct, h)) { free(set); return -1; }
                 h = 0; pw = 1; len = 0;
             }
         }
+        if (extra)
+            for (int64_t e = extra_off[n_rg]; e < extra_off[n_rg + 1]; e++)
+                if (insert(&set, &cap, &distinct, extra[e])) { free(set); return -1; }
         uint64_t m = (uint64_t)distinct * (uint64_t)bits_per_word;
         m = m < 64 ? 64 : (m + 63) / 64 * 64;
         if (used + (int64_t)(m / 8) > out_cap) { free(set); return -1; }
