@@ -24,6 +24,9 @@ class StoreConfig:
     partition_s: int = 3600
     # Rows per Parquet row group inside a segment (the unit of skipping by statistics).
     row_group_rows: int = 16_384
+    # Memory for segment word indexes kept loaded (pre-aggregates get a quarter of it);
+    # the least recently used are dropped past it and read again when needed.
+    index_cache_bytes: int = 512 << 20
     # zstd level for segments.
     zstd_level: int = 3
     # Idempotency keys remembered for deduplication (oldest forgotten first).

@@ -26,6 +26,7 @@ from mohlog import log
 from mohlog.errors import InvalidInput, NotFound
 from server.store import batch as batchmod
 from server.store import filters, words
+from server.store.cache import SizedLRU
 from server.store.config import StoreConfig
 from server.store.fsutil import fsync_dir
 from server.store.metrics import StoreMetrics
@@ -133,8 +134,12 @@ class Store:
         self._stop = threading.Event()
         self._bg: threading.Thread | None = None
         self.reader = SegmentReader(self.seg_dir)
-        self._rollups: dict[str, pa.Table] = {}
-        self._words: dict[str, words.WordIndex] = {}
+        # Per-segment indexes kept in memory, least recently used dropped past the budget
+        # (they are read again from beside their segment when needed).
+        self._rollups: SizedLRU[pa.Table] = SizedLRU(cfg.index_cache_bytes // 4,
+                                                     lambda t: t.nbytes)
+        self._words: SizedLRU[words.WordIndex] = SizedLRU(cfg.index_cache_bytes,
+                                                          lambda w: w.nbytes)
         self._classes: dict[tuple, int] = {}
         self._scan_pool = ThreadPoolExecutor(2, thread_name_prefix="scan")
 
@@ -366,8 +371,8 @@ class Store:
                                    raw * sub.num_rows // max(1, table.num_rows), digest,
                                    write_rollup(agg, path),
                                    _digest_of(words.write(index, path))))
-            self._rollups[out[-1].path] = agg
-            self._words[out[-1].path] = index
+            self._rollups.put(out[-1].path, agg)
+            self._words.put(out[-1].path, index)
         return out
 
     def _persist_keys(self, chunks: list[Chunk]) -> None:
@@ -434,7 +439,7 @@ class Store:
             with self._lock:
                 s.rollup_xxh64 = digest
                 self._manifest.save(self.dir / "manifest.json")
-        self._rollups[s.path] = agg
+        self._rollups.put(s.path, agg)
         return agg
 
     def word_index(self, s: SegmentInfo) -> words.WordIndex | None:
@@ -443,6 +448,7 @@ class Store:
         index = self._words.get(s.path)
         if index is not None:
             return index
+        index = None
         path = self.seg_dir / s.path
         if s.words_xxh64 and verify(words.path_for(path), s.words_xxh64):
             index = words.read(path)
@@ -463,7 +469,7 @@ class Store:
             with self._lock:
                 s.words_xxh64 = digest
                 self._manifest.save(self.dir / "manifest.json")
-        self._words[s.path] = index
+        self._words.put(s.path, index)
         return index
 
     def _class_cache(self) -> dict[tuple, int]:
@@ -716,8 +722,8 @@ class Store:
             paths = {s.path for s in segs}
             for path in paths:
                 self.reader.forget(path)
-                self._rollups.pop(path, None)
-                self._words.pop(path, None)
+                self._rollups.pop(path)
+                self._words.pop(path)
             self._segments = [s for s in self._segments if s.path not in paths]
             self._manifest.segments = [s for s in self._manifest.segments if s.path not in paths]
             self._manifest.save(self.dir / "manifest.json")

@@ -116,6 +116,10 @@ class WordIndex:
         self._start = (np.cumsum(sizes) - sizes) * 8        # bit offset of each filter
         self._m = (sizes * 8).astype(np.uint64)
 
+    @property
+    def nbytes(self) -> int:
+        return int(self._bits.nbytes * 2 + self._start.nbytes + self._m.nbytes)
+
     def row_groups_with(self, hashes: np.ndarray) -> np.ndarray:
         """For every row group at once: may it hold all these words?"""
         if not len(self.blooms):

@@ -288,3 +288,23 @@ def test_field_values_in_the_index_prune_and_match_oracle(store: Any, flt: str) 
     if flt in ("pid=99999", "component=KERNEL"):
         assert len(kept) <= 1          # absent values: (nearly) every row group skipped
     assert [r["id"] for r in st.search(q).records] == oracle(recs, q)
+
+
+def test_index_caches_are_bounded_and_reload(store: Any) -> None:
+    from server.store.cache import SizedLRU
+    lru: SizedLRU[bytes] = SizedLRU(10, len)
+    for k in "abcd":
+        lru.put(k, b"xxxx")
+    assert len(lru) == 2 and lru.get("a") is None and lru.get("d") == b"xxxx"
+    st, recs = store
+    q = LogQuery(text="user7 port", limit=10**5)
+    want = oracle(recs, q)
+    budget = st._words.budget
+    try:
+        st._words.budget = 1               # keep one segment's index at a time
+        st._words.clear()
+        assert [r["id"] for r in st.search(q).records] == want
+        assert len(st._words) == 1
+        assert [r["id"] for r in st.search(q).records] == want
+    finally:
+        st._words.budget = budget
