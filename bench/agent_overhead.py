@@ -13,6 +13,7 @@ comes from the agent's ``mohlog_agent_shipped_total``. Prints median and max.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import subprocess
@@ -74,7 +75,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, object]:
     name = unique_name("mha")
     generator = build_c("openstorm.c", work / name)
     hub = Hub(work / "hub").start()
-    agent = Agent(hub, work / "agent", probes=args.probes).start()
+    agent = Agent(hub, work / "agent", probes=args.probes,
+                  config=json.loads(args.agent_config) if args.agent_config else None).start()
     try:
         time.sleep(3.0)
         idle = sample(agent, 3.0)
@@ -123,6 +125,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1, help="generator processes")
     parser.add_argument("--probes", default="open_fail", help="agent --probes")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--agent-config", default="",
+                        help='agent settings as JSON, e.g. \'{"tune_runtime": false}\'')
     args = parser.parse_args()
     work = workdir("agent-overhead")
     try:
