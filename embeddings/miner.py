@@ -40,7 +40,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -99,10 +99,9 @@ class _Shape:
     tid: int
     recipe: Recipe
     identity: bool  # parameters are exactly the masked values, in order
-    # the recipe for numpy: pieces (>=0 masked value index, <0 -1-constant id) and
-    # the number of pieces of each parameter
-    pieces: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    # where each parameter lies in the shape (see _bounds), computed on first use
+    bx: np.ndarray | None = None
+    bj: np.ndarray | None = None
 
 
 def template_id(text: str) -> int:
@@ -143,17 +142,6 @@ class _IdentityRecipes(dict[int, Recipe]):
 
 
 _IDENTITY = _IdentityRecipes()
-_IDENTITY_ARRAYS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-
-def _identity(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The encoded identity recipe of n values (shared read-only arrays)."""
-    arrays = _IDENTITY_ARRAYS.get(n)
-    if arrays is None:
-        pieces, counts = np.arange(n, dtype=np.int64), np.ones(n, dtype=np.int64)
-        pieces.flags.writeable = counts.flags.writeable = False
-        arrays = _IDENTITY_ARRAYS[n] = (pieces, counts)
-    return arrays
 
 
 def _is_identity(recipe: Recipe) -> bool:
@@ -181,7 +169,6 @@ class TemplateMiner:
         self._infos: dict[int, TemplateInfo] = {}
         self._pieces: dict[int, list[str]] = {}
         self._shapes: dict[str, _Shape] = {}
-        self._consts = _Constants()
 
     # ---------------------------------------------------------------- reading
     def templates(self) -> dict[int, TemplateInfo]:
@@ -293,15 +280,22 @@ class TemplateMiner:
     def _mine_fast(self, arr: pa.Array) -> MinedBatch:
         """Vectorised mining: Python runs once per distinct masked shape only."""
         chunks = _chunks(arr)
-        splits = list(_pool().map(_split, chunks)) if len(chunks) > 1 else [_split(arr)]
+        if len(chunks) > 1:
+            classes = list(_pool().map(_classify, chunks))
+        else:
+            classes = [_classify(arr)]
         parts = []
-        for sp in splits:  # in input order: first appearances are learnt in order
-            decisions = self._decide_many(sp.shapes.dictionary)
-            self._count(decisions, sp.codes)
-            parts.append((decisions, sp))
+        for cl in classes:  # in input order: first appearances are learnt in order
+            texts: list[str] = cl.shapes.dictionary.to_pylist()
+            decisions = self._decide_many(cl.shapes.dictionary, texts)
+            for d, text in zip(decisions, texts, strict=True):
+                if d.bx is None:
+                    d.bx, d.bj = _bounds(text, d.recipe)
+            self._count(decisions, cl.shape_codes, cl.class_counts())
+            parts.append((decisions, cl))
         if len(parts) == 1:
-            return _output(*parts[0], self._consts.values)
-        outs = list(_pool().map(lambda part: _output(*part, self._consts.values), parts))
+            return _output(*parts[0])
+        outs = list(_pool().map(lambda part: _output(*part), parts))
         return MinedBatch(
             np.concatenate([o.template_ids for o in outs]),
             pa.concat_arrays([o.params for o in outs]),
@@ -340,16 +334,19 @@ class TemplateMiner:
         self._infos[d.tid].count += 1
         return d.tid, _apply(d.recipe, values)
 
-    def _count(self, decisions: list[_Shape], codes: np.ndarray) -> None:
-        counts = np.bincount(codes, minlength=len(decisions))
+    def _count(
+        self, decisions: list[_Shape], codes: np.ndarray, weights: np.ndarray | None = None
+    ) -> None:
+        counts = np.bincount(codes, weights, minlength=len(decisions)).astype(np.int64)
         infos = self._infos
         for d, n in zip(decisions, counts.tolist(), strict=True):
             infos[d.tid].count += n
 
-    def _decide_many(self, shapes: pa.Array) -> list[_Shape]:
+    def _decide_many(self, shapes: pa.Array, texts: list[str] | None = None) -> list[_Shape]:
         """``_decide`` for every distinct shape of a batch, in order. Shapes never seen
         are tokenised and their keys hashed for all of them at once (vectorised) first."""
-        texts: list[str] = shapes.to_pylist()
+        if texts is None:
+            texts = shapes.to_pylist()
         get = self._shapes.get
         found = [get(t) for t in texts]
         new = [k for k, d in enumerate(found) if d is None]
@@ -376,8 +373,7 @@ class TemplateMiner:
             return self._decide_new(shape, prep, j)
         self._register(cluster, None)
         n = prep.marks[j]
-        pieces, counts = _identity(n)
-        decision = _Shape(cluster, cluster.tid, _IDENTITY[n], True, pieces, counts)
+        decision = _Shape(cluster, cluster.tid, _IDENTITY[n], True)
         self._cache(shape, decision)
         return decision
 
@@ -389,20 +385,17 @@ class TemplateMiner:
         )
         if cluster.tokens == display:  # parameters are the masked values, as they are
             n = prep.marks[j]
-            pieces, counts = _identity(n)
-            decision = _Shape(cluster, cluster.tid, _IDENTITY[n], True, pieces, counts)
+            decision = _Shape(cluster, cluster.tid, _IDENTITY[n], True)
         else:
             recipe = _recipe(tokenize(shape), cluster.tokens)
             decision = _Shape(cluster, cluster.tid, recipe, _is_identity(recipe))
-            decision.pieces, decision.counts = self._consts.encode(recipe)
         self._cache(shape, decision)
         return decision
 
     def _cache(self, shape: str, decision: _Shape) -> None:
         if len(self._shapes) >= SHAPE_CACHE_MAX:
             self._shapes.clear()  # only a cache: a shape's cluster is found again by key
-            self._consts = _Constants()
-        self._shapes[shape] = decision
+            self._shapes[shape] = decision
 
     def _decide(self, shape: str) -> _Shape:
         """Template id and recipe for a masked shape (learning it when new)."""
@@ -414,7 +407,6 @@ class TemplateMiner:
         cluster = known.cluster.live() if known is not None else self._learn(tokens)
         recipe = _recipe(tokens, cluster.tokens)
         decision = _Shape(cluster, cluster.tid, recipe, _is_identity(recipe))
-        decision.pieces, decision.counts = self._consts.encode(recipe)
         self._cache(shape, decision)
         return decision
 
@@ -548,12 +540,12 @@ def _chunks(arr: pa.Array) -> list[pa.Array]:
 
 @dataclass
 class _Split:
-    """The vectorised part of mining one chunk."""
+    """Masking of a few lines (the representatives of the classes of a chunk)."""
 
-    values: pa.Array  # every masked value of every line, flat
-    val_offsets: np.ndarray  # line i's values are values[val_offsets[i]:val_offsets[i+1]]
     shapes: pa.DictionaryArray  # masked shape of each line
     codes: np.ndarray  # shapes.indices as numpy
+    seg_lengths: np.ndarray  # byte lengths of [lit0, val0, lit1, ..., litN] of every line
+    seg_offsets: np.ndarray  # line i's segments: seg_lengths[seg_offsets[i]:seg_offsets[i+1]]
 
 
 def _split(arr: pa.Array) -> _Split:
@@ -573,69 +565,201 @@ def _split(arr: pa.Array) -> _Split:
     )
     shapes = pc.binary_join(lits, MARK).dictionary_encode()
     codes = shapes.indices.to_numpy(zero_copy_only=False)
-    return _Split(flat.filter(pa.array(odd)), val_offsets, shapes, codes)
+    seg_lengths = pc.binary_length(flat).to_numpy(zero_copy_only=False).astype(np.int64)
+    return _Split(shapes, codes, seg_lengths, offsets.astype(np.int64))
 
 
-def _output(decisions: list[_Shape], sp: _Split, consts: list[str]) -> MinedBatch:
-    tids = np.array([d.tid for d in decisions], dtype=np.uint64)[sp.codes]
-    if all(d.identity for d in decisions):
-        params = pa.ListArray.from_arrays(pa.array(sp.val_offsets, type=pa.int32()), sp.values)
+# Masking looks at digits only through classes that hold all ten (\d, \w, hex...) and
+# the literal "0" of "0x": a line with every digit made "1" (but a "0" before "x"/"X")
+# masks at the same places. Lines equal under that mapping form a *class*; the regular
+# expression runs once per class (on one line of it), and a class whose literal text holds
+# digits is split further by those digits (its lines may differ in shape there).
+_ZERO, _ONE, _X = np.uint8(48), np.uint8(49), np.uint8(120)
+
+
+def _normalise(data: np.ndarray) -> np.ndarray:
+    """``data`` (UTF-8 bytes) with every ASCII digit made "1" except a "0" before x/X."""
+    t = np.subtract(data, _ZERO)
+    digit = np.less(t, np.uint8(10))
+    t -= np.uint8(1)
+    t *= digit
+    out = np.subtract(data, t)
+    x = np.flatnonzero((data[1:] | np.uint8(32)) == _X)
+    out[x[data[x] == _ZERO]] = _ZERO
+    return out
+
+
+def _firsts(codes: np.ndarray, n: int) -> np.ndarray:
+    """Index of the first line of each of the ``n`` codes of a dictionary encoding (codes
+    are numbered in order of first appearance)."""
+    if len(codes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    top = np.maximum.accumulate(codes)
+    first = np.flatnonzero(np.concatenate(([True], top[1:] != top[:-1])))
+    if len(first) != n:  # not in first-appearance order: find them the slow way
+        _, first = np.unique(codes, return_index=True)
+    return first
+
+
+@dataclass
+class _Classes:
+    """The vectorised part of mining one chunk: its lines grouped in classes."""
+
+    codes: np.ndarray  # class of each line (classes in order of first appearance)
+    reps: _Split  # one line of each class, masked
+    starts: np.ndarray  # byte offsets of the lines in data (n + 1, absolute)
+    data: pa.Buffer | None  # the chunk's data buffer
+
+    @property
+    def shapes(self) -> pa.DictionaryArray:
+        return self.reps.shapes
+
+    @property
+    def shape_codes(self) -> np.ndarray:
+        """Shape of each class."""
+        return self.reps.codes
+
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.codes, minlength=len(self.reps.codes)).astype(np.float64)
+
+
+def _classify(arr: pa.Array) -> _Classes:
+    n = len(arr)
+    _, obuf, dbuf = arr.buffers()
+    starts = np.frombuffer(obuf, dtype=np.int32)[arr.offset : arr.offset + n + 1]
+    lo, hi = int(starts[0]), int(starts[-1])
+    data = np.frombuffer(dbuf, dtype=np.uint8)[lo:hi] if dbuf is not None and hi > lo else None
+    rel = pa.py_buffer(starts - np.int32(lo))
+    if data is None:
+        norm_bytes = np.zeros(0, dtype=np.uint8)
     else:
-        params = _assemble(decisions, sp, consts)
-    return MinedBatch(tids, params)
+        norm_bytes = _normalise(data)
+    norm = pa.StringArray.from_buffers(n, rel, pa.py_buffer(norm_bytes))
+    enc = norm.dictionary_encode()
+    codes = enc.indices.to_numpy(zero_copy_only=False)
+    reps = arr.take(pa.array(_firsts(codes, len(enc.dictionary))))
+    sp = _split(reps)
+    digits = pc.match_substring_regex(sp.shapes.dictionary, "[0-9]")
+    if data is not None and pc.any(digits).as_py():
+        # literal digits: put them back in the key, then group again
+        pos, count = _literal_digits(reps, sp, digits.to_numpy(zero_copy_only=False))
+        lines = np.flatnonzero(count[codes] > 0)
+        if len(lines):
+            line_codes = codes[lines]
+            cum = np.zeros(len(count) + 1, dtype=np.int64)
+            np.cumsum(count, out=cum[1:])
+            at = _gather(cum[line_codes], count[line_codes])
+            where = np.repeat(starts[lines].astype(np.int64) - lo, count[line_codes]) + pos[at]
+            norm_bytes[where] = data[where]
+            norm = pa.StringArray.from_buffers(n, rel, pa.py_buffer(norm_bytes))
+            enc = norm.dictionary_encode()
+            codes = enc.indices.to_numpy(zero_copy_only=False)
+            reps = arr.take(pa.array(_firsts(codes, len(enc.dictionary))))
+            sp = _split(reps)
+    return _Classes(codes.astype(np.int64), sp, starts, dbuf)
 
 
-class _Constants:
-    """Constant pieces of recipes, numbered once (so a batch needs no Python per piece)."""
+def _literal_digits(
+    reps: pa.Array, sp: _Split, shape_digits: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Byte positions (in its line) of the digits outside masked values of each
+    representative, flat, and how many each has."""
+    count = np.zeros(len(reps), dtype=np.int64)
+    hit = np.flatnonzero(shape_digits[sp.codes])
+    if not len(hit):
+        return np.zeros(0, dtype=np.int64), count
+    sub = reps.take(pa.array(hit))
+    _, obuf, dbuf = sub.buffers()
+    offs = np.frombuffer(obuf, dtype=np.int32)[sub.offset : sub.offset + len(sub) + 1]
+    data = np.frombuffer(dbuf, dtype=np.uint8)[int(offs[0]) : int(offs[-1])]
+    seg = _gather(sp.seg_offsets[hit], np.diff(sp.seg_offsets)[hit])
+    seg_len = sp.seg_lengths[seg]
+    seg_lit = ((seg - np.repeat(sp.seg_offsets[hit], np.diff(sp.seg_offsets)[hit])) & 1) == 0
+    lit = np.repeat(seg_lit, seg_len)  # byte of a literal segment
+    at = np.flatnonzero(lit & (np.subtract(data, _ZERO) < 10))
+    line = np.searchsorted(offs - offs[0], at, side="right") - 1
+    count[hit] = np.bincount(line, minlength=len(hit))
+    return at - (offs[line] - offs[0]), count
 
-    def __init__(self) -> None:
-        self.values: list[str] = []
-        self._ids: dict[str, int] = {}
 
-    def encode(self, recipe: Recipe) -> tuple[np.ndarray, np.ndarray]:
-        pieces = [p if isinstance(p, int) else -1 - self._id(p) for param in recipe for p in param]
-        counts = [len(param) for param in recipe]
-        return np.array(pieces, dtype=np.int64), np.array(counts, dtype=np.int64)
+def _bounds(shape: str, recipe: Recipe) -> tuple[np.ndarray, np.ndarray]:
+    """Where each parameter of a recipe lies in its shape: every parameter is one piece
+    of the line (a masked value, a constant token or a whole token), from byte x0 to x1
+    of the shape (UTF-8, MARK one byte). For each bound: x, and j the number of masked
+    values before it, so that in a line it is at ``x - j + (lengths of values < j)``."""
+    xs: list[int] = []
+    js: list[int] = []
+    x = var = r = 0
+    for tok in tokenize(shape):
+        raw = tok.encode("utf-8")
+        marks = tok.count(MARK)
+        p = recipe[r] if r < len(recipe) else None
+        if p is not None:
+            if not marks:
+                if p == (tok,):  # a wildcard over a constant token (the first such)
+                    xs += [x, x + len(raw)]
+                    js += [var, var]
+                    r += 1
+            elif p == (var,):  # each value its own parameter
+                q = -1
+                for k in range(marks):
+                    q = raw.index(0, q + 1)
+                    xs += [x + q, x + q + 1]
+                    js += [var + k, var + k + 1]
+                r += marks
+            else:  # one parameter for the whole token
+                xs += [x, x + len(raw)]
+                js += [var, var + marks]
+                r += 1
+        var += marks
+        x += len(raw) + 1
+    if r != len(recipe):
+        raise AssertionError(f"recipe {recipe!r} does not fit shape {shape!r}")
+    return np.array(xs, dtype=np.int64), np.array(js, dtype=np.int64)
 
-    def _id(self, text: str) -> int:
-        i = self._ids.get(text)
-        if i is None:
-            i = self._ids[text] = len(self.values)
-            self.values.append(text)
-        return i
 
-
-def _assemble(decisions: list[_Shape], sp: _Split, consts: list[str]) -> pa.Array:
-    """Per-line parameter lists from per-shape recipes, with numpy/pyarrow takes only."""
-    codes, values, val_offsets = sp.codes, sp.values, sp.val_offsets
-    encoded = [(d.pieces, d.counts) for d in decisions]
-    rec_npieces = np.array([len(e[0]) for e in encoded], dtype=np.int64)
-    rec_nparams = np.array([len(e[1]) for e in encoded], dtype=np.int64)
-    pcodes = np.concatenate([e[0] for e in encoded] + [np.zeros(0, np.int64)])
-    pcounts = np.concatenate([e[1] for e in encoded] + [np.zeros(0, np.int64)])
-    rec_piece_start = np.concatenate(([0], np.cumsum(rec_npieces)[:-1]))
-    rec_param_start = np.concatenate(([0], np.cumsum(rec_nparams)[:-1]))
-    line_npieces = rec_npieces[codes]
-    r = pcodes[_gather(rec_piece_start[codes], line_npieces)]
-    owner = np.repeat(np.arange(len(codes)), line_npieces)
-    is_const = r < 0
-    used, local = np.unique(-1 - r[is_const], return_inverse=True)
-    take = val_offsets[:-1][owner] + r
-    take[is_const] = len(values) + local.reshape(-1)
-    pool = pa.concat_arrays(
-        [values.cast(pa.string()), pa.array([consts[i] for i in used.tolist()], pa.string())]
-    )
-    pieces = pool.take(pa.array(take, type=pa.int64()))
-    counts = pcounts[_gather(rec_param_start[codes], rec_nparams[codes])]
-    if np.all(counts == 1):
-        flat = pieces
-    else:
-        poff = np.zeros(len(counts) + 1, dtype=np.int64)
-        np.cumsum(counts, out=poff[1:])
-        flat = pc.binary_join(pa.ListArray.from_arrays(pa.array(poff, pa.int32()), pieces), "")
-    loff = np.zeros(len(codes) + 1, dtype=np.int64)
-    np.cumsum(rec_nparams[codes], out=loff[1:])
-    return pa.ListArray.from_arrays(pa.array(loff, type=pa.int32()), flat)
+def _output(decisions: list[_Shape], cl: _Classes) -> MinedBatch:
+    """Template ids and parameters of every line: each parameter is a piece of its line,
+    at the same place in every line of a class (one take over the data buffer)."""
+    sp, codes, starts = cl.reps, cl.codes, cl.starts
+    shape_tids = np.array([d.tid for d in decisions], dtype=np.uint64)
+    nparams = np.array([len(d.recipe) for d in decisions], dtype=np.int64)
+    tids = shape_tids[sp.codes][codes]
+    line_nparams = nparams[sp.codes][codes]
+    loff = np.zeros(len(codes) + 1, dtype=np.int32)
+    np.cumsum(line_nparams, out=loff[1:])
+    if not int(loff[-1]):
+        return MinedBatch(tids, pa.ListArray.from_arrays(pa.array(loff), pa.array([], pa.string())))
+    # bounds of the parameters of each class, relative to its line
+    bx = np.concatenate([d.bx for d in decisions if d.bx is not None])
+    bj = np.concatenate([d.bj for d in decisions if d.bj is not None])
+    nb = 2 * nparams
+    bstart = np.zeros(len(decisions), dtype=np.int64)
+    np.cumsum(nb[:-1], out=bstart[1:])
+    cls_nb = nb[sp.codes]
+    at = _gather(bstart[sp.codes], cls_nb)
+    cls = np.repeat(np.arange(len(sp.codes)), cls_nb)
+    j = bj[at]
+    first_val = sp.seg_offsets[:-1][cls] // 2  # index in the flat values of the class
+    # cumulative value lengths: values are the odd segments
+    vlen = sp.seg_lengths.copy()
+    seg_local = np.arange(len(vlen)) - np.repeat(sp.seg_offsets[:-1], np.diff(sp.seg_offsets))
+    vlen[(seg_local & 1) == 0] = 0
+    vcum = np.zeros(len(vlen) + 1, dtype=np.int64)
+    np.cumsum(vlen, out=vcum[1:])
+    seg0 = sp.seg_offsets[:-1][cls]
+    rel = bx[at] - j + vcum[seg0 + 2 * j] - vcum[seg0]
+    del first_val
+    cls_off = np.zeros(len(sp.codes) + 1, dtype=np.int32)
+    np.cumsum(cls_nb, out=cls_off[1:])
+    lists = pa.ListArray.from_arrays(pa.array(cls_off), pa.array(rel.astype(np.int32)))
+    per_line = lists.take(pa.array(codes)).flatten().to_numpy(zero_copy_only=False)
+    bounds = np.empty(len(per_line) + 2, dtype=np.int32)
+    bounds[0], bounds[-1] = starts[0], starts[-1]
+    np.add(per_line, np.repeat(starts[:-1], cls_nb[codes]), out=bounds[1:-1])
+    segments = pa.StringArray.from_buffers(len(bounds) - 1, pa.py_buffer(bounds), cl.data)
+    flat = segments.take(pa.array(np.arange(1, len(bounds) - 1, 2, dtype=np.int64)))
+    return MinedBatch(tids, pa.ListArray.from_arrays(pa.array(loff), flat))
 
 
 def _interleave(
