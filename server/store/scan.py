@@ -29,18 +29,19 @@ class RowGroup:
     indices: tuple[int, ...] = ()
 
 
-def batched(groups: list[RowGroup], desc: bool, first: int = 1, most: int = 32
-            ) -> list[RowGroup]:
+def batched(groups: list[RowGroup], desc: bool, first: int = 1, most: int = 32,
+            rows: int = 16_384) -> list[RowGroup]:
     """Runs of consecutive row groups of the same segment, of growing size (1, 2, 4, ...
-    up to ``most``): a query that stops early reads one row group, a scan of everything
-    pays the per-read overhead on few large reads."""
+    up to ``most`` row groups, and at least ``rows`` rows when the segment has them, so a
+    small last row group is read with its neighbour): a query that stops early reads one
+    row group, a scan of everything pays the per-read overhead on few large reads."""
     out: list[RowGroup] = []
     size = first
     i = 0
     while i < len(groups):
         run = [groups[i]]
-        while len(run) < size and i + len(run) < len(groups) and \
-                groups[i + len(run)].seg.path == run[0].seg.path:
+        while i + len(run) < len(groups) and groups[i + len(run)].seg.path == run[0].seg.path \
+                and (len(run) < size or sum(g.rows for g in run) < rows) and len(run) < most:
             run.append(groups[i + len(run)])
         i += len(run)
         out.append(RowGroup(run[0].seg, run[0].index, sum(g.rows for g in run),
@@ -54,11 +55,13 @@ class SegmentReader:
     def __init__(self, seg_dir: Path) -> None:
         self.seg_dir = seg_dir
         self._meta: dict[str, pq.FileMetaData] = {}
+        self._groups: dict[str, list[RowGroup]] = {}
         self._lock = threading.Lock()
 
     def forget(self, path: str) -> None:
         with self._lock:
             self._meta.pop(path, None)
+            self._groups.pop(path, None)
 
     def metadata(self, s: SegmentInfo) -> pq.FileMetaData:
         with self._lock:
@@ -71,17 +74,22 @@ class SegmentReader:
 
     def row_groups(self, s: SegmentInfo, start: int | None, end: int | None) -> list[RowGroup]:
         """The row groups of s overlapping [start, end) (all of them without statistics)."""
-        meta = self.metadata(s)
-        ts_col = meta.schema.to_arrow_schema().get_field_index("timestamp")
-        out = []
-        for i in range(meta.num_row_groups):
-            rg = meta.row_group(i)
-            st = rg.column(ts_col).statistics
-            lo, hi = (st.min, st.max) if st is not None and st.has_min_max else (s.min_ts,
-                                                                                 s.max_ts)
-            if (start is None or hi >= start) and (end is None or lo < end):
-                out.append(RowGroup(s, i, rg.num_rows, lo, hi))
-        return out
+        with self._lock:
+            groups = self._groups.get(s.path)
+        if groups is None:
+            meta = self.metadata(s)
+            ts_col = meta.schema.to_arrow_schema().get_field_index("timestamp")
+            groups = []
+            for i in range(meta.num_row_groups):
+                rg = meta.row_group(i)
+                st = rg.column(ts_col).statistics
+                lo, hi = (st.min, st.max) if st is not None and st.has_min_max else (
+                    s.min_ts, s.max_ts)
+                groups.append(RowGroup(s, i, rg.num_rows, lo, hi))
+            with self._lock:
+                self._groups[s.path] = groups
+        return [g for g in groups if (start is None or g.max_ts >= start)
+                and (end is None or g.min_ts < end)]
 
     def read(self, rg: RowGroup, columns: list[str] | None = None) -> pa.Table:
         pf = pq.ParquetFile(self.seg_dir / rg.seg.path, metadata=self.metadata(rg.seg))
