@@ -36,6 +36,7 @@ from server.store.segments import (
     ROLLUP_KEYS,
     Manifest,
     SegmentInfo,
+    file_digest,
     partition_name,
     read_rollup,
     rollup,
@@ -434,7 +435,11 @@ class Store:
             if s.rollup_xxh64:
                 log.store.warning("pre-aggregate of segment %s missing or corrupt: rebuilt",
                                   s.path)
-            agg = rollup(pq.read_table(path, columns=["timestamp", *ROLLUP_KEYS]))
+            try:
+                agg = rollup(pq.read_table(path, columns=["timestamp", *ROLLUP_KEYS]))
+            except (OSError, pa.ArrowInvalid) as err:
+                log.store.error("segment %s unreadable, left out of counts: %s", s.path, err)
+                return rollup(filters.empty().select(["timestamp", *ROLLUP_KEYS]))
             digest = write_rollup(agg, path)
             with self._lock:
                 s.rollup_xxh64 = digest
@@ -610,6 +615,7 @@ class Store:
         need = filters.scan_columns(q)
         read = [c for c in filters.OUT_COLUMNS if c != "message" and
                 (c in out_cols or c in need or (message and c in ("template_id", "params")))]
+
         def work(g: RowGroup) -> pa.Table | None:
             t = self._read(g, read)
             if t is None:
@@ -774,8 +780,7 @@ class Store:
 
 
 def _digest_of(path: Path) -> str:
-    from server.store.segments import _digest
-    return _digest(path)[0]
+    return file_digest(path)[0]
 
 
 def _tar_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:

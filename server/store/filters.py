@@ -9,7 +9,6 @@ import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 
 from mohlog.errors import InvalidInput
 from mohlog.model import LEVEL_RANK
@@ -22,26 +21,6 @@ _CHEAP = ("id", "timestamp", "level", "component", "source", "host", "pid", "tid
 # Identifiers compared exactly whatever the case flag (process and message follow it).
 _EXACT = ("host", "component", "source", "id", "level")
 _RANKS = pa.array(list(LEVEL_RANK.keys())), pa.array(list(LEVEL_RANK.values()), pa.int64())
-
-
-def pushdown(q: LogQuery) -> ds.Expression | None:
-    """The part of q Parquet can use to skip row groups (time range, equalities)."""
-    parts = []
-    if q.start is not None:
-        parts.append(ds.field("timestamp") >= q.start)
-    if q.end is not None:
-        parts.append(ds.field("timestamp") < q.end)
-    for f in q.filters:
-        if f.op == "=" and f.field in _EXACT:
-            parts.append(ds.field(f.field) == f.value)
-        elif f.op == "=" and f.field in ("pid", "tid"):
-            parts.append(ds.field(f.field) == f.int_value())
-    if not parts:
-        return None
-    expr = parts[0]
-    for p in parts[1:]:
-        expr = expr & p
-    return expr
 
 
 def empty(miner: Any = None) -> pa.Table:

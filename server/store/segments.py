@@ -125,6 +125,11 @@ def read_rollup(seg_path: Path, digest: str) -> pa.Table | None:
         return None
 
 
+def file_digest(path: Path) -> tuple[str, int]:
+    """(xxh64 hex digest, size) of a file."""
+    return _digest(path)
+
+
 def _digest(path: Path) -> tuple[str, int]:
     h = xxhash.xxh64()
     size = 0
