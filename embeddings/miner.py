@@ -395,7 +395,7 @@ class TemplateMiner:
     def _cache(self, shape: str, decision: _Shape) -> None:
         if len(self._shapes) >= SHAPE_CACHE_MAX:
             self._shapes.clear()  # only a cache: a shape's cluster is found again by key
-            self._shapes[shape] = decision
+        self._shapes[shape] = decision
 
     def _decide(self, shape: str) -> _Shape:
         """Template id and recipe for a masked shape (learning it when new)."""
@@ -570,23 +570,21 @@ def _split(arr: pa.Array) -> _Split:
 
 
 # Masking looks at digits only through classes that hold all ten (\d, \w, hex...) and
-# the literal "0" of "0x": a line with every digit made "1" (but a "0" before "x"/"X")
-# masks at the same places. Lines equal under that mapping form a *class*; the regular
-# expression runs once per class (on one line of it), and a class whose literal text holds
-# digits is split further by those digits (its lines may differ in shape there).
-_ZERO, _ONE, _X = np.uint8(48), np.uint8(49), np.uint8(120)
+# the literal "0" of "0x": lines equal with every digit made "1" mask at the same places,
+# unless a digit is followed by "x"/"X" (such lines are grouped again with those digits
+# kept). Lines equal under that mapping form a *class*; the regular expression runs once
+# per class (on one line of it), and a class whose literal text holds digits is grouped
+# again with those digits kept (its lines may differ in shape there).
+_ZERO, _ONE = np.uint8(48), np.uint8(49)
 
 
 def _normalise(data: np.ndarray) -> np.ndarray:
-    """``data`` (UTF-8 bytes) with every ASCII digit made "1" except a "0" before x/X."""
+    """``data`` (UTF-8 bytes) with every ASCII digit made "1"."""
     t = np.subtract(data, _ZERO)
     digit = np.less(t, np.uint8(10))
     t -= np.uint8(1)
     t *= digit
-    out = np.subtract(data, t)
-    x = np.flatnonzero((data[1:] | np.uint8(32)) == _X)
-    out[x[data[x] == _ZERO]] = _ZERO
-    return out
+    return np.subtract(data, t)
 
 
 def _firsts(codes: np.ndarray, n: int) -> np.ndarray:
@@ -599,6 +597,31 @@ def _firsts(codes: np.ndarray, n: int) -> np.ndarray:
     if len(first) != n:  # not in first-appearance order: find them the slow way
         _, first = np.unique(codes, return_index=True)
     return first
+
+
+def _string_parts(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets relative to the first line, data bytes) of a string array."""
+    _, obuf, dbuf = arr.buffers()
+    offs = np.frombuffer(obuf, dtype=np.int32)[arr.offset : arr.offset + len(arr) + 1]
+    lo, hi = int(offs[0]), int(offs[-1])
+    if dbuf is None or hi == lo:
+        return offs - np.int32(lo), np.zeros(0, dtype=np.uint8)
+    return offs - np.int32(lo), np.frombuffer(dbuf, dtype=np.uint8)[lo:hi]
+
+
+def _digit_before_x(keys: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Byte positions (in its string) of each "1" followed by "x"/"X" in each key, flat,
+    and how many each has."""
+    offs, data = _string_parts(keys)
+    count = np.zeros(len(keys), dtype=np.int64)
+    if len(data) < 2:
+        return np.zeros(0, dtype=np.int64), count
+    at = np.flatnonzero((data[:-1] == _ONE) & ((data[1:] | np.uint8(32)) == np.uint8(120)))
+    key = np.searchsorted(offs, at, side="right") - 1
+    inside = at + 1 < offs[key + 1]
+    at, key = at[inside], key[inside]
+    count[:] = np.bincount(key, minlength=len(keys))
+    return at - offs[key], count
 
 
 @dataclass
@@ -623,40 +646,58 @@ class _Classes:
         return np.bincount(self.codes, minlength=len(self.reps.codes)).astype(np.float64)
 
 
+class _Keys:
+    """Lines made keys (digits made "1"), grouped by key; digits can be put back."""
+
+    def __init__(self, arr: pa.Array) -> None:
+        self.arr = arr
+        rel, self.data = _string_parts(arr)
+        self.rel = pa.py_buffer(rel)
+        self.line_start = rel[:-1].astype(np.int64)
+        self.norm = _normalise(self.data)
+        self.encode()
+
+    def encode(self) -> None:
+        keys = pa.StringArray.from_buffers(len(self.arr), self.rel, pa.py_buffer(self.norm))
+        enc = keys.dictionary_encode()
+        self.dictionary = enc.dictionary
+        self.codes = enc.indices.to_numpy(zero_copy_only=False)
+
+    def reps(self) -> pa.Array:
+        """One line (the first) of each group, in order."""
+        return self.arr.take(pa.array(_firsts(self.codes, len(self.dictionary))))
+
+    def restore(self, pos: np.ndarray, count: np.ndarray) -> bool:
+        """Put the original bytes back at ``pos`` (per group: ``count`` positions each, in
+        its line) in every line of the group; regroup. False when there was none."""
+        lines = np.flatnonzero(count[self.codes] > 0)
+        if not len(lines):
+            return False
+        codes = self.codes[lines]
+        cum = np.zeros(len(count) + 1, dtype=np.int64)
+        np.cumsum(count, out=cum[1:])
+        at = _gather(cum[codes], count[codes])
+        where = np.repeat(self.line_start[lines], count[codes]) + pos[at]
+        self.norm[where] = self.data[where]
+        self.encode()
+        return True
+
+
 def _classify(arr: pa.Array) -> _Classes:
-    n = len(arr)
-    _, obuf, dbuf = arr.buffers()
-    starts = np.frombuffer(obuf, dtype=np.int32)[arr.offset : arr.offset + n + 1]
-    lo, hi = int(starts[0]), int(starts[-1])
-    data = np.frombuffer(dbuf, dtype=np.uint8)[lo:hi] if dbuf is not None and hi > lo else None
-    rel = pa.py_buffer(starts - np.int32(lo))
-    if data is None:
-        norm_bytes = np.zeros(0, dtype=np.uint8)
-    else:
-        norm_bytes = _normalise(data)
-    norm = pa.StringArray.from_buffers(n, rel, pa.py_buffer(norm_bytes))
-    enc = norm.dictionary_encode()
-    codes = enc.indices.to_numpy(zero_copy_only=False)
-    reps = arr.take(pa.array(_firsts(codes, len(enc.dictionary))))
+    keys = _Keys(arr)
+    if len(keys.data):
+        keys.restore(*_digit_before_x(keys.dictionary))
+    reps = keys.reps()
     sp = _split(reps)
     digits = pc.match_substring_regex(sp.shapes.dictionary, "[0-9]")
-    if data is not None and pc.any(digits).as_py():
-        # literal digits: put them back in the key, then group again
-        pos, count = _literal_digits(reps, sp, digits.to_numpy(zero_copy_only=False))
-        lines = np.flatnonzero(count[codes] > 0)
-        if len(lines):
-            line_codes = codes[lines]
-            cum = np.zeros(len(count) + 1, dtype=np.int64)
-            np.cumsum(count, out=cum[1:])
-            at = _gather(cum[line_codes], count[line_codes])
-            where = np.repeat(starts[lines].astype(np.int64) - lo, count[line_codes]) + pos[at]
-            norm_bytes[where] = data[where]
-            norm = pa.StringArray.from_buffers(n, rel, pa.py_buffer(norm_bytes))
-            enc = norm.dictionary_encode()
-            codes = enc.indices.to_numpy(zero_copy_only=False)
-            reps = arr.take(pa.array(_firsts(codes, len(enc.dictionary))))
+    if len(keys.data) and pc.any(digits).as_py():
+        # digits in literal text: put them back in the key, then group again
+        if keys.restore(*_literal_digits(reps, sp, digits.to_numpy(zero_copy_only=False))):
+            reps = keys.reps()
             sp = _split(reps)
-    return _Classes(codes.astype(np.int64), sp, starts, dbuf)
+    _, obuf, dbuf = arr.buffers()
+    starts = np.frombuffer(obuf, dtype=np.int32)[arr.offset : arr.offset + len(arr) + 1]
+    return _Classes(keys.codes.astype(np.int64), sp, starts, dbuf)
 
 
 def _literal_digits(
@@ -668,18 +709,15 @@ def _literal_digits(
     hit = np.flatnonzero(shape_digits[sp.codes])
     if not len(hit):
         return np.zeros(0, dtype=np.int64), count
-    sub = reps.take(pa.array(hit))
-    _, obuf, dbuf = sub.buffers()
-    offs = np.frombuffer(obuf, dtype=np.int32)[sub.offset : sub.offset + len(sub) + 1]
-    data = np.frombuffer(dbuf, dtype=np.uint8)[int(offs[0]) : int(offs[-1])]
-    seg = _gather(sp.seg_offsets[hit], np.diff(sp.seg_offsets)[hit])
-    seg_len = sp.seg_lengths[seg]
-    seg_lit = ((seg - np.repeat(sp.seg_offsets[hit], np.diff(sp.seg_offsets)[hit])) & 1) == 0
-    lit = np.repeat(seg_lit, seg_len)  # byte of a literal segment
+    offs, data = _string_parts(reps.take(pa.array(hit)))
+    nseg = np.diff(sp.seg_offsets)[hit]
+    seg = _gather(sp.seg_offsets[hit], nseg)
+    seg_lit = ((seg - np.repeat(sp.seg_offsets[hit], nseg)) & 1) == 0
+    lit = np.repeat(seg_lit, sp.seg_lengths[seg])  # byte of a literal segment
     at = np.flatnonzero(lit & (np.subtract(data, _ZERO) < 10))
-    line = np.searchsorted(offs - offs[0], at, side="right") - 1
+    line = np.searchsorted(offs, at, side="right") - 1
     count[hit] = np.bincount(line, minlength=len(hit))
-    return at - (offs[line] - offs[0]), count
+    return at - offs[line], count
 
 
 def _bounds(shape: str, recipe: Recipe) -> tuple[np.ndarray, np.ndarray]:
