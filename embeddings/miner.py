@@ -169,6 +169,8 @@ class TemplateMiner:
         self._infos: dict[int, TemplateInfo] = {}
         self._pieces: dict[int, list[str]] = {}
         self._shapes: dict[str, _Shape] = {}
+        self._ungrouped = -1  # batches mined without grouping lines in classes, -1: grouping
+        self._known = _ClassCache()
 
     # ---------------------------------------------------------------- reading
     def templates(self) -> dict[int, TemplateInfo]:
@@ -280,16 +282,21 @@ class TemplateMiner:
     def _mine_fast(self, arr: pa.Array) -> MinedBatch:
         """Vectorised mining: Python runs once per distinct masked shape only."""
         chunks = _chunks(arr)
+        group = self._ungrouped < 0 or self._ungrouped % GROUP_PROBE == GROUP_PROBE - 1
         if len(chunks) > 1:
-            classes = list(_pool().map(_classify, chunks))
+            classes = list(_pool().map(lambda c: _classify(c, group, self._known), chunks))
         else:
-            classes = [_classify(arr)]
+            classes = [_classify(arr, group, self._known)]
+        if group:  # group the next batches while it pays
+            self._ungrouped = -1 if all(c.grouped for c in classes) else 0
+        else:
+            self._ungrouped += 1
         parts = []
         for cl in classes:  # in input order: first appearances are learnt in order
             texts: list[str] = cl.shapes.dictionary.to_pylist()
             decisions = self._decide_many(cl.shapes.dictionary, texts)
             for d, text in zip(decisions, texts, strict=True):
-                if d.bx is None:
+                if d.bx is None and not d.identity:
                     d.bx, d.bj = _bounds(text, d.recipe)
             self._count(decisions, cl.shape_codes, cl.class_counts())
             parts.append((decisions, cl))
@@ -515,6 +522,13 @@ def _no_gc() -> Iterator[None]:
             gc.enable()
 
 
+# Lines are grouped in classes (see _classify) while a batch has at most this many keys
+# per line; past it the batch and the next ones mask every line, trying classes again
+# every GROUP_PROBE-th batch.
+GROUP_MAX_CLASSES = 0.5
+# Keys of line classes remembered across batches (see _ClassCache).
+CLASS_CACHE_MAX = 200_000
+GROUP_PROBE = 8
 # Batches up to this many lines are mined line by line with Python's re (compiling the
 # RE2 pattern costs about a millisecond per pyarrow call).
 SMALL_BATCH = 32
@@ -546,9 +560,11 @@ class _Split:
     codes: np.ndarray  # shapes.indices as numpy
     seg_lengths: np.ndarray  # byte lengths of [lit0, val0, lit1, ..., litN] of every line
     seg_offsets: np.ndarray  # line i's segments: seg_lengths[seg_offsets[i]:seg_offsets[i+1]]
+    values: pa.Array | None = None  # the masked values, flat (when asked for)
+    val_offsets: np.ndarray | None = None  # line i's: values[val_offsets[i]:val_offsets[i+1]]
 
 
-def _split(arr: pa.Array) -> _Split:
+def _split(arr: pa.Array, keep_values: bool = False) -> _Split:
     split = pc.split_pattern(masking.mark_arrow(arr), MARK)
     offsets = split.offsets.to_numpy()
     offsets = offsets - offsets[0]
@@ -566,7 +582,10 @@ def _split(arr: pa.Array) -> _Split:
     shapes = pc.binary_join(lits, MARK).dictionary_encode()
     codes = shapes.indices.to_numpy(zero_copy_only=False)
     seg_lengths = pc.binary_length(flat).to_numpy(zero_copy_only=False).astype(np.int64)
-    return _Split(shapes, codes, seg_lengths, offsets.astype(np.int64))
+    sp = _Split(shapes, codes, seg_lengths, offsets.astype(np.int64))
+    if keep_values:
+        sp.values, sp.val_offsets = flat.filter(pa.array(odd)), val_offsets
+    return sp
 
 
 # Masking looks at digits only through classes that hold all ten (\d, \w, hex...) and
@@ -641,6 +660,7 @@ class _Classes:
     reps: _Split  # one line of each class, masked
     starts: np.ndarray  # byte offsets of the lines in data (n + 1, absolute)
     data: pa.Buffer | None  # the chunk's data buffer
+    grouped: bool = True  # False: every line is its own class (codes = 0..n-1)
 
     @property
     def shapes(self) -> pa.DictionaryArray:
@@ -672,9 +692,10 @@ class _Keys:
         self.dictionary = enc.dictionary
         self.codes = enc.indices.to_numpy(zero_copy_only=False)
 
-    def reps(self) -> pa.Array:
-        """One line (the first) of each group, in order."""
-        return self.arr.take(pa.array(_firsts(self.codes, len(self.dictionary))))
+    def reps(self, which: list[int] | None = None) -> pa.Array:
+        """One line (the first) of each group (or of the groups ``which``), in order."""
+        first = _firsts(self.codes, len(self.dictionary))
+        return self.arr.take(pa.array(first if which is None else first[which]))
 
     def restore(self, pos: np.ndarray, count: np.ndarray) -> bool:
         """Put the original bytes back at ``pos`` (per group: ``count`` positions each, in
@@ -692,21 +713,86 @@ class _Keys:
         return True
 
 
-def _classify(arr: pa.Array) -> _Classes:
-    keys = _Keys(arr)
-    if len(keys.data):
-        keys.restore(*_digit_before_x(keys.dictionary))
-    reps = keys.reps()
-    sp = _split(reps)
-    digits = pc.match_substring_regex(sp.shapes.dictionary, "[0-9]")
-    if len(keys.data) and pc.any(digits).as_py():
-        # digits in literal text: put them back in the key, then group again
-        if keys.restore(*_literal_digits(reps, sp, digits.to_numpy(zero_copy_only=False))):
-            reps = keys.reps()
-            sp = _split(reps)
+class _ClassCache:
+    """What masking found for the keys of earlier batches (so that the regular expression
+    only runs for keys never seen): per first-level key, the byte positions of the digits
+    of its literal text; per class key, its shape and segment lengths. Bounded: restarts
+    empty when full. Shared by the chunk threads (single dict operations only)."""
+
+    def __init__(self, max_entries: int = 0) -> None:
+        self.max_entries = max_entries or CLASS_CACHE_MAX
+        self.digits: dict[str, bytes] = {}  # int32 positions
+        self.splits: dict[str, tuple[str, bytes]] = {}  # shape, int32 segment lengths
+
+    def room(self) -> None:
+        if len(self.digits) + len(self.splits) >= self.max_entries:
+            self.digits, self.splits = {}, {}
+
+
+def _classify(arr: pa.Array, group: bool = True, cache: _ClassCache | None = None) -> _Classes:
     _, obuf, dbuf = arr.buffers()
     starts = np.frombuffer(obuf, dtype=np.int32)[arr.offset : arr.offset + len(arr) + 1]
+    keys = _Keys(arr) if group else None
+    if keys is None or len(keys.dictionary) > GROUP_MAX_CLASSES * len(arr):
+        # lines mostly distinct: grouping them would not pay
+        sp = _split(arr, keep_values=True)
+        return _Classes(np.arange(len(arr), dtype=np.int64), sp, starts, dbuf, grouped=False)
+    cache = cache if cache is not None else _ClassCache()
+    cache.room()
+    if len(keys.data):
+        keys.restore(*_digit_before_x(keys.dictionary))
+    names: list[str] = keys.dictionary.to_pylist()
+    digits, splits = cache.digits, cache.splits
+    found = [digits.get(k) for k in names]
+    miss = [i for i, v in enumerate(found) if v is None]
+    if miss:
+        reps = keys.reps(miss)
+        sp = _split(reps)
+        shape_digits = pc.match_substring_regex(sp.shapes.dictionary, "[0-9]")
+        pos, count = _literal_digits(reps, sp, shape_digits.to_numpy(zero_copy_only=False))
+        cut = np.zeros(len(miss) + 1, dtype=np.int64)
+        np.cumsum(count, out=cut[1:])
+        pos32 = pos.astype(np.int32)
+        for k, i in enumerate(miss):
+            found[i] = digits[names[i]] = pos32[cut[k] : cut[k + 1]].tobytes()
+        # keys with no digit in their literal text are classes already
+        _remember(splits, sp, [names[i] for i in miss], count == 0)
+    count = np.array([len(v) for v in found], dtype=np.int64) // 4  # type: ignore[arg-type]
+    if count.any() and keys.restore(np.frombuffer(b"".join(found), dtype=np.int32), count):  # type: ignore[arg-type]
+        names = keys.dictionary.to_pylist()
+    entries = [splits.get(k) for k in names]
+    miss = [i for i, v in enumerate(entries) if v is None]
+    if miss:
+        sp = _split(keys.reps(miss))
+        for i, e in zip(miss, _remember(splits, sp, [names[i] for i in miss]), strict=True):
+            entries[i] = e
+    shapes = pa.array([e[0] for e in entries], pa.string()).dictionary_encode()  # type: ignore[index]
+    seg_lengths = np.frombuffer(b"".join(e[1] for e in entries), dtype=np.int32)  # type: ignore[index]
+    seg_offsets = np.zeros(len(entries) + 1, dtype=np.int64)
+    np.cumsum([len(e[1]) // 4 for e in entries], out=seg_offsets[1:])  # type: ignore[index]
+    sp = _Split(
+        shapes, shapes.indices.to_numpy(zero_copy_only=False),
+        seg_lengths.astype(np.int64), seg_offsets,
+    )
     return _Classes(keys.codes.astype(np.int64), sp, starts, dbuf)
+
+
+def _remember(
+    splits: dict[str, tuple[str, bytes]], sp: _Split, names: list[str],
+    keep: np.ndarray | None = None,
+) -> list[tuple[str, bytes]]:
+    """Cache entries (shape, segment lengths) of the lines of a split, keyed by ``names``
+    (those with ``keep`` only, when given)."""
+    texts: list[str] = sp.shapes.dictionary.to_pylist()
+    seg = sp.seg_lengths.astype(np.int32)
+    out = []
+    for k, (name, code) in enumerate(zip(names, sp.codes.tolist(), strict=True)):
+        if keep is not None and not keep[k]:
+            continue
+        entry = (texts[code], seg[sp.seg_offsets[k] : sp.seg_offsets[k + 1]].tobytes())
+        splits[name] = entry
+        out.append(entry)
+    return out
 
 
 def _literal_digits(
@@ -777,26 +863,11 @@ def _output(decisions: list[_Shape], cl: _Classes) -> MinedBatch:
     np.cumsum(line_nparams, out=loff[1:])
     if not int(loff[-1]):
         return MinedBatch(tids, pa.ListArray.from_arrays(pa.array(loff), pa.array([], pa.string())))
-    # bounds of the parameters of each class, relative to its line
-    bx = np.concatenate([d.bx for d in decisions if d.bx is not None])
-    bj = np.concatenate([d.bj for d in decisions if d.bj is not None])
-    nb = 2 * nparams
-    bstart = np.zeros(len(decisions), dtype=np.int64)
-    np.cumsum(nb[:-1], out=bstart[1:])
-    cls_nb = nb[sp.codes]
-    at = _gather(bstart[sp.codes], cls_nb)
-    cls = np.repeat(np.arange(len(sp.codes)), cls_nb)
-    j = bj[at]
-    first_val = sp.seg_offsets[:-1][cls] // 2  # index in the flat values of the class
-    # cumulative value lengths: values are the odd segments
-    vlen = sp.seg_lengths.copy()
-    seg_local = np.arange(len(vlen)) - np.repeat(sp.seg_offsets[:-1], np.diff(sp.seg_offsets))
-    vlen[(seg_local & 1) == 0] = 0
-    vcum = np.zeros(len(vlen) + 1, dtype=np.int64)
-    np.cumsum(vlen, out=vcum[1:])
-    seg0 = sp.seg_offsets[:-1][cls]
-    rel = bx[at] - j + vcum[seg0 + 2 * j] - vcum[seg0]
-    del first_val
+    if sp.values is not None and sp.val_offsets is not None and all(d.identity for d in decisions):
+        params = pa.ListArray.from_arrays(pa.array(sp.val_offsets, type=pa.int32()), sp.values)
+        return MinedBatch(tids, params)
+    rel = _class_bounds(decisions, sp, 2 * nparams)
+    cls_nb = 2 * nparams[sp.codes]
     cls_off = np.zeros(len(sp.codes) + 1, dtype=np.int32)
     np.cumsum(cls_nb, out=cls_off[1:])
     lists = pa.ListArray.from_arrays(pa.array(cls_off), pa.array(rel.astype(np.int32)))
@@ -807,6 +878,44 @@ def _output(decisions: list[_Shape], cl: _Classes) -> MinedBatch:
     segments = pa.StringArray.from_buffers(len(bounds) - 1, pa.py_buffer(bounds), cl.data)
     flat = segments.take(pa.array(np.arange(1, len(bounds) - 1, 2, dtype=np.int64)))
     return MinedBatch(tids, pa.ListArray.from_arrays(pa.array(loff), flat))
+
+
+def _class_bounds(decisions: list[_Shape], sp: _Split, nb: np.ndarray) -> np.ndarray:
+    """Start and end of every parameter of every class, in its line (flat, class by
+    class). ``nb``: twice the number of parameters of each shape."""
+    cls_nb = nb[sp.codes]
+    rel = np.empty(int(cls_nb.sum()), dtype=np.int64)
+    cls_off = np.zeros(len(cls_nb) + 1, dtype=np.int64)
+    np.cumsum(cls_nb, out=cls_off[1:])
+    segcum = np.zeros(len(sp.seg_lengths) + 1, dtype=np.int64)
+    np.cumsum(sp.seg_lengths, out=segcum[1:])
+    seg0 = sp.seg_offsets[:-1]
+    ident = np.array([d.identity for d in decisions], dtype=bool)[sp.codes]
+    # parameters = the values: their bounds are the first 2n segment ends
+    ic = np.flatnonzero(ident & (cls_nb > 0))
+    if len(ic):
+        at = _gather(seg0[ic] + 1, cls_nb[ic])
+        rel[_gather(cls_off[ic], cls_nb[ic])] = segcum[at] - np.repeat(segcum[seg0[ic]], cls_nb[ic])
+    oc = np.flatnonzero(~ident & (cls_nb > 0))
+    if len(oc):
+        # bound (x, j) of the shape -> x - j + (lengths of the values before it)
+        used = [k for k, d in enumerate(decisions) if not d.identity]
+        bx = np.concatenate([decisions[k].bx for k in used])  # type: ignore[misc]
+        bj = np.concatenate([decisions[k].bj for k in used])  # type: ignore[misc]
+        start = np.full(len(decisions), -1, dtype=np.int64)
+        start[used] = np.concatenate(([0], np.cumsum(nb[used])[:-1]))
+        at = _gather(start[sp.codes[oc]], cls_nb[oc])
+        j = bj[at]
+        cls = np.repeat(oc, cls_nb[oc])
+        # value lengths before each bound: the odd segments up to segment 2j
+        vlen = sp.seg_lengths.copy()
+        local = np.arange(len(vlen)) - np.repeat(seg0, np.diff(sp.seg_offsets))
+        vlen[(local & 1) == 0] = 0
+        vcum = np.zeros(len(vlen) + 1, dtype=np.int64)
+        np.cumsum(vlen, out=vcum[1:])
+        before = vcum[seg0[cls] + 2 * j] - vcum[seg0[cls]]
+        rel[_gather(cls_off[oc], cls_nb[oc])] = bx[at] - j + before
+    return rel
 
 
 def _interleave(
