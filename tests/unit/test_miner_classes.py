@@ -1,0 +1,115 @@
+"""Lines grouped in classes (equal up to digits) before masking: the miner gives the same
+ids and parameters as masking every line, whatever the batch and the cache state."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from embeddings import miner as miner_mod
+from embeddings.masking import MARK
+from embeddings.miner import TemplateMiner
+
+# digits in literal text, 0x next to other digits before x, non-ASCII, placeholders,
+# values glued together, runs of spaces
+WORDS = [
+    "jk2_init()", "jk3_init()", "ssh1", "ssh2", "R02-M1-N9", "R01-M1-N9", "0x1f", "1x1f",
+    "5x2", "0xZZ", "0X0", "x0x", "node-17", "blk_-123", "é1", "ü2ü", "<*>", "", "  ", "\t3",
+    "v1.2.3", "12ab", "ab12", "09:12:33", "Dec 12 09:12:33", "/a/1/b", "10.0.0.1:80", "user",
+    "from",
+]
+
+
+def _corpus(n: int, seed: int) -> list[str | None]:
+    rnd = random.Random(seed)
+    out: list[str | None] = []
+    for _ in range(n):
+        toks = [
+            rnd.choice(WORDS) if rnd.random() < 0.6 else str(rnd.randrange(10 ** rnd.randint(1, 7)))
+            for _ in range(rnd.randint(0, 8))
+        ]
+        out.append(" ".join(toks))
+    return out + [None, "", "0x", "1x"]
+
+
+def _mine(
+    lines: list[str | None], batch: int, monkeypatch: pytest.MonkeyPatch, group: bool
+) -> tuple[list[int], list[list[str]], TemplateMiner]:
+    # grouping on every batch, or never (every line masked on its own)
+    monkeypatch.setattr(miner_mod, "GROUP_MAX_CLASSES", 2.0 if group else -1.0)
+    miner = TemplateMiner(None)
+    ids: list[int] = []
+    params: list[list[str]] = []
+    arr = pa.array(lines, pa.string())
+    for i in range(0, len(arr), batch):
+        mined = miner.mine_arrow(arr.slice(i, batch))
+        ids += mined.template_ids.tolist()
+        params += mined.params.to_pylist()
+    return ids, params, miner
+
+
+@pytest.mark.parametrize("batch", [64, 1000, 100_000])
+def test_classes_give_what_lines_give(monkeypatch: pytest.MonkeyPatch, batch: int) -> None:
+    lines = _corpus(6000, 1) * 2  # lines seen again: classes known from the cache
+    want = _mine(lines, batch, monkeypatch, group=False)
+    got = _mine(lines, batch, monkeypatch, group=True)
+    assert got[:2] == want[:2]
+    assert got[2]._state() == want[2]._state()
+    miner = got[2]
+    assert [miner.render(t, p) for t, p in zip(got[0], got[1], strict=True)] == [
+        m or "" for m in lines
+    ]
+
+
+def test_small_class_cache_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    lines = _corpus(3000, 2) * 3
+    want = _mine(lines, 500, monkeypatch, group=True)[:2]
+    monkeypatch.setattr(miner_mod, "CLASS_CACHE_MAX", 50)
+    assert _mine(lines, 500, monkeypatch, group=True)[:2] == want
+
+
+def test_literal_digits_and_0x_keep_their_lines_apart() -> None:
+    miner = TemplateMiner(None)
+    lines = ["jk2_init() found child 12 in slot 3", "jk3_init() found child 45 in slot 6",
+             "value 0x1f", "value 1x1f", "value 5x1f", "value 0x2e"] * 20
+    mined = miner.mine_arrow(pa.array(lines, pa.string()))
+    for tid, params, line in zip(
+        mined.template_ids.tolist(), mined.params.to_pylist(), lines, strict=True
+    ):
+        assert miner.render(tid, params) == line
+    first = {line: p for line, p in zip(lines, mined.params.to_pylist(), strict=False)}
+    assert "0x1f" in first["value 0x1f"]  # a hex value
+    assert "0x2e" in first["value 0x2e"]
+    assert "1x1f" not in first["value 1x1f"]  # not one
+
+
+def test_normalise_makes_digits_one() -> None:
+    data = np.frombuffer("a0 19x é9\x00".encode(), dtype=np.uint8)
+    got = miner_mod._normalise(data, block=3).tobytes().decode()
+    assert got == "a1 11x é1\x00"
+
+
+def test_known_batch_decides_nothing_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    miner = TemplateMiner(None)
+    arr = pa.array([f"job {i} took {i * 7} ms on node-{i % 5}" for i in range(5000)])
+    first = miner.mine_arrow(arr)
+    calls: list[str] = []
+    for name in ("_decide_lone", "_decide_new", "_decide"):
+        real = getattr(miner, name)
+        monkeypatch.setattr(
+            miner, name, lambda *a, _r=real, _n=name: calls.append(_n) or _r(*a)
+        )
+    again = miner.mine_arrow(arr)
+    assert calls == []
+    assert np.array_equal(first.template_ids, again.template_ids)
+    assert first.params.equals(again.params)
+
+
+def test_lines_with_the_marker_still_mined_one_by_one() -> None:
+    miner = TemplateMiner(None)
+    lines = [f"a {i} b" for i in range(100)] + [f"a {MARK}{i} b" for i in range(3)]
+    mined = miner.mine_arrow(pa.array(lines, pa.string()))
+    assert miner.render_many(mined.template_ids, mined.params).to_pylist() == lines
