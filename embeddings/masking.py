@@ -12,6 +12,11 @@ The pattern never matches an empty string, has no look-around (RE2 has none) and
 uses ``\\b``/``\\B`` for word boundaries. Alternatives are tried left to right at each
 position (leftmost-first in both engines), so the specific ones (URL, UUID, date/time,
 IP) come before the general ones (hex words, numbers).
+
+Digits appear in the pattern only through classes that hold all ten (``\\d``, ``\\w``,
+hex digits...) and as the literal ``0`` of ``0x``. The miner relies on it: lines equal up
+to their digits (but a digit before ``x``/``X``) are masked at the same places
+(tests/unit/test_miner_classes.py checks it).
 """
 
 from __future__ import annotations

@@ -21,14 +21,19 @@ Concurrency: single writer. ``mine``/``mine_arrow``/``save``/``load`` take an in
 lock, so calling them from several threads is safe but serialised; ``render``,
 ``templates`` and ``parent_of`` only read and may run beside them.
 
-Fast path: masking runs vectorised over the whole batch (RE2 in pyarrow.compute), the
-masked shapes are dictionary-encoded, and Python only runs once per *distinct* shape:
-a cache maps a known shape to its template id and to a recipe that says how the
-template's parameters are made of the shape's masked values; the per-line parameters
-are then assembled with numpy/pyarrow take operations. Batches of PARALLEL_MIN_LINES
-lines or more are cut into one chunk per worker thread for the vectorised steps. Lines
-that contain a NUL character (the marker) are mined one by one in Python after the rest
-of their batch, with the same regular expression (``re`` and RE2 agree on it).
+Fast path: lines are grouped in *classes* first — lines equal once every digit is made
+"1" (masking treats all digits alike, but for the "0" of "0x", and a class is split again
+by the digits of its literal text) — with numpy and a pyarrow dictionary encoding. The
+regular expression (RE2 in pyarrow.compute) runs once per class never seen before (what
+it found is remembered across batches), and Python once per distinct masked shape: a cache
+maps a known shape to its template id and to a recipe for its parameters. Every parameter
+is one piece of its line, at the same place in every line of a class, so the parameters
+of a batch are one take over its data buffer. Batches whose lines are mostly distinct
+(more than GROUP_MAX_CLASSES classes per line) mask every line instead. Batches of
+PARALLEL_MIN_LINES lines or more are cut into one chunk per worker thread for the
+vectorised steps. Lines that contain a NUL character (the marker) are mined one by one in
+Python after the rest of their batch, with the same regular expression (``re`` and RE2
+agree on it).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from embeddings import masking
 from embeddings import miner as miner_mod
 from embeddings.masking import MARK
 from embeddings.miner import TemplateMiner
@@ -113,3 +114,20 @@ def test_lines_with_the_marker_still_mined_one_by_one() -> None:
     lines = [f"a {i} b" for i in range(100)] + [f"a {MARK}{i} b" for i in range(3)]
     mined = miner.mine_arrow(pa.array(lines, pa.string()))
     assert miner.render_many(mined.template_ids, mined.params).to_pylist() == lines
+
+
+def test_masking_sees_digits_alike_but_the_zero_of_0x() -> None:
+    """What grouping lines in classes relies on (see embeddings/masking.py)."""
+    rnd = random.Random(9)
+    lines = [m for m in _corpus(3000, 4) if m] + [
+        "0x1f 1x1f", "at 09:12:33.123 on 2024-01-02", "ip 10.0.0.1:80 mac 00:1a:2b:3c:4d:5e",
+        "uuid 123e4567-e89b-12d3-a456-426614174000", "12 KB in 3 sec", "0xdeadbeef 0X12",
+    ]
+    for line in lines:
+        digits = [
+            rnd.choice("0123456789")
+            if c.isdigit() and not (k + 1 < len(line) and line[k + 1] in "xX") else c
+            for k, c in enumerate(line)
+        ]
+        other = "".join(digits)
+        assert masking.spans(other) == masking.spans(line), (line, other)
