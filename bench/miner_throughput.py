@@ -1,6 +1,6 @@
 """Template miner throughput in-process, drain3 on the same lines in the same run.
 
-Two workloads:
+Three workloads:
 
 * **known**: Loghub 2k messages of the eight local systems, resampled to ``--lines``
   lines with every digit run replaced by random digits (new parameter values, known
@@ -11,6 +11,11 @@ Two workloads:
   words, numbers, ids), each seen 4 times, shuffled, mined from an empty state in batches
   of 10,000 lines — a quarter of the lines bring a template never seen before; then the
   worst case, each template seen once (every line brings a new template).
+
+* **hub** (``--hub``): the messages of the hub benchmark corpus (bench/gen_corpus.py, full
+  Loghub lines with headers; cached under /var/tmp/mohlog-bench): 1M lines learnt, mined
+  again, then the next 1M lines and those again, one ``mine_arrow`` call each (what the
+  hub's flush does); median of ``--runs`` runs, each from an empty state.
 
 drain3 is slow on these lines, so it runs on the first ``--peer-known`` /
 ``--peer-learning`` lines of the same corpora (a prefix: fewer templates, which favours it).
@@ -165,12 +170,29 @@ def bench_learning(lines: list[str], runs: int, batch: int, peer: int) -> dict[s
     }
 
 
+def bench_hub(runs: int, n: int = 1_000_000) -> dict[str, float]:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from gen_corpus import load
+
+    msgs = load(2 * n)["message"]
+    a, b = msgs.slice(0, n).combine_chunks(), msgs.slice(n, n).combine_chunks()
+    steps = {f"learn {n} lines": a, "same lines again": a, f"next {n} lines": b,
+             "next lines again": b}
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(runs):
+        miner = TemplateMiner(None)
+        for name, arr in steps.items():
+            times[name].append(timed(lambda m=miner, x=arr: m.mine_arrow(x)))
+    return {f"ours mine_arrow, {k}": n / statistics.median(v) for k, v in times.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--lines", type=int, default=1_000_000, help="known-template lines")
     ap.add_argument("--templates", type=int, default=50_000, help="new templates to learn")
     ap.add_argument("--batch", type=int, default=100_000, help="lines per mine call")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--hub", action="store_true", help="also the hub corpus workload")
     ap.add_argument("--peer-known", type=int, default=100_000, help="drain3 known lines")
     ap.add_argument("--peer-learning", type=int, default=10_000, help="drain3 learning lines")
     ap.add_argument(
@@ -186,6 +208,12 @@ def main(argv: list[str] | None = None) -> int:
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "unit": "lines/s, median of runs",
     }
+    if args.hub:
+        print(f"hub corpus: lines of bench/gen_corpus.py (median of {args.runs} runs)")
+        rates = bench_hub(args.runs)
+        result["hub"] = rates
+        for name, rate in rates.items():
+            print(f"  {name:<45} {rate:>12,.0f} lines/s")
     known = known_corpus(args.lines)
     print(f"known templates: {len(known)} lines (median of {args.runs} runs)")
     rates = bench_known(known, args.runs, args.batch, args.peer_known)
