@@ -70,7 +70,9 @@ def list_probes() -> int:
 
 
 def run(cfg) -> int:  # noqa: ANN001 - AgentConfig
+    from agent import tuning
     from agent.main import Agent
+    tuning.skip_optional_imports()  # this process is the agent's alone: no numpy, no pandas
     agent = Agent(cfg)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

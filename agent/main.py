@@ -61,6 +61,10 @@ class Agent:
         return out
 
     def start(self) -> None:
+        if self.cfg.tune_runtime:  # before the threads take their malloc arenas
+            from agent import tuning
+            tuning.tune_malloc()
+            self.pipeline.after_batch = tuning.trim
         self.sink.start()
         self.pipeline.start()
         self.sources = self.build_sources()
@@ -74,7 +78,7 @@ class Agent:
             serve(self, self.cfg.metrics_listen)
         if self.cfg.tune_runtime:
             from agent import tuning
-            tuning.tune()
+            tuning.tune_gc()
         log.agent.info("agent running: %s → %s", ", ".join(s.name for s in self.sources),
                        self.cfg.hub)
 

@@ -70,6 +70,9 @@ class Pipeline:
         self.dropped: Counter[tuple[str, str]] = Counter()    # (stage, reason)
         self.enrich_errors = 0
         self.arrow_fallbacks = 0  # batches sent as NDJSON because a field did not fit
+        # Called after a batch is handed on while the queue holds less than a batch (the
+        # agent: tuning.trim, free heap back to the kernel); skipped in backlogs.
+        self.after_batch: Callable[[], None] | None = None
         self._queue: deque[dict[str, Any]] = deque()
         self._lock = threading.Lock()
         self._ready = threading.Event()
@@ -132,6 +135,9 @@ class Pipeline:
             batch = self._cut(stopping)
             if batch is not None:
                 self.submit(batch)
+                del batch
+                if self.after_batch is not None and len(self._queue) < self.cfg.batch_max_records:
+                    self.after_batch()
                 continue
             if stopping:
                 return

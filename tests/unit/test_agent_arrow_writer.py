@@ -1,14 +1,19 @@
 """The agent's own Arrow IPC writer (agent/arrow_writer.py) against pyarrow and the hub's
-schema."""
+schema; the runtime tuning helpers."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pytest
 
-from agent import arrow_writer
+from agent import arrow_writer, tuning
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _columns(n: int) -> list[list[Any]]:
@@ -59,3 +64,20 @@ def test_stream_refuses_values_its_column_does_not_take(index: int, value: Any,
     cols[index][2] = value
     with pytest.raises(error):
         arrow_writer.stream(cols)
+
+
+def test_trim_and_malloc_settings_run() -> None:
+    tuning.trim()
+    assert tuning.tune_malloc() in (True, False)
+
+
+def test_agent_process_skips_numpy_and_pandas() -> None:
+    code = ("import sys\n"
+            "from agent import tuning\n"
+            "assert tuning.skip_optional_imports()\n"
+            "from agent.spool import Batch, arrow_ipc\n"
+            "import pyarrow as pa\n"
+            "b = Batch('x', fmt='arrow', ipc=arrow_ipc(pa.table({'level': ['INFO', None]})))\n"
+            "assert b.without('INFO')[0].records == 1\n"
+            "assert 'numpy' not in sys.modules and 'pandas' not in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
