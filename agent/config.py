@@ -56,6 +56,9 @@ class AgentConfig:
     drop: list[DropRule] = field(default_factory=list)
     # Most records per batch shipped.
     batch_max_records: int = 10_000
+    # Records queued that make a batch due; it takes what is queued, up to batch_max_records
+    # (full-size batches only from a backlog, e.g. in a storm; fewer entries in memory).
+    batch_cut_records: int = 5_000
     # Most bytes per batch before compression (NDJSON lines; for Arrow batches the JSON of
     # metadata and context plus the message and 200 bytes per record).
     batch_max_bytes: int = 8 << 20
@@ -123,8 +126,9 @@ def check(cfg: AgentConfig) -> None:
     if cfg.files_component not in COMPONENTS:
         raise InvalidInput(f"unknown files_component {cfg.files_component!r}",
                            valid=list(COMPONENTS))
-    if cfg.batch_max_records < 1 or cfg.batch_max_bytes < 1024:
-        raise InvalidInput("batch_max_records must be >= 1 and batch_max_bytes >= 1024")
+    if cfg.batch_max_records < 1 or cfg.batch_cut_records < 1 or cfg.batch_max_bytes < 1024:
+        raise InvalidInput("batch_max_records and batch_cut_records must be >= 1, "
+                           "batch_max_bytes >= 1024")
     if cfg.batch_format not in ("arrow", "ndjson"):
         raise InvalidInput(f"unknown batch_format {cfg.batch_format!r}",
                            valid=["arrow", "ndjson"])

@@ -4,7 +4,9 @@
 their component's minimum level or matching a drop rule are counted and dropped at once
 (CRITICAL and SECURITY are never dropped by rules). The queue is bounded: past
 ``queue_max_records`` new entries are dropped and counted, except CRITICAL/SECURITY ones.
-One batcher thread takes entries, enriches them and cuts batches by records, bytes and age.
+One batcher thread takes entries, enriches them and cuts batches by records, bytes and age:
+a batch is due once ``batch_cut_records`` are queued and takes up to ``batch_max_records``,
+so full-size batches come only from a backlog (a storm) and fewer entries wait in memory.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ class Pipeline:
         # Called after a batch is handed on while the queue holds less than a batch (the
         # agent: tuning.trim, free heap back to the kernel); skipped in backlogs.
         self.after_batch: Callable[[], None] | None = None
+        self.cut_records = min(cfg.batch_cut_records, cfg.batch_max_records)
         self._queue: deque[dict[str, Any]] = deque()
         self._lock = threading.Lock()
         self._ready = threading.Event()
@@ -136,7 +139,7 @@ class Pipeline:
             if batch is not None:
                 self.submit(batch)
                 del batch
-                if self.after_batch is not None and len(self._queue) < self.cfg.batch_max_records:
+                if self.after_batch is not None and len(self._queue) < self.cut_records:
                     self.after_batch()
                 continue
             if stopping:
@@ -153,7 +156,7 @@ class Pipeline:
             oldest = self._queue[0].get("_t", 0.0)
             if not oldest:
                 self._queue[0]["_t"] = oldest = time.monotonic()
-            due = force or n >= self.cfg.batch_max_records or \
+            due = force or n >= self.cut_records or \
                 time.monotonic() - oldest >= self.cfg.batch_max_delay_s
             if not due:
                 return None

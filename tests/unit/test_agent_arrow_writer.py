@@ -1,5 +1,5 @@
 """The agent's own Arrow IPC writer (agent/arrow_writer.py) against pyarrow and the hub's
-schema; the runtime tuning helpers."""
+schema; the batch cut by batch_cut_records; the runtime tuning helpers."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ import pyarrow as pa
 import pytest
 
 from agent import arrow_writer, tuning
+from agent.config import AgentConfig
+from agent.pipeline import Pipeline
+from agent.spool import Batch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,6 +67,26 @@ def test_stream_refuses_values_its_column_does_not_take(index: int, value: Any,
     cols[index][2] = value
     with pytest.raises(error):
         arrow_writer.stream(cols)
+
+
+def test_batches_are_cut_at_batch_cut_records_and_take_the_queue() -> None:
+    out: list[Batch] = []
+    trims: list[int] = []
+    cfg = AgentConfig(batch_cut_records=4, batch_max_records=10, batch_max_delay_s=3600.0)
+    p = Pipeline(cfg, out.append, [])
+    p.after_batch = lambda: trims.append(len(out))
+    entries = [{"level": "INFO", "component": "APPLICATION", "source": "test",
+                "message": f"m{i}"} for i in range(13)]
+    p.accept(entries[:3])
+    assert p._cut(False) is None  # 3 queued: not due yet
+    p.accept(entries[3:])
+    first = p._cut(False)  # 13 queued: due, takes batch_max_records
+    assert first is not None and first.records == 10
+    second = p._cut(False)
+    assert second is None  # 3 left, below the cut
+    p.start()
+    p.stop()  # the rest goes at stop
+    assert [b.records for b in out] == [3] and trims == [1]
 
 
 def test_trim_and_malloc_settings_run() -> None:
