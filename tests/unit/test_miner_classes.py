@@ -131,3 +131,11 @@ def test_masking_sees_digits_alike_but_the_zero_of_0x() -> None:
         ]
         other = "".join(digits)
         assert masking.spans(other) == masking.spans(line), (line, other)
+
+
+def test_any_mark_looks_at_the_slice_only() -> None:
+    arr = pa.array(["a\x00", "b", "c", "d\x00e"])
+    assert masking.any_mark(arr) and masking.any_mark(arr.slice(3))
+    assert not masking.any_mark(arr.slice(1, 2))
+    assert not masking.any_mark(pa.array(["", ""]))
+    assert not masking.any_mark(pa.array([], pa.string()))
