@@ -66,7 +66,7 @@ def sample(agent: Agent, seconds: float) -> list[dict[str, float]]:
         cpu1, rss = cpu_rss(procs)
         shipped1, t1 = metric_sum(agent.metrics(), "mohlog_agent_shipped_total"), time.monotonic()
         rows.append({"cores": (cpu1 - cpu0) / (t1 - t0), "rss_mb": rss / 2**20,
-                     "shipped_per_s": (shipped1 - shipped0) / (t1 - t0)})
+                     "shipped_per_s": (shipped1 - shipped0) / (t1 - t0), "seconds": t1 - t0})
         cpu0, shipped0, t0 = cpu1, shipped1, t1
     return rows
 
@@ -100,6 +100,14 @@ def stats(rows: list[dict[str, float]], key: str) -> tuple[float, float]:
     return statistics.median(values), max(values)
 
 
+def window_rate(rows: list[dict[str, float]]) -> float:
+    """Records shipped per second over the whole window. The per-second figures step by
+    whole batches (e.g. 9 or 10 batches of ~5,300 in a second: 47.7k or 53k at 50k/s), so
+    their median is not the rate; this is."""
+    seconds = sum(r.get("seconds", 1.0) for r in rows)
+    return sum(r["shipped_per_s"] * r.get("seconds", 1.0) for r in rows) / (seconds or 1.0)
+
+
 def report(r: dict[str, object]) -> None:
     print(f"generator: {r['generator']}")
     print(f"{'phase':<8} {'shipped/s med':>14} {'cores med':>10} {'cores max':>10} "
@@ -110,11 +118,13 @@ def report(r: dict[str, object]) -> None:
         print(f"{phase:<8} {ship[0]:>14,.0f} {cores[0]:>10.2f} {cores[1]:>10.2f} "
               f"{rss[0]:>11.1f} {rss[1]:>11.1f}")
     rows = r["loaded"]  # type: ignore[index]
-    ship, cores, rss = stats(rows, "shipped_per_s"), stats(rows, "cores"), stats(rows, "rss_mb")
+    cores, rss = stats(rows, "cores"), stats(rows, "rss_mb")
+    rate = window_rate(rows)
+    print(f"  shipped/s over the loaded window: {rate:,.0f}")
     print(f"  agent drops by stage: {r['agent_drops'] or 'none'}")
-    ok = ship[0] >= 50_000 and cores[0] <= 1.0 and rss[1] <= 200
-    print(f"bar: at >= 50,000 shipped/s, cores <= 1 (median), RSS <= 200 MB (max) -> "
-          f"{'PASS' if ok else 'FAIL'}")
+    ok = rate >= 50_000 and cores[0] <= 1.0 and rss[1] <= 200
+    print(f"bar: at >= 50,000 shipped/s (window), cores <= 1 (median), RSS <= 200 MB (max) "
+          f"-> {'PASS' if ok else 'FAIL'}")
 
 
 def main() -> int:
