@@ -714,8 +714,31 @@ class _Keys:
         at = _gather(cum[codes], count[codes])
         where = np.repeat(self.line_start[lines], count[codes]) + pos[at]
         self.norm[where] = self.data[where]
-        self.encode()
+        self._regroup(count > 0, lines)
         return True
+
+    def _regroup(self, changed: np.ndarray, lines: np.ndarray) -> None:
+        """Encode again the keys of ``lines`` (those of the groups ``changed``), keeping
+        the other groups; groups renumbered in order of first appearance."""
+        keys = pa.StringArray.from_buffers(len(self.arr), self.rel, pa.py_buffer(self.norm))
+        enc = keys.take(pa.array(lines)).dictionary_encode()
+        sub = enc.indices.to_numpy(zero_copy_only=False)
+        kept = np.flatnonzero(~changed)
+        first = np.concatenate((
+            _firsts(self.codes, len(self.dictionary))[kept],
+            lines[_firsts(sub, len(enc.dictionary))],
+        ))
+        order = np.argsort(first, kind="stable")
+        rank = np.empty(len(order), dtype=np.int64)
+        rank[order] = np.arange(len(order))
+        old = np.full(len(self.dictionary), -1, dtype=np.int64)
+        old[kept] = rank[: len(kept)]
+        codes = old[self.codes]
+        codes[lines] = rank[len(kept) + sub]
+        self.codes = codes
+        self.dictionary = pa.concat_arrays(
+            [self.dictionary.take(pa.array(kept)), enc.dictionary]
+        ).take(pa.array(order))
 
 
 class _ClassCache:
@@ -750,7 +773,11 @@ def _classify(arr: pa.Array, group: bool = True, cache: _ClassCache | None = Non
     digits, splits = cache.digits, cache.splits
     found = [digits.get(k) for k in names]
     miss = [i for i, v in enumerate(found) if v is None]
+    fresh: dict[str, tuple[str, bytes]] = {}  # masked in this batch, remembered or not
     if miss:
+        # keys of one line in the batch are not remembered (often a line with a hex id:
+        # seldom seen again)
+        again = (np.bincount(keys.codes, minlength=len(names)) > 1)[miss]
         reps = keys.reps(miss)
         sp = _split(reps)
         shape_digits = pc.match_substring_regex(sp.shapes.dictionary, "[0-9]")
@@ -759,17 +786,24 @@ def _classify(arr: pa.Array, group: bool = True, cache: _ClassCache | None = Non
         np.cumsum(count, out=cut[1:])
         pos32 = pos.astype(np.int32)
         for k, i in enumerate(miss):
-            found[i] = digits[names[i]] = pos32[cut[k] : cut[k + 1]].tobytes()
+            found[i] = pos32[cut[k] : cut[k + 1]].tobytes()
+            if again[k]:
+                digits[names[i]] = found[i]  # type: ignore[assignment]
         # keys with no digit in their literal text are classes already
-        _remember(splits, sp, [names[i] for i in miss], count == 0)
+        lone = np.flatnonzero(count == 0)
+        miss_names = [names[i] for i in miss]
+        kept = _remember(splits, sp, miss_names, again, lone)
+        for k, e in zip(lone.tolist(), kept, strict=True):
+            fresh[miss_names[k]] = e
     count = np.array([len(v) for v in found], dtype=np.int64) // 4  # type: ignore[arg-type]
     if count.any() and keys.restore(np.frombuffer(b"".join(found), dtype=np.int32), count):  # type: ignore[arg-type]
         names = keys.dictionary.to_pylist()
-    entries = [splits.get(k) for k in names]
+    entries = [fresh.get(k) or splits.get(k) for k in names]
     miss = [i for i, v in enumerate(entries) if v is None]
     if miss:
+        again = (np.bincount(keys.codes, minlength=len(names)) > 1)[miss]
         sp = _split(keys.reps(miss))
-        for i, e in zip(miss, _remember(splits, sp, [names[i] for i in miss]), strict=True):
+        for i, e in zip(miss, _remember(splits, sp, [names[i] for i in miss], again), strict=True):
             entries[i] = e
     shapes = pa.array([e[0] for e in entries], pa.string()).dictionary_encode()  # type: ignore[index]
     seg_lengths = np.frombuffer(b"".join(e[1] for e in entries), dtype=np.int32)  # type: ignore[index]
@@ -783,19 +817,20 @@ def _classify(arr: pa.Array, group: bool = True, cache: _ClassCache | None = Non
 
 
 def _remember(
-    splits: dict[str, tuple[str, bytes]], sp: _Split, names: list[str],
-    keep: np.ndarray | None = None,
+    splits: dict[str, tuple[str, bytes]], sp: _Split, names: list[str], keep: np.ndarray,
+    which: np.ndarray | None = None,
 ) -> list[tuple[str, bytes]]:
-    """Cache entries (shape, segment lengths) of the lines of a split, keyed by ``names``
-    (those with ``keep`` only, when given)."""
+    """(shape, segment lengths) of the lines of a split (of those ``which``, by default
+    all); those with ``keep`` are cached under their key in ``names``."""
     texts: list[str] = sp.shapes.dictionary.to_pylist()
     seg = sp.seg_lengths.astype(np.int32)
+    cut = sp.seg_offsets.tolist()
+    codes = sp.codes.tolist()
     out = []
-    for k, (name, code) in enumerate(zip(names, sp.codes.tolist(), strict=True)):
-        if keep is not None and not keep[k]:
-            continue
-        entry = (texts[code], seg[sp.seg_offsets[k] : sp.seg_offsets[k + 1]].tobytes())
-        splits[name] = entry
+    for k in range(len(names)) if which is None else which.tolist():
+        entry = (texts[codes[k]], seg[cut[k] : cut[k + 1]].tobytes())
+        if keep[k]:
+            splits[names[k]] = entry
         out.append(entry)
     return out
 
