@@ -744,8 +744,10 @@ class _Keys:
 class _ClassCache:
     """What masking found for the keys of earlier batches (so that the regular expression
     only runs for keys never seen): per first-level key, the byte positions of the digits
-    of its literal text; per class key, its shape and segment lengths. Bounded: restarts
-    empty when full. Shared by the chunk threads (single dict operations only)."""
+    of its literal text; per class key, its shape and segment lengths. Only keys of two
+    lines or more of a batch are kept (a line with a hex id is seldom seen again).
+    Bounded: restarts empty when full. Shared by the chunk threads (single dict
+    operations only)."""
 
     def __init__(self, max_entries: int = 0) -> None:
         self.max_entries = max_entries or CLASS_CACHE_MAX
