@@ -12,6 +12,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -49,6 +50,14 @@ def partition_name(ts_ns: int, span_s: int) -> str:
 
 
 def sort_for_segment(table: pa.Table) -> pa.Table:
+    """Rows in (timestamp, id) order: a stable sort of the timestamps alone when they are
+    all distinct (the usual case, and ~10x cheaper than comparing id strings)."""
+    ts = table["timestamp"].to_numpy()
+    if len(ts) < 2 or (np.diff(ts) > 0).all():
+        return table                        # already in order, timestamps distinct
+    order = np.argsort(ts, kind="stable")
+    if len(ts) > 1 and not (np.diff(ts[order]) == 0).any():
+        return table.take(pa.array(order))
     return table.take(pc.sort_indices(table, [("timestamp", "ascending"), ("id", "ascending")]))
 
 

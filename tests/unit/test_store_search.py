@@ -308,3 +308,20 @@ def test_index_caches_are_bounded_and_reload(store: Any) -> None:
         assert [r["id"] for r in st.search(q).records] == want
     finally:
         st._words.budget = budget
+
+
+def test_segment_order_is_time_then_id() -> None:
+    import numpy as np
+    import pyarrow as pa
+
+    from server.store.segments import sort_for_segment
+    rng = np.random.default_rng(3)
+    ts = rng.integers(0, 50, 500)
+    t = pa.table({"timestamp": ts, "id": [f"i{v:04d}" for v in rng.permutation(500)]})
+    want = sorted(zip(ts.tolist(), t["id"].to_pylist(), strict=True))
+    got = sort_for_segment(t)
+    assert list(zip(got["timestamp"].to_pylist(), got["id"].to_pylist(), strict=True)) == want
+    distinct = pa.table({"timestamp": [5, 1, 3], "id": ["a", "b", "c"]})
+    assert sort_for_segment(distinct)["timestamp"].to_pylist() == [1, 3, 5]
+    ordered = pa.table({"timestamp": [1, 2, 3], "id": ["c", "b", "a"]})
+    assert sort_for_segment(ordered) is ordered
