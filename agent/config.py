@@ -81,8 +81,9 @@ class AgentConfig:
     metrics_listen: str = "127.0.0.1:7481"
     # Seconds to wait for the hub per request.
     hub_timeout_s: float = 30.0
-    # Freeze start-up objects and raise the GC thresholds, keep freed heap instead of
-    # trimming it at once (agent/tuning.py): ~40% less CPU per entry in event storms.
+    # Freeze start-up objects and raise the GC thresholds; glibc malloc with 2 arenas and a
+    # heap kept through backlogs, trimmed after each batch once the agent keeps up
+    # (agent/tuning.py): ~40% less CPU per entry in event storms, bounded memory after.
     tune_runtime: bool = True
     # Pids of other processes to ignore in the kernel (the hub's, with `mohlog run`).
     exclude_pids: list[int] = field(default_factory=list)
