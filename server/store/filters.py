@@ -334,15 +334,44 @@ class Selector:
         else:
             idx = np.flatnonzero(pc.fill_null(mask, False).to_numpy(zero_copy_only=False))
         if len(idx) and (self.terms or self.render_all):
+            if top is not None and len(idx) > top and not self.render_all and \
+                    all(term.kind != "regex" for term in self.terms):
+                # Rows whose templates decide every term count without looking at their
+                # parameters: when there are enough of them, rows older than the page
+                # they make (newer for ascending order) cannot enter it.
+                sure = self._sure(t, idx)
+                if sure.sum() >= top:
+                    idx = idx[self._top_mask(t["timestamp"].to_numpy()[idx], top, sure)]
             idx = self._text(t, idx)
         if top is not None and len(idx) > top:
-            # the top rows by time, with every row tied with the last (ids break ties later)
-            ts = t["timestamp"].to_numpy()[idx]
-            desc = self.q.sort == "desc"
-            kth = np.partition(ts, len(ts) - top)[len(ts) - top] if desc else \
-                np.partition(ts, top - 1)[top - 1]
-            idx = idx[ts >= kth] if desc else idx[ts <= kth]
+            idx = idx[self._top_mask(t["timestamp"].to_numpy()[idx], top)]
         return idx
+
+    def _top_mask(self, ts: np.ndarray, top: int, among: np.ndarray | None = None
+                  ) -> np.ndarray:
+        """Rows at least as new (old for asc) as the top-th of ``among`` (default: all),
+        ties included (ids break them later)."""
+        pool = ts if among is None else ts[among]
+        desc = self.q.sort == "desc"
+        kth = np.partition(pool, len(pool) - top)[len(pool) - top] if desc else \
+            np.partition(pool, top - 1)[top - 1]
+        return ts >= kth if desc else ts <= kth
+
+    def _sure(self, t: pa.Table, idx: np.ndarray) -> np.ndarray:
+        """Rows (of idx) whose template holds every term in its fixed text."""
+        tids = t["template_id"].combine_chunks()
+        if len(idx) != t.num_rows:
+            tids = tids.take(pa.array(idx))
+        uniq = pc.unique(tids)
+        pos = pc.index_in(tids, value_set=uniq).to_numpy(zero_copy_only=False)
+        sure = np.ones(len(idx), bool)
+        for term, needles in zip(self.terms, self.needles, strict=True):
+            case, word = self.q.case, term.kind == "word"
+            for needle in needles:
+                cls = np.array([self._classify(needle, tid, case, word)
+                                for tid in uniq.to_pylist()], np.int8)
+                sure &= cls[pos] == 2
+        return sure
 
     def _text(self, t: pa.Table, idx: np.ndarray) -> np.ndarray:
         sub = t if len(idx) == t.num_rows else t.take(pa.array(idx))
