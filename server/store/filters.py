@@ -325,6 +325,7 @@ class Selector:
         # a decision holds for good and the store shares one cache across queries.
         self._class: dict[tuple, int] = {} if cache is None else cache
         self._infos: dict[int, Any] | None = None
+        self._anywhere: bool | None = None
         self.rendered = 0
 
     def select(self, t: pa.Table, top: int | None) -> np.ndarray:
@@ -335,7 +336,7 @@ class Selector:
             idx = np.flatnonzero(pc.fill_null(mask, False).to_numpy(zero_copy_only=False))
         if len(idx) and (self.terms or self.render_all):
             if top is not None and len(idx) > top and not self.render_all and \
-                    all(term.kind != "regex" for term in self.terms):
+                    all(term.kind != "regex" for term in self.terms) and self._in_templates():
                 # Rows whose templates decide every term count without looking at their
                 # parameters: when there are enough of them, rows older than the page
                 # they make (newer for ascending order) cannot enter it.
@@ -356,6 +357,15 @@ class Selector:
         kth = np.partition(pool, len(pool) - top)[len(pool) - top] if desc else \
             np.partition(pool, top - 1)[top - 1]
         return ts >= kth if desc else ts <= kth
+
+    def _in_templates(self) -> bool:
+        """Does every needle occur in the text of some template? (Else no row is sure.)"""
+        if self._anywhere is None:
+            texts = [i.text if self.q.case else i.text.lower()
+                     for i in self.miner.templates().values()]
+            self._anywhere = all(any(n in x for x in texts)
+                                 for needles in self.needles for n in needles)
+        return self._anywhere
 
     def _sure(self, t: pa.Table, idx: np.ndarray) -> np.ndarray:
         """Rows (of idx) whose template holds every term in its fixed text."""
