@@ -406,15 +406,18 @@ class Store:
         segs, _ = self._snapshot()
         out: list[RowGroup] = []
         for s in segs:
-            if not _overlaps(s, q):
-                continue
-            try:
-                out += self.reader.row_groups(s, q.start, q.end)
-            except (OSError, pa.ArrowInvalid) as err:
-                log.store.error("segment %s unreadable: %s", s.path, err)
+            if _overlaps(s, q):
+                out += self._seg_row_groups(s, q)
         desc = q.sort == "desc"
         out.sort(key=lambda g: g.max_ts if desc else g.min_ts, reverse=desc)
         return out
+
+    def _seg_row_groups(self, s: SegmentInfo, q: LogQuery) -> list[RowGroup]:
+        try:
+            return self.reader.row_groups(s, q.start, q.end)
+        except (OSError, pa.ArrowInvalid) as err:
+            log.store.error("segment %s unreadable: %s", s.path, err)
+            return []
 
     def _read(self, g: RowGroup, columns: list[str] | None) -> pa.Table | None:
         try:
@@ -517,7 +520,8 @@ class Store:
         cut = LogQuery(start=q.start, end=q.end, sort=q.sort)
         out += [self.rollup_of(s) for s in inside]
         done = {s.path for s in inside}
-        part = [g for g in self._row_groups(cut) if g.seg.path not in done]
+        part = [g for s in segs if s.path not in done and _overlaps(s, cut)
+                for g in self._seg_row_groups(s, cut)]
         cols = ["timestamp", *ROLLUP_KEYS]
         tables = [t for t in (self._read(g, cols) for g in part) if t is not None]
         tables += [m.select(cols) for m in mem]
