@@ -129,14 +129,15 @@ def one_pass_ratio(bodies: list[tuple[bytes, int]], ndjson_bytes: int) -> dict:
         hub.stop()
 
 
-async def post_once(hub: BenchHub, bodies: list[tuple[bytes, int]]) -> int:
+async def post_once(hub: BenchHub, bodies: list[tuple[bytes, int]], key: str = "once") -> int:
+    """Every Arrow body once, in order (Idempotency-Key ``key-i``); records acknowledged."""
     auth = {"Authorization": f"Bearer {hub.token}",
             "Content-Type": "application/vnd.apache.arrow.stream"}
     total = 0
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(600)) as s:
         for i, (body, _) in enumerate(bodies):
             async with s.post(f"{hub.url}/api/v1/logs", data=body,
-                              headers={**auth, "Idempotency-Key": f"once-{i}"}) as r:
+                              headers={**auth, "Idempotency-Key": f"{key}-{i}"}) as r:
                 total += (await r.json())["accepted"]
     return total
 

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gen_corpus import load  # noqa: E402
 from hub_common import CHDB_DDL, BenchHub, pct, save  # noqa: E402
-from hub_ingest import arrow_bodies  # noqa: E402
+from hub_ingest import arrow_bodies, post_once  # noqa: E402
 
 
 def rare_word(table: pa.Table) -> str:
@@ -91,24 +91,11 @@ def load_hub(table: pa.Table) -> BenchHub:
     hub = BenchHub({"flush_rows": 1_000_000, "flush_interval_s": 2.0,
                     "embeddings": False}).start()
     bodies = [(b, 100_000) for b in arrow_bodies(table, 100_000)]
-    sent = asyncio.run(drive_once(hub, bodies))
+    sent = asyncio.run(post_once(hub, bodies, "q"))
     while hub.get("/api/v1/stats")["records_in_memory"]:
         time.sleep(1)
     print(f"hub loaded {sent} records", file=sys.stderr)
     return hub
-
-
-async def drive_once(hub: BenchHub, bodies: list[tuple[bytes, int]]) -> int:
-    import aiohttp
-    total = 0
-    auth = {"Authorization": f"Bearer {hub.token}",
-            "Content-Type": "application/vnd.apache.arrow.stream"}
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(600)) as s:
-        for i, (body, _) in enumerate(bodies):
-            async with s.post(f"{hub.url}/api/v1/logs", data=body,
-                              headers={**auth, "Idempotency-Key": f"q{i}"}) as r:
-                total += (await r.json())["accepted"]
-    return total
 
 
 def main() -> None:
