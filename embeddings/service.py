@@ -45,10 +45,12 @@ class EmbeddingService:
 
     def __init__(self, directory: Path, templates: Callable[[], dict[int, str]],
                  batch: int = 256, poll_s: float = 2.0, threads: int = 1,
-                 in_process: bool = True) -> None:
+                 in_process: bool = True, duty: float = 1.0) -> None:
         self.dir = directory
         self.templates = templates          # live template id -> text
         self.batch, self.poll_s = batch, poll_s
+        # Share of the time spent embedding while templates wait (1.0: back to back).
+        self.duty = min(1.0, max(0.05, duty))
         # in_process=False: the model runs in a niced child process (the hub's choice).
         self.embedder: Embedder | ProcessEmbedder = (
             Embedder(threads) if in_process else ProcessEmbedder(threads))
@@ -85,8 +87,14 @@ class EmbeddingService:
             return
         while not self._stop.is_set():
             try:
+                t0 = time.monotonic()
                 if not self.catch_up():
                     self._stop.wait(self.poll_s)
+                elif self.duty < 1.0:
+                    # Back-fill at most ``duty`` of the time: new templates wait a little
+                    # longer for semantic search, ingest keeps the cores.
+                    spent = time.monotonic() - t0
+                    self._stop.wait(spent * (1.0 / self.duty - 1.0))
             except Exception:  # noqa: BLE001 - keep the service alive and say why
                 log.embeddings.exception("embedding pass failed; retrying")
                 self._stop.wait(5)

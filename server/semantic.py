@@ -59,8 +59,10 @@ def setup(app: web.Application, cfg: HubConfig) -> None:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         from embeddings.service import EmbeddingService
         store = app[STORE]
+        # The model runs in a niced child, back-filling new templates half of the time at
+        # most, so ingest keeps the cores (bench/embed_ingest.py).
         svc = EmbeddingService(cfg.data / "embeddings", lambda: live_templates(store),
-                               in_process=False)
+                               in_process=False, duty=0.5)
         svc.start()
         app[SERVICE] = svc
         yield
