@@ -45,12 +45,15 @@ class EmbeddingService:
 
     def __init__(self, directory: Path, templates: Callable[[], dict[int, str]],
                  batch: int = 256, poll_s: float = 2.0, threads: int = 1,
-                 in_process: bool = True, duty: float = 1.0) -> None:
+                 in_process: bool = True, duty: float = 1.0,
+                 busy: Callable[[], bool] | None = None) -> None:
         self.dir = directory
         self.templates = templates          # live template id -> text
         self.batch, self.poll_s = batch, poll_s
-        # Share of the time spent embedding while templates wait (1.0: back to back).
+        # Share of the time spent embedding while templates wait and ``busy()`` says the
+        # host has other work (1.0: back to back); idle, the backlog is embedded at once.
         self.duty = min(1.0, max(0.05, duty))
+        self.busy = busy or (lambda: True)
         # in_process=False: the model runs in a niced child process (the hub's choice).
         self.embedder: Embedder | ProcessEmbedder = (
             Embedder(threads) if in_process else ProcessEmbedder(threads))
@@ -90,7 +93,7 @@ class EmbeddingService:
                 t0 = time.monotonic()
                 if not self.catch_up():
                     self._stop.wait(self.poll_s)
-                elif self.duty < 1.0:
+                elif self.duty < 1.0 and self.busy():
                     # Back-fill at most ``duty`` of the time: new templates wait a little
                     # longer for semantic search, ingest keeps the cores.
                     spent = time.monotonic() - t0

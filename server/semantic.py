@@ -59,10 +59,11 @@ def setup(app: web.Application, cfg: HubConfig) -> None:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         from embeddings.service import EmbeddingService
         store = app[STORE]
-        # The model runs in a niced child, back-filling new templates half of the time at
-        # most, so ingest keeps the cores (bench/embed_ingest.py).
+        # The model runs in a niced child; while records are arriving it back-fills new
+        # templates a quarter of the time at most, so ingest keeps the cores
+        # (bench/embed_ingest.py); when ingest pauses, the backlog goes at full speed.
         svc = EmbeddingService(cfg.data / "embeddings", lambda: live_templates(store),
-                               in_process=False, duty=0.5)
+                               in_process=False, duty=0.25, busy=store.busy)
         svc.start()
         app[SERVICE] = svc
         yield

@@ -655,6 +655,11 @@ class Store:
         from server.store.aggregate import template_stats
         return template_stats(self, q)
 
+    def busy(self, within_s: float = 2.0) -> bool:
+        """Were records acknowledged within the last ``within_s`` seconds?"""
+        with self._lock:
+            return bool(self._rate) and time.monotonic() - self._rate[-1][0] < within_s
+
     # ---- stats ---------------------------------------------------------------
     def stored_bytes(self) -> int:
         with self._lock:

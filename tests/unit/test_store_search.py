@@ -325,3 +325,10 @@ def test_segment_order_is_time_then_id() -> None:
     assert sort_for_segment(distinct)["timestamp"].to_pylist() == [1, 3, 5]
     ordered = pa.table({"timestamp": [1, 2, 3], "id": ["c", "b", "a"]})
     assert sort_for_segment(ordered) is ordered
+
+
+def test_busy_says_whether_records_arrived_lately(store: Any, tmp_path: Path) -> None:
+    st, _ = store
+    assert st.busy(within_s=3600)
+    fresh = Store(StoreConfig(data_dir=tmp_path / "fresh"))
+    assert not fresh.busy(within_s=3600)
