@@ -80,21 +80,23 @@ def new_id() -> str:
 _HEX = b"0123456789abcdef"
 
 
-def new_ids(n: int) -> bytes:
+def new_ids(n: int, prefix: str | None = None, first: int | None = None) -> bytes:
     """``n`` ids like ``new_id()`` (same prefix, consecutive counters) as one buffer of
     ``n * 32`` ASCII bytes, built with numpy: the store's vectorised default for records
-    that come without an id."""
+    that come without an id. With ``prefix`` and ``first``, the same ids again (replay)."""
     import numpy as np
     global _ID_COUNTER
-    new_id()  # refresh the prefix after a fork
-    first = next(_ID_COUNTER)
-    _ID_COUNTER = itertools.count(first + n)
+    if prefix is None or first is None:
+        new_id()  # refresh the prefix after a fork
+        prefix = _ID_PREFIX
+        first = next(_ID_COUNTER)
+        _ID_COUNTER = itertools.count(first + n)
     counters = np.arange(first, first + n, dtype=np.uint64)
     shifts = np.arange(60, -4, -4, dtype=np.uint64)
     digits = ((counters[:, None] >> shifts[None, :]) & np.uint64(15)).astype(np.uint8)
     table = np.frombuffer(_HEX, dtype=np.uint8)
     out = np.empty((n, 32), dtype=np.uint8)
-    out[:, :16] = np.frombuffer(_ID_PREFIX.encode(), dtype=np.uint8)
+    out[:, :16] = np.frombuffer(prefix.encode(), dtype=np.uint8)
     out[:, 16:] = table[digits]
     return out.tobytes()
 

@@ -46,7 +46,7 @@ from server.store.segments import (
     write_rollup,
     write_segment,
 )
-from server.store.wal import Pending, Wal, encode
+from server.store.wal import Pending, Wal, encode, encode_raw
 
 MEM_SCHEMA = batchmod.SCHEMA.append(pa.field("template_id", pa.uint64())).append(
     pa.field("params", pa.list_(pa.string())))
@@ -57,6 +57,8 @@ class Batch:
     table: pa.Table          # MEM_SCHEMA
     raw_bytes: int
     record: bytes            # the encoded WAL record (no key yet: see Store.append)
+    raw: bytes | None = None           # an Arrow body kept as received (batch.Batch)
+    defaults: dict[str, Any] | None = None
 
     @property
     def rows(self) -> int:
@@ -210,7 +212,7 @@ class Store:
         except InvalidInput:
             self.metrics.rejected.inc()
             raise
-        return Batch(_untemplated(b.table), b.raw_bytes, b"")
+        return Batch(_untemplated(b.table), b.raw_bytes, b"", b.raw, b.defaults)
 
     def _mine(self, table: pa.Table) -> pa.Table:
         msgs = table["message"].combine_chunks()
@@ -226,6 +228,8 @@ class Store:
 
     async def append(self, b: Batch, idempotency_key: str | None = None) -> AppendResult:
         key = idempotency_key or None
+        if key and len(key.encode()) > 1024:
+            raise InvalidInput("Idempotency-Key is longer than 1024 bytes")
         if key:
             if key in self._keys:
                 self.metrics.deduplicated.inc(b.rows)
@@ -235,8 +239,11 @@ class Store:
                 self.metrics.deduplicated.inc(b.rows)
                 return AppendResult(b.rows, True)
         loop = asyncio.get_running_loop()
-        record = await loop.run_in_executor(
-            None, encode, key, b.table.select(batchmod.SCHEMA.names))
+        if b.raw is not None and b.defaults is not None and len((key or "").encode()) < 0x8000:
+            record = encode_raw(key, b.raw, b.defaults)
+        else:
+            record = await loop.run_in_executor(
+                None, encode, key, b.table.select(batchmod.SCHEMA.names))
         fut: Future = Future()
         if key:
             self._inflight[key] = fut

@@ -1,7 +1,9 @@
 """Write-ahead log with group commit.
 
 Files ``wal/<n>.log`` hold records ``MAGIC | u32 length | u64 xxh64(payload) | payload``;
-a payload is ``u16 key length | key | Arrow IPC stream (zstd)``. One writer thread takes
+a payload is ``u16 key length | key | Arrow IPC stream (zstd)``, or, for an Arrow body kept
+as received (the key length's top bit set), ``u16 | u32 defaults length | key | defaults
+(JSON) | the body``. One writer thread takes
 every record queued while the previous fsync ran and writes them with one fsync, so
 concurrent batches share it. A torn or corrupt tail (a crash mid-write) ends replay and is
 cut off; everything before it was acknowledged and is kept.
@@ -20,6 +22,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 import pyarrow as pa
 import xxhash
 
@@ -41,8 +44,29 @@ def encode(key: str | None, table: pa.Table) -> bytes:
     return _HEAD.pack(MAGIC, len(body), xxhash.xxh64_intdigest(body)) + body
 
 
+_RAW = 0x8000   # flag in the key length: the payload holds an Arrow body as received
+
+
+def encode_raw(key: str | None, raw: bytes, defaults: dict) -> bytes:
+    """A record holding a validated Arrow body as received plus the defaults that rebuild
+    the stored table from it (server.store.batch.rebuild): no re-encoding."""
+    k = (key or "").encode()
+    if len(k) >= _RAW:
+        raise ValueError("key too long for a raw record")
+    head = orjson.dumps(defaults)
+    body = struct.pack("<HI", len(k) | _RAW, len(head)) + k + head + raw
+    return _HEAD.pack(MAGIC, len(body), xxhash.xxh64_intdigest(body)) + body
+
+
 def decode(body: bytes) -> tuple[str | None, pa.Table]:
     (klen,) = struct.unpack_from("<H", body)
+    if klen & _RAW:
+        from server.store.batch import rebuild
+        klen &= ~_RAW
+        (hlen,) = struct.unpack_from("<I", body, 2)
+        key = body[6:6 + klen].decode() or None
+        defaults = orjson.loads(body[6 + klen:6 + klen + hlen])
+        return key, rebuild(body[6 + klen + hlen:], defaults)
     key = body[2:2 + klen].decode() or None
     table = pa.ipc.open_stream(pa.py_buffer(body[2 + klen:])).read_all()
     return key, table
