@@ -18,6 +18,9 @@ class StoreConfig:
     max_batch_bytes: int = 64 << 20
     # Records buffered in memory (and the WAL) before they are written as a segment.
     flush_rows: int = 500_000
+    # Records held in memory (acknowledged, not yet in a segment) past which new batches
+    # wait for the background flush: bounds memory when ingest outruns segment writing.
+    max_tail_rows: int = 2_000_000
     # Seconds after which buffered records are written as a segment even if fewer.
     flush_interval_s: float = 5.0
     # Span of one time partition, in seconds (segments never straddle two).

@@ -238,6 +238,8 @@ class Store:
                 await asyncio.wrap_future(self._inflight[key])
                 self.metrics.deduplicated.inc(b.rows)
                 return AppendResult(b.rows, True)
+        while self._tail_rows() > self.cfg.max_tail_rows and not self._stop.is_set():
+            await asyncio.sleep(0.01)   # backpressure: the flush is behind
         loop = asyncio.get_running_loop()
         if b.raw is not None and b.defaults is not None and len((key or "").encode()) < 0x8000:
             record = encode_raw(key, b.raw, b.defaults)
@@ -264,6 +266,10 @@ class Store:
             self._remember(key, b.rows)
             self._count(b.table)
             self._rate.append((time.monotonic(), b.rows))
+
+    def _tail_rows(self) -> int:
+        with self._lock:
+            return sum(c.table.num_rows for c in self._chunks)
 
     def _remember(self, key: str | None, rows: int) -> None:
         if not key:

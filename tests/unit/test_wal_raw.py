@@ -79,3 +79,19 @@ def test_overlong_idempotency_key_is_refused(tmp_path: Path) -> None:
         finally:
             await st.close()
     asyncio.run(run())
+
+
+def test_ingest_waits_for_the_flush_past_the_memory_bound(tmp_path: Path) -> None:
+    async def run() -> list[int]:
+        st = Store(StoreConfig(data_dir=tmp_path, flush_rows=1000, max_tail_rows=1500,
+                               flush_interval_s=3600))
+        await st.open()
+        seen = []
+        for k in range(8):
+            await st.append(st.parse(body(1000, False), None, ARROW), f"b{k}")
+            seen.append(st.stats()["records_in_memory"])
+        total = st.stats()["records"]
+        await st.close()
+        return [max(seen), total]
+    most, total = asyncio.run(run())
+    assert total == 8000 and most <= 2500
