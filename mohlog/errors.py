@@ -49,6 +49,13 @@ class TooLarge(MohlogError):
     code = "too_large"
 
 
+class Busy(MohlogError):
+    """The hub cannot take the batch now (retry later, same Idempotency-Key)."""
+
+    status = 503
+    code = "busy"
+
+
 class StorageFull(MohlogError):
     status = 507
     code = "insufficient_storage"

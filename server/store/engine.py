@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from embeddings.miner import TemplateMiner
 from mohlog import log
-from mohlog.errors import InvalidInput, NotFound
+from mohlog.errors import Busy, InvalidInput, NotFound
 from server.store import batch as batchmod
 from server.store import filters, words
 from server.store.cache import SizedLRU
@@ -238,8 +238,13 @@ class Store:
                 await asyncio.wrap_future(self._inflight[key])
                 self.metrics.deduplicated.inc(b.rows)
                 return AppendResult(b.rows, True)
+        waited = 0.0
         while self._tail_rows() > self.cfg.max_tail_rows and not self._stop.is_set():
+            if waited > 30.0:           # the flush is stuck (see the log): say so
+                raise Busy("segment writing is behind; retry with the same Idempotency-Key",
+                           retry_after_s=5)
             await asyncio.sleep(0.01)   # backpressure: the flush is behind
+            waited += 0.01
         loop = asyncio.get_running_loop()
         if b.raw is not None and b.defaults is not None and len((key or "").encode()) < 0x8000:
             record = encode_raw(key, b.raw, b.defaults)
