@@ -381,6 +381,17 @@ def save(name: str, result: dict[str, Any]) -> Path:
     return out
 
 
+def run_saved(run: Any, work: Path, name: str) -> int:
+    """run() in ``work`` (removed after), its result printed and saved as ``name``."""
+    try:
+        result = run()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(result, indent=2, default=str))
+    print(f"saved {save(name, result)}")
+    return 0
+
+
 def table(rows: list[tuple[str, Any]]) -> str:
     width = max(len(k) for k, _ in rows)
     lines = []

@@ -20,7 +20,6 @@ ceiling. ``--method spawn`` uses posix_spawn() instead of vfork()+execve().
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -41,6 +40,7 @@ from agent_common import (  # noqa: E402
     keep_logs,
     log,
     metric_sum,
+    run_saved,
     save,
     source_only,
     table,
@@ -170,21 +170,11 @@ def main() -> int:
     args = parser.parse_args()
     work = workdir("exec-storm")
     if args.spawner_only:
-        try:
-            result = spawner_only_run(args, work, unique_name("mhx"))
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        print(json.dumps(result, indent=2))
-        print(f"saved {save('exec_storm_spawner_only', result)}")
-        return 0
+        return run_saved(lambda: spawner_only_run(args, work, unique_name("mhx")), work,
+                         "exec_storm_spawner_only")
     if args.source_only:
-        try:
-            result = source_only_run(args, work, unique_name("mhx"))
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        print(json.dumps(result, indent=2))
-        print(f"saved {save('exec_storm_source_only', result)}")
-        return 0
+        return run_saved(lambda: source_only_run(args, work, unique_name("mhx")), work,
+                         "exec_storm_source_only")
     try:
         result = storm(args, work, unique_name("mhx"))
     finally:

@@ -14,7 +14,6 @@ it waits for the agent to drain and counts the hub's records
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -33,6 +32,7 @@ from agent_common import (  # noqa: E402
     keep_logs,
     log,
     metric_sum,
+    run_saved,
     save,
     source_only,
     table,
@@ -151,13 +151,8 @@ def main() -> int:
     args = parser.parse_args()
     work = workdir("open-storm")
     if args.source_only:
-        try:
-            result = source_only_run(args, work, unique_name("mho"))
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        print(json.dumps(result, indent=2))
-        print(f"saved {save('open_storm_source_only', result)}")
-        return 0
+        return run_saved(lambda: source_only_run(args, work, unique_name("mho")), work,
+                         "open_storm_source_only")
     try:
         result = storm(args, work, unique_name("mho"))
     finally:
