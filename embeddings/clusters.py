@@ -89,6 +89,12 @@ def tokenize(shape: str) -> list[str]:
     return _SPLIT.split(shape)
 
 
+def display_key(shape_tokens: list[str]) -> tuple[list[str], tuple[str, ...]]:
+    """A shape's tokens as displayed in templates (MARK → WILD) and as a cluster key."""
+    display = [t.replace(MARK, WILD) for t in shape_tokens]
+    return display, tuple(display)
+
+
 def variable_like(token: str) -> bool:
     """A token that is mostly a value: it holds a masked value and no letters besides."""
     if WILD not in token:
@@ -296,8 +302,7 @@ class ClusterIndex:
 
     def assign(self, shape_tokens: list[str]) -> Cluster:
         """The cluster for a shape, creating, widening or merging as needed."""
-        display = [t.replace(MARK, WILD) for t in shape_tokens]
-        return self.assign_key(display, tuple(display))
+        return self.assign_key(*display_key(shape_tokens))
 
     def assign_key(
         self,

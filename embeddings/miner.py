@@ -63,6 +63,7 @@ from embeddings.clusters import (
     ClusterIndex,
     KeyHashes,
     PreparedKeys,
+    display_key,
     prepare_keys,
     tokenize,
 )
@@ -423,8 +424,7 @@ class TemplateMiner:
         return decision
 
     def _learn(self, shape_tokens: list[str]) -> Cluster:
-        display = [t.replace(MARK, WILD) for t in shape_tokens]
-        return self._learn_key(display, tuple(display))
+        return self._learn_key(*display_key(shape_tokens))
 
     def _learn_key(
         self,
