@@ -41,8 +41,6 @@ def apply(t: pa.Table, q: LogQuery, miner: Any, cursor: tuple[int, str] | None =
     if mask is not None:
         t = t.filter(mask)
     needs = needs_message(q)
-    if needs and "message" not in t.column_names and t.num_rows:
-        t = _prefilter(t, q, miner)
     if not needs and top is not None and t.num_rows > top:
         order = "descending" if q.sort == "desc" else "ascending"
         idx = pc.select_k_unstable(t, top, [("timestamp", order), ("id", order)])
@@ -54,36 +52,6 @@ def apply(t: pa.Table, q: LogQuery, miner: Any, cursor: tuple[int, str] | None =
     t = with_message(t, miner)
     mask = _message_mask(t, q)
     return t.filter(mask) if mask is not None else t
-
-
-def _prefilter(t: pa.Table, q: LogQuery, miner: Any) -> pa.Table:
-    """Keep only rows that can contain every word/phrase term, without rendering: the
-    term is in the template's fixed text, or in one parameter, or the template could
-    hold it across a parameter boundary (those rows are checked after rendering)."""
-    for term in q.terms:
-        if term.kind == "regex" or not t.num_rows:
-            continue
-        needle = term.text if q.case else term.text.lower()
-        flat = pc.list_flatten(t["params"])
-        hit = pc.match_substring(flat, term.text, ignore_case=not q.case).to_numpy(
-            zero_copy_only=False)
-        rows = np.zeros(t.num_rows, bool)
-        parents = pc.list_parent_indices(t["params"]).to_numpy(zero_copy_only=False)
-        rows[parents[hit]] = True
-        keep = _templates_that_may_hold(t["template_id"], needle, q.case, miner)
-        rows |= pc.is_in(t["template_id"], value_set=keep).to_numpy(zero_copy_only=False)
-        t = t.filter(pa.array(rows))
-    return t
-
-
-def _templates_that_may_hold(ids: Any, needle: str, case: bool, miner: Any) -> pa.Array:
-    texts = miner.templates()
-    out = []
-    for tid in pc.unique(ids).to_pylist():
-        info = texts.get(tid)
-        if info is None or _may_hold(info.text if case else info.text.lower(), needle):
-            out.append(tid)
-    return pa.array(out, pa.uint64())
 
 
 def _may_hold(template: str, needle: str) -> bool:
@@ -372,16 +340,18 @@ class Selector:
         tids = t["template_id"].combine_chunks()
         if len(idx) != t.num_rows:
             tids = tids.take(pa.array(idx))
-        uniq = pc.unique(tids)
-        pos = pc.index_in(tids, value_set=uniq).to_numpy(zero_copy_only=False)
         sure = np.ones(len(idx), bool)
         for term, needles in zip(self.terms, self.needles, strict=True):
-            case, word = self.q.case, term.kind == "word"
             for needle in needles:
-                cls = np.array([self._classify(needle, tid, case, word)
-                                for tid in uniq.to_pylist()], np.int8)
-                sure &= cls[pos] == 2
+                sure &= self._per_row(tids, needle, self.q.case, term.kind == "word") == 2
         return sure
+
+    def _per_row(self, tids: pa.Array, needle: str, case: bool, word: bool) -> np.ndarray:
+        """``_classify`` of each row's template (decided once per distinct template)."""
+        uniq = pc.unique(tids)
+        cls = np.array([self._classify(needle, tid, case, word) for tid in uniq.to_pylist()],
+                       np.int8)
+        return cls[pc.index_in(tids, value_set=uniq).to_numpy(zero_copy_only=False)]
 
     def _text(self, t: pa.Table, idx: np.ndarray) -> np.ndarray:
         sub = t if len(idx) == t.num_rows else t.take(pa.array(idx))
@@ -419,11 +389,7 @@ class Selector:
         sure = np.ones(n, bool)
         for needle in sorted(needles, key=len, reverse=True):
             part = sub if len(alive) == n else sub.take(pa.array(alive))
-            tids = part["template_id"].combine_chunks()
-            uniq = pc.unique(tids)
-            cls = np.array([self._classify(needle, tid, case, word)
-                            for tid in uniq.to_pylist()], np.int8)
-            per_row = cls[pc.index_in(tids, value_set=uniq).to_numpy(zero_copy_only=False)]
+            per_row = self._per_row(part["template_id"].combine_chunks(), needle, case, word)
             m = len(alive)
             hit = np.zeros(m, bool)
             edge = np.zeros(m, bool)
