@@ -11,6 +11,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,10 @@ class Store:
                                                           lambda w: w.nbytes)
         self._classes: dict[tuple, int] = {}
         self._scan_pool = ThreadPoolExecutor(2, thread_name_prefix="scan")
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="segment-writer")
+        self._index_pool = ThreadPoolExecutor(1, thread_name_prefix="segment-index")
+        self._writing: Future[int] | None = None
+        self._taken = 0       # chunks of WAL files <= this are being (or were) written
 
     # ---- lifecycle ----------------------------------------------------------
     async def open(self) -> None:
@@ -158,6 +163,7 @@ class Store:
         if self.miner.state_path and Path(self.miner.state_path).exists():
             self.miner.load()
         self._manifest = Manifest.load(self.dir / "manifest.json")
+        self._taken = self._manifest.wal_upto
         self._load_segments()
         self._load_keys()
         replayed = 0
@@ -199,6 +205,8 @@ class Store:
             await asyncio.get_running_loop().run_in_executor(None, self._bg.join, 30)
         self.wal.stop()
         self._scan_pool.shutdown(wait=True, cancel_futures=True)
+        self._writer.shutdown(wait=True)
+        self._index_pool.shutdown(wait=True)
         with self._lock:
             if self.miner.state_path:
                 self.miner.save()
@@ -313,14 +321,21 @@ class Store:
                 sub.offer(_records(hit))
 
     # ---- background: flush + retention --------------------------------------
+    # A flush runs in two stages so that both cores work on it: the flushing thread takes
+    # the chunks the WAL closed, mines their templates and sorts them (``_stage``); the
+    # segment writer thread writes them (Parquet beside the word index and pre-aggregates
+    # on a third thread) and commits them to the manifest (``_commit``). While chunks are
+    # written the next ones are mined. One write is in flight at most; records stay in the
+    # memory tail (queryable, counted by the backpressure) until their commit.
     def _background(self) -> None:
         last_retention = time.monotonic()
         while not self._stop.wait(0.25):
             try:
                 if self._should_flush():
-                    self.flush()
+                    self._start_flush()
                 if time.monotonic() - last_retention > self.cfg.retention_interval_s:
                     last_retention = time.monotonic()
+                    self._drain()           # retention never races a segment write
                     self.enforce_retention()
             except Exception:  # noqa: BLE001 - keep the loop alive, say why
                 log.store.exception("background flush/retention failed; will retry")
@@ -332,24 +347,81 @@ class Store:
 
     def _should_flush(self) -> bool:
         with self._lock:
-            if not self._chunks:
+            todo = [c for c in self._chunks if c.wal > self._taken]
+            if not todo:
                 return False
-            rows = sum(c.table.num_rows for c in self._chunks)
-            age = time.monotonic() - self._chunks[0].added
+            rows = sum(c.table.num_rows for c in todo)
+            age = time.monotonic() - todo[0].added
         return rows >= self.cfg.flush_rows or age >= self.cfg.flush_interval_s
 
     def flush(self) -> int:
-        """Write buffered records as segments; returns the number of records written."""
+        """Write buffered records as segments and wait until they are committed; returns
+        the number of records this call wrote (earlier writes in flight are waited for)."""
+        fut = self._start_flush()
+        if fut is None:
+            self._drain()
+            return 0
+        return fut.result()
+
+    def _drain(self) -> None:
+        """Wait for the segment write in flight, if any (raising its error)."""
+        with self._flush_lock:
+            fut, self._writing = self._writing, None
+        if fut is not None:
+            fut.result()
+
+    def _start_flush(self) -> Future[int] | None:
+        """Stage the chunks the WAL holds now (this thread) and hand them to the writer."""
         with self._flush_lock:
             closed = self.wal.rotate()
             with self._lock:
-                chunks = [c for c in self._chunks if c.wal <= closed]
+                chunks = [c for c in self._chunks if self._taken < c.wal <= closed]
             if not chunks:
                 self.wal.remove_upto(min(closed, self._manifest.wal_upto))
-                return 0
-            new = self._write_segments(chunks)
+                return None
+            with self._lock:
+                after, self._taken = self._taken, closed
+            try:
+                staged = self._stage(chunks)
+                prev, self._writing = self._writing, None
+                if prev is not None:        # one write in flight at most (a failed one
+                    futures_wait([prev])    # said so; _commit keeps the order)
+            except BaseException:
+                with self._lock:            # retake them (and any failed write's) later
+                    self._taken = self._manifest.wal_upto
+                raise
+            self._writing = self._writer.submit(self._commit, staged, chunks, after, closed)
+            return self._writing
+
+    def _stage(self, chunks: list[Chunk]) -> list[tuple[str, pa.Table]]:
+        """Mine the chunks' templates (in one large batch, the miner's vectorised fast
+        path), split them by time partition and sort each part; the miner's state is saved
+        before any segment can name its new templates."""
+        table = pa.concat_tables([c.table.select(batchmod.SCHEMA.names) for c in chunks])
+        table = self._mine(table)
+        self.miner.save()
+        span = self.cfg.partition_s
+        part_keys = pc.divide(table["timestamp"], span * 1_000_000_000).to_numpy()
+        keys = np.unique(part_keys)
+        if len(keys) == 1:
+            return [(partition_name(int(keys[0]) * span * 1_000_000_000, span),
+                     sort_for_segment(table))]
+        return [(partition_name(int(pk) * span * 1_000_000_000, span),
+                 sort_for_segment(table.filter(pa.array(part_keys == pk)))) for pk in keys]
+
+    def _commit(self, staged: list[tuple[str, pa.Table]], chunks: list[Chunk], after: int,
+                closed: int) -> int:
+        """Writer thread: write the staged parts (chunks of WAL files after..closed) as
+        segments and commit them, unless an earlier write failed (its records would be
+        skipped by this commit's WAL mark: all of them are retaken together instead)."""
+        try:
+            if self._manifest.wal_upto != after:
+                raise RuntimeError("an earlier segment write failed; retrying with it")
+            raw = sum(c.raw_bytes for c in chunks)
+            total = sum(t.num_rows for _, t in staged)
+            new = [self._write_segment(part, sub, raw * sub.num_rows // max(1, total))
+                   for part, sub in staged]
             self._persist_keys(chunks)
-            self.miner.save()
             with self._lock:
                 ids = {id(c) for c in chunks}
                 self._manifest.segments.extend(new)
@@ -357,42 +429,52 @@ class Store:
                 self._manifest.save(self.dir / "manifest.json")
                 self._segments = self._segments + new
                 self._chunks = [c for c in self._chunks if id(c) not in ids]
-            self.wal.remove_upto(closed)
-            rows = sum(s.rows for s in new)
-            self.metrics.stored.inc(rows)
-            self.metrics.segments.set(len(self._segments))
-            self.metrics.stored_bytes.set(self.stored_bytes())
-            return rows
+        except BaseException:
+            with self._lock:
+                self._taken = self._manifest.wal_upto
+            log.store.exception("segment write failed; its records stay in the WAL and "
+                                "memory and are written by the next flush")
+            raise
+        self.wal.remove_upto(closed)
+        rows = sum(s.rows for s in new)
+        self.metrics.stored.inc(rows)
+        self.metrics.segments.set(len(self._segments))
+        self.metrics.stored_bytes.set(self.stored_bytes())
+        return rows
 
-    def _write_segments(self, chunks: list[Chunk]) -> list[SegmentInfo]:
-        # Templates are mined here, in large batches off the acknowledgement path (the
-        # miner's vectorised fast path); records in the memory tail have no template yet.
-        table = pa.concat_tables([c.table.select(batchmod.SCHEMA.names) for c in chunks])
-        table = self._mine(table)
-        raw = sum(c.raw_bytes for c in chunks)
-        span = self.cfg.partition_s
-        part_keys = pc.divide(table["timestamp"], span * 1_000_000_000).to_numpy()
-        out = []
-        for pk in np.unique(part_keys):
-            sub = sort_for_segment(table.filter(pa.array(part_keys == pk)))
-            part = partition_name(int(pk) * span * 1_000_000_000, span)
-            n = self._manifest.next_segment
-            self._manifest.next_segment += 1
-            path, size, digest = write_segment(sub, self.seg_dir / part, f"{n:010d}.parquet",
-                                               self.cfg.row_group_rows, self.cfg.zstd_level,
-                                               presorted=True)
-            ts = sub["timestamp"]
+    def _write_segment(self, part: str, sub: pa.Table, raw: int) -> SegmentInfo:
+        """One segment and its sidecars: the Parquet file on this thread, the word index
+        and pre-aggregates meanwhile on the index thread (C and Arrow code: both cores)."""
+        n = self._manifest.next_segment
+        self._manifest.next_segment += 1
+        name = f"{n:010d}.parquet"
+        directory = self.seg_dir / part
+
+        def sidecars() -> tuple[pa.Table, words.WordIndex, str, str]:
             agg = rollup(sub)
             index = words.build(sub["message"], self.cfg.row_group_rows,
                                 fields=sub.select(list(words.FIELDS)))
-            out.append(SegmentInfo(f"{part}/{path.name}", part, sub.num_rows,
-                                   pc.min(ts).as_py(), pc.max(ts).as_py(), size,
-                                   raw * sub.num_rows // max(1, table.num_rows), digest,
-                                   write_rollup(agg, path),
-                                   _digest_of(words.write(index, path))))
-            self._rollups.put(out[-1].path, agg)
-            self._words.put(out[-1].path, index)
-        return out
+            directory.mkdir(parents=True, exist_ok=True)
+            return (agg, index, write_rollup(agg, directory / name),
+                    _digest_of(words.write(index, directory / name)))
+
+        side = self._index_pool.submit(sidecars)
+        try:
+            path, size, digest = write_segment(sub, directory, name, self.cfg.row_group_rows,
+                                               self.cfg.zstd_level, presorted=True)
+            agg, index, rollup_digest, words_digest = side.result()
+        except BaseException:
+            futures_wait([side])
+            for leftover in (directory / name, rollup_path(directory / name),
+                             words.path_for(directory / name)):
+                leftover.unlink(missing_ok=True)
+            raise
+        ts = sub["timestamp"]
+        info = SegmentInfo(f"{part}/{path.name}", part, sub.num_rows, pc.min(ts).as_py(),
+                           pc.max(ts).as_py(), size, raw, digest, rollup_digest, words_digest)
+        self._rollups.put(info.path, agg)
+        self._words.put(info.path, index)
+        return info
 
     def _persist_keys(self, chunks: list[Chunk]) -> None:
         lines = "".join(f"{c.key}\t{c.table.num_rows}\n" for c in chunks if c.key)
@@ -419,9 +501,10 @@ class Store:
         with self._lock:
             return list(self._segments), [c.table for c in self._chunks]
 
-    def _row_groups(self, q: LogQuery) -> list[RowGroup]:
-        """Row groups of the segments overlapping q's range, in q's order."""
-        segs, _ = self._snapshot()
+    def _row_groups(self, q: LogQuery, segs: list[SegmentInfo]) -> list[RowGroup]:
+        """Row groups of the segments (of the query's snapshot: records move from the
+        memory tail to a segment at once, so mixing two snapshots would show some twice or
+        not at all) overlapping q's range, in q's order."""
         out: list[RowGroup] = []
         for s in segs:
             if _overlaps(s, q):
@@ -553,7 +636,7 @@ class Store:
         t0 = time.perf_counter()
         cur = decode_cursor(q.cursor)
         q = _narrowed(q, cur)
-        _, mem = self._snapshot()
+        segs, mem = self._snapshot()
         found: list[pa.Table] = []
         if mem:
             hit = filters.apply(pa.concat_tables(mem), q, self.miner, cur, top=q.limit)
@@ -562,7 +645,7 @@ class Store:
         sel = filters.Selector(q, self.miner, cur, self._class_cache())
         cols = filters.scan_columns(q, cursor=cur is not None)
         desc = q.sort == "desc"
-        groups = batched(self._pruned(self._row_groups(q), q), desc)
+        groups = batched(self._pruned(self._row_groups(q, segs), q), desc)
 
         def work(g: RowGroup) -> pa.Table | None:
             t = self._read(g, cols)
@@ -628,7 +711,7 @@ class Store:
         out_cols = list(columns or filters.OUT_COLUMNS)
         message = "message" in out_cols
         parts: list[pa.Table] = []
-        _, mem = self._snapshot()
+        segs, mem = self._snapshot()
         if mem:
             hit = filters.apply(pa.concat_tables(mem), q, self.miner, message=message)
             if hit.num_rows:
@@ -651,7 +734,7 @@ class Store:
                     t["template_id"].to_numpy(), t["params"].combine_chunks()))
             return t.select(out_cols)
 
-        groups = batched(self._pruned(self._row_groups(q), q), q.sort == "desc", 32)
+        groups = batched(self._pruned(self._row_groups(q, segs), q), q.sort == "desc", 32)
         parts += [t for t in self._prefetched(groups, work) if t is not None]
         if not parts:
             return filters.empty(self.miner).select(out_cols)

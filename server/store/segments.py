@@ -56,9 +56,23 @@ def sort_for_segment(table: pa.Table) -> pa.Table:
     if len(ts) < 2 or (np.diff(ts) > 0).all():
         return table                        # already in order, timestamps distinct
     order = np.argsort(ts, kind="stable")
-    if len(ts) > 1 and not (np.diff(ts[order]) == 0).any():
-        return table.take(pa.array(order))
-    return table.take(pc.sort_indices(table, [("timestamp", "ascending"), ("id", "ascending")]))
+    ties = np.flatnonzero(np.diff(ts[order]) == 0)
+    if len(ties) > 4096:                    # many equal timestamps: one full sort
+        return table.take(pc.sort_indices(table, [("timestamp", "ascending"),
+                                                  ("id", "ascending")]))
+    if len(ties):
+        # Few equal timestamps (the usual case with ns clocks): order each run by id.
+        ids = table["id"]
+        starts = ties[np.concatenate(([True], np.diff(ties) > 1))]
+        for a in starts.tolist():
+            b = a + 1
+            while b < len(order) and ts[order[b]] == ts[order[a]]:
+                b += 1
+            run = order[a:b]
+            order[a:b] = run[np.argsort([ids[int(i)].as_py() for i in run], kind="stable")]
+    if (order == np.arange(len(order))).all():
+        return table
+    return table.take(pa.array(order))
 
 
 def write_segment(table: pa.Table, directory: Path, name: str, row_group: int,

@@ -84,7 +84,8 @@ def test_kill9_during_concurrent_ingest_loses_no_acknowledged_record(hub: Hub,
     hub.start()
     found = collections.Counter(hub.all_ids(""))
     missing = [i for i in acked if found[i] != 1]
-    assert not missing, f"{len(missing)} acknowledged ids not found exactly once"
+    assert not missing, (f"{len(missing)} acknowledged ids not found exactly once (times "
+                         f"found: {collections.Counter(found[i] for i in missing)})")
     assert all(n == 1 for n in found.values())
     for batch in pending:  # the clients retry what was in flight, same key
         wid, n = batch[0]["id"].split("-")[:2]

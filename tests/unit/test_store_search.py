@@ -137,7 +137,7 @@ def test_phrase_inside_template_text_renders_nothing(store: Any) -> None:
     st, _ = store
     q = LogQuery(text='"Received block"', limit=10)
     sel = Selector(q, st.miner, None)
-    g = st._row_groups(q)[0]
+    g = st._row_groups(q, st._snapshot()[0])[0]
     idx = sel.select(st.reader.read(g, scan_columns(q)), q.limit)
     assert len(idx) == 10 and sel.rendered == 0
 
@@ -214,7 +214,7 @@ def test_pre_aggregate_rebuilt_when_corrupt(store: Any) -> None:
 def test_word_index_skips_row_groups_and_matches_whole_words(store: Any) -> None:
     st, recs = store
     q = LogQuery(text="blk_79190", limit=100)   # record 10 only: blk_79190, not blk_791900
-    groups = st._row_groups(q)
+    groups = st._row_groups(q, st._snapshot()[0])
     kept = st._pruned(groups, q)
     assert len(groups) >= 15 and 1 <= len(kept) <= 3
     assert [r["id"] for r in st.search(q).records] == ["m10", "e000010"] == oracle(recs, q)
@@ -283,7 +283,7 @@ def test_word_index_all_row_groups_at_once_equals_one_by_one() -> None:
 def test_field_values_in_the_index_prune_and_match_oracle(store: Any, flt: str) -> None:
     st, recs = store
     q = LogQuery(filters=[parse_filter(flt)], limit=10**5)
-    groups = st._row_groups(q)
+    groups = st._row_groups(q, st._snapshot()[0])
     kept = st._pruned(groups, q)
     if flt in ("pid=99999", "component=KERNEL"):
         assert len(kept) <= 1          # absent values: (nearly) every row group skipped
@@ -325,6 +325,15 @@ def test_segment_order_is_time_then_id() -> None:
     assert sort_for_segment(distinct)["timestamp"].to_pylist() == [1, 3, 5]
     ordered = pa.table({"timestamp": [1, 2, 3], "id": ["c", "b", "a"]})
     assert sort_for_segment(ordered) is ordered
+    tie_in_order = pa.table({"timestamp": [1, 2, 2, 3], "id": ["d", "a", "b", "c"]})
+    assert sort_for_segment(tie_in_order) is tie_in_order
+    tie = pa.table({"timestamp": [1, 2, 2, 3], "id": ["d", "b", "a", "c"]})
+    assert sort_for_segment(tie)["id"].to_pylist() == ["d", "a", "b", "c"]
+    many = rng.integers(0, 3000, 10_000)          # > 4096 equal neighbours: one full sort
+    t = pa.table({"timestamp": many, "id": [f"i{v:05d}" for v in rng.permutation(10_000)]})
+    want = sorted(zip(many.tolist(), t["id"].to_pylist(), strict=True))
+    got = sort_for_segment(t)
+    assert list(zip(got["timestamp"].to_pylist(), got["id"].to_pylist(), strict=True)) == want
 
 
 def test_busy_says_whether_records_arrived_lately(store: Any, tmp_path: Path) -> None:
@@ -332,3 +341,73 @@ def test_busy_says_whether_records_arrived_lately(store: Any, tmp_path: Path) ->
     assert st.busy(within_s=3600)
     fresh = Store(StoreConfig(data_dir=tmp_path / "fresh"))
     assert not fresh.busy(within_s=3600)
+
+
+def test_a_flush_during_a_query_shows_each_record_once(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records move from the memory tail to a segment while a query runs: the query reads
+    one snapshot of both, so none appears twice (nor goes missing)."""
+    from server.store import engine, filters
+    recs = entries(900)
+    loop = asyncio.new_event_loop()
+    st = Store(StoreConfig(data_dir=tmp_path, row_group_rows=200, flush_interval_s=3600))
+    loop.run_until_complete(st.open())
+    try:
+        body = b"\n".join(orjson.dumps(r) for r in recs[:300])
+        loop.run_until_complete(st.append(st.parse(body), "a"))
+        st.flush()
+        body = b"\n".join(orjson.dumps(r) for r in recs[300:])
+        loop.run_until_complete(st.append(st.parse(body), "b"))
+        real_apply = filters.apply
+
+        def apply_then_flush(*args: Any, **kw: Any) -> Any:
+            out = real_apply(*args, **kw)   # the memory tail is read: now it is flushed
+            assert st.flush() == 600
+            return out
+        monkeypatch.setattr(engine.filters, "apply", apply_then_flush)
+        ids = [r["id"] for r in st.search(LogQuery(limit=2000)).records]
+        assert sorted(ids) == sorted(r["id"] for r in recs)
+    finally:
+        loop.run_until_complete(st.close())
+        loop.close()
+
+
+def test_a_failed_segment_write_keeps_its_records_and_is_retried(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A segment write that fails (here: disk full) leaves its records in the memory tail
+    and the WAL, no partial files, and the next flush writes them with the newer ones."""
+    import errno
+
+    from server.store import engine
+    recs = entries(600)
+    loop = asyncio.new_event_loop()
+    st = Store(StoreConfig(data_dir=tmp_path, row_group_rows=200, flush_interval_s=3600))
+    loop.run_until_complete(st.open())
+    real_write = engine.write_segment
+
+    def full(*args: Any, **kw: Any) -> Any:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    try:
+        body = b"\n".join(orjson.dumps(r) for r in recs[:300])
+        loop.run_until_complete(st.append(st.parse(body), "a"))
+        monkeypatch.setattr(engine, "write_segment", full)
+        with pytest.raises(OSError):
+            st.flush()
+        assert not list((tmp_path / "segments").rglob("*.*"))   # no segment, no sidecar
+        assert len(st.search(LogQuery(limit=1000)).records) == 300
+        body = b"\n".join(orjson.dumps(r) for r in recs[300:])
+        loop.run_until_complete(st.append(st.parse(body), "b"))
+        monkeypatch.setattr(engine, "write_segment", real_write)
+        assert st.flush() == 600
+        ids = [r["id"] for r in st.search(LogQuery(limit=1000)).records]
+        assert sorted(ids) == sorted(r["id"] for r in recs)
+    finally:
+        loop.run_until_complete(st.close())
+    st = Store(StoreConfig(data_dir=tmp_path, row_group_rows=200, flush_interval_s=3600))
+    loop.run_until_complete(st.open())      # nothing replayed twice from the WAL
+    try:
+        assert sorted(r["id"] for r in st.search(LogQuery(limit=1000)).records) == \
+            sorted(r["id"] for r in recs)
+    finally:
+        loop.run_until_complete(st.close())
+        loop.close()
