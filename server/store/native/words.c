@@ -84,10 +84,13 @@ int64_t mohlog_word_blooms(const uint8_t *data, const int64_t *offsets, int64_t 
         for (uint64_t j = 0; j < cap; j++) {
             uint64_t h = set[j];
             if (!h) continue;
-            uint64_t h1 = h & 0xFFFFFFFFULL, h2 = (h >> 32) | 1ULL;
+            /* positions (h1 + i*h2) % m for i < k (no overflow: h1, h2 < 2^32), stepped
+             * without a division per probe */
+            uint64_t pos = (h & 0xFFFFFFFFULL) % m, step = ((h >> 32) | 1ULL) % m;
             for (int i = 0; i < k; i++) {
-                uint64_t pos = (h1 + (uint64_t)i * h2) % m;
                 bits[pos >> 3] |= (uint8_t)(0x80 >> (pos & 7));
+                pos += step;
+                if (pos >= m) pos -= m;
             }
         }
         free(set);
