@@ -395,19 +395,20 @@ class Store:
 
     def _stage(self, chunks: list[Chunk]) -> list[tuple[str, pa.Table]]:
         """Mine the chunks' templates (in one large batch, the miner's vectorised fast
-        path), split them by time partition and sort each part; the miner's state is saved
-        before any segment can name its new templates."""
+        path), sort them by time and cut them into time partitions; the miner's state is
+        saved before any segment can name its new templates."""
         table = pa.concat_tables([c.table.select(batchmod.SCHEMA.names) for c in chunks])
         table = self._mine(table)
         self.miner.save()
+        # Sorted by time once: each time partition is then a contiguous slice of it.
+        table = sort_for_segment(table)
+        if not table.num_rows:
+            return []
         span = self.cfg.partition_s
         part_keys = pc.divide(table["timestamp"], span * 1_000_000_000).to_numpy()
-        keys = np.unique(part_keys)
-        if len(keys) == 1:
-            return [(partition_name(int(keys[0]) * span * 1_000_000_000, span),
-                     sort_for_segment(table))]
-        return [(partition_name(int(pk) * span * 1_000_000_000, span),
-                 sort_for_segment(table.filter(pa.array(part_keys == pk)))) for pk in keys]
+        cuts = [0, *(np.flatnonzero(np.diff(part_keys)) + 1).tolist(), len(part_keys)]
+        return [(partition_name(int(part_keys[a]) * span * 1_000_000_000, span),
+                 table.slice(a, b - a)) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
 
     def _commit(self, staged: list[tuple[str, pa.Table]], chunks: list[Chunk], after: int,
                 closed: int) -> int:

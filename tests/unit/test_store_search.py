@@ -411,3 +411,30 @@ def test_a_failed_segment_write_keeps_its_records_and_is_retried(
     finally:
         loop.run_until_complete(st.close())
         loop.close()
+
+
+def test_one_flush_spanning_partitions_writes_one_segment_per_partition(
+        tmp_path: Path) -> None:
+    from server.store.segments import partition_name
+    hour = 3600 * 10**9
+    recs = [dict(r, timestamp=T0 - T0 % hour + (i % 3) * hour + i)
+            for i, r in enumerate(entries(900))]
+    loop = asyncio.new_event_loop()
+    st = Store(StoreConfig(data_dir=tmp_path, row_group_rows=100, flush_interval_s=3600,
+                           partition_s=3600))
+    loop.run_until_complete(st.open())
+    try:
+        body = b"\n".join(orjson.dumps(r) for r in recs)
+        loop.run_until_complete(st.append(st.parse(body), "a"))
+        assert st.flush() == 900
+        segs = st._snapshot()[0]
+        assert len(segs) == 3 and len({s.partition for s in segs}) == 3
+        for s in segs:
+            assert s.rows == 300 and s.max_ts - s.min_ts < hour
+            assert partition_name(s.min_ts, 3600) == partition_name(s.max_ts, 3600) \
+                == s.partition
+        got = [r["id"] for r in st.search(LogQuery(limit=1000, sort="asc")).records]
+        assert got == [r["id"] for r in sorted(recs, key=lambda r: (r["timestamp"], r["id"]))]
+    finally:
+        loop.run_until_complete(st.close())
+        loop.close()
