@@ -42,7 +42,7 @@ from server.store.segments import (
     read_rollup,
     rollup,
     rollup_path,
-    sort_for_segment,
+    sort_order,
     verify,
     write_rollup,
     write_segment,
@@ -85,6 +85,15 @@ class Chunk:
     table: pa.Table
     raw_bytes: int
     added: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Staged:
+    """One time partition of a flush, mined and sorted, waiting for the segment writer."""
+    partition: str
+    table: pa.Table             # stored columns, in stored (time) order
+    messages: pa.ChunkedArray   # the flush's messages, unsorted
+    order: np.ndarray           # messages.take(order) is this part's, in stored order
 
 
 class Subscription:
@@ -393,24 +402,32 @@ class Store:
             self._writing = self._writer.submit(self._commit, staged, chunks, after, closed)
             return self._writing
 
-    def _stage(self, chunks: list[Chunk]) -> list[tuple[str, pa.Table]]:
+    def _stage(self, chunks: list[Chunk]) -> list[Staged]:
         """Mine the chunks' templates (in one large batch, the miner's vectorised fast
         path), sort them by time and cut them into time partitions; the miner's state is
         saved before any segment can name its new templates."""
         table = pa.concat_tables([c.table.select(batchmod.SCHEMA.names) for c in chunks])
         table = self._mine(table)
         self.miner.save()
-        # Sorted by time once: each time partition is then a contiguous slice of it.
-        table = sort_for_segment(table)
+        # Sorted by time once: each time partition is then a contiguous slice of it. The
+        # messages are not stored (template + parameters are): the word index reads them
+        # through the permutation instead of a sorted copy.
+        order = sort_order(table)
+        messages = table["message"]
+        table = table.drop_columns(["message"])
+        if order is not None:
+            table = table.take(pa.array(order))
         if not table.num_rows:
             return []
         span = self.cfg.partition_s
         part_keys = pc.divide(table["timestamp"], span * 1_000_000_000).to_numpy()
         cuts = [0, *(np.flatnonzero(np.diff(part_keys)) + 1).tolist(), len(part_keys)]
-        return [(partition_name(int(part_keys[a]) * span * 1_000_000_000, span),
-                 table.slice(a, b - a)) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+        return [Staged(partition_name(int(part_keys[a]) * span * 1_000_000_000, span),
+                       table.slice(a, b - a), messages,
+                       np.arange(a, b) if order is None else order[a:b])
+                for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
 
-    def _commit(self, staged: list[tuple[str, pa.Table]], chunks: list[Chunk], after: int,
+    def _commit(self, staged: list[Staged], chunks: list[Chunk], after: int,
                 closed: int) -> int:
         """Writer thread: write the staged parts (chunks of WAL files after..closed) as
         segments and commit them, unless an earlier write failed (its records would be
@@ -419,9 +436,9 @@ class Store:
             if self._manifest.wal_upto != after:
                 raise RuntimeError("an earlier segment write failed; retrying with it")
             raw = sum(c.raw_bytes for c in chunks)
-            total = sum(t.num_rows for _, t in staged)
-            new = [self._write_segment(part, sub, raw * sub.num_rows // max(1, total))
-                   for part, sub in staged]
+            total = sum(p.table.num_rows for p in staged)
+            new = [self._write_segment(p, raw * p.table.num_rows // max(1, total))
+                   for p in staged]
             self._persist_keys(chunks)
             with self._lock:
                 ids = {id(c) for c in chunks}
@@ -443,9 +460,10 @@ class Store:
         self.metrics.stored_bytes.set(self.stored_bytes())
         return rows
 
-    def _write_segment(self, part: str, sub: pa.Table, raw: int) -> SegmentInfo:
+    def _write_segment(self, staged: Staged, raw: int) -> SegmentInfo:
         """One segment and its sidecars: the Parquet file on this thread, the word index
         and pre-aggregates meanwhile on the index thread (C and Arrow code: both cores)."""
+        part, sub = staged.partition, staged.table
         n = self._manifest.next_segment
         self._manifest.next_segment += 1
         name = f"{n:010d}.parquet"
@@ -453,8 +471,8 @@ class Store:
 
         def sidecars() -> tuple[pa.Table, words.WordIndex, str, str]:
             agg = rollup(sub)
-            index = words.build(sub["message"], self.cfg.row_group_rows,
-                                fields=sub.select(list(words.FIELDS)))
+            index = words.build(staged.messages, self.cfg.row_group_rows,
+                                fields=sub.select(list(words.FIELDS)), order=staged.order)
             directory.mkdir(parents=True, exist_ok=True)
             return (agg, index, write_rollup(agg, directory / name),
                     _digest_of(words.write(index, directory / name)))

@@ -50,18 +50,24 @@ def partition_name(ts_ns: int, span_s: int) -> str:
 
 
 def sort_for_segment(table: pa.Table) -> pa.Table:
-    """Rows in (timestamp, id) order: a stable sort of the timestamps alone when they are
-    all distinct (the usual case, and ~10x cheaper than comparing id strings)."""
+    """Rows in (timestamp, id) order."""
+    order = sort_order(table)
+    return table if order is None else table.take(pa.array(order))
+
+
+def sort_order(table: pa.Table) -> np.ndarray | None:
+    """The permutation putting rows in (timestamp, id) order; None when they are. Equal
+    timestamps are rare with ns clocks: a stable sort of the timestamps alone, then runs of
+    equal ones ordered by id (~10x cheaper than comparing id strings everywhere)."""
     ts = table["timestamp"].to_numpy()
     if len(ts) < 2 or (np.diff(ts) > 0).all():
-        return table                        # already in order, timestamps distinct
+        return None                         # already in order, timestamps distinct
     order = np.argsort(ts, kind="stable")
     ties = np.flatnonzero(np.diff(ts[order]) == 0)
     if len(ties) > 4096:                    # many equal timestamps: one full sort
-        return table.take(pc.sort_indices(table, [("timestamp", "ascending"),
-                                                  ("id", "ascending")]))
+        return pc.sort_indices(table, [("timestamp", "ascending"),
+                                       ("id", "ascending")]).to_numpy()
     if len(ties):
-        # Few equal timestamps (the usual case with ns clocks): order each run by id.
         ids = table["id"]
         starts = ties[np.concatenate(([True], np.diff(ties) > 1))]
         for a in starts.tolist():
@@ -71,8 +77,8 @@ def sort_for_segment(table: pa.Table) -> pa.Table:
             run = order[a:b]
             order[a:b] = run[np.argsort([ids[int(i)].as_py() for i in run], kind="stable")]
     if (order == np.arange(len(order))).all():
-        return table
-    return table.take(pa.array(order))
+        return None
+    return order
 
 
 def write_segment(table: pa.Table, directory: Path, name: str, row_group: int,

@@ -197,7 +197,7 @@ def _load() -> ctypes.CDLL:
     fn.restype = ctypes.c_int64
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
                    ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_int64,
-                   ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+                   ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
     return lib
 
 
@@ -256,14 +256,16 @@ def _extra(fields: pa.Table | None, n: int, rg_rows: int) -> tuple[np.ndarray, n
 
 
 def build(messages: pa.Array | pa.ChunkedArray, rg_rows: int, native: bool = True,
-          fields: pa.Table | None = None) -> WordIndex:
-    """The index of a segment whose messages, in stored order, are ``messages`` (and the
-    ``fields`` columns, same order) and whose row groups hold ``rg_rows`` rows each."""
-    extra, extra_off = _extra(fields, len(messages), rg_rows)
+          fields: pa.Table | None = None, order: np.ndarray | None = None) -> WordIndex:
+    """The index of a segment whose messages, in stored order, are ``messages`` (or
+    ``messages.take(order)``, not copied) and the ``fields`` columns (stored order), and
+    whose row groups hold ``rg_rows`` rows each."""
+    n = len(messages) if order is None else len(order)
+    extra, extra_off = _extra(fields, n, rg_rows)
     lib = _native() if native else None
     if lib is not None:
         data, offsets = _large(messages)
-        n = len(offsets) - 1
+        perm = None if order is None else np.ascontiguousarray(order, np.int64)
         n_rg = max(1, -(-n // rg_rows))
         cap = (len(data) // 2 + n + 1 + len(extra)) * _BITS_PER_WORD // 8 + 64 * n_rg
         out = np.empty(cap, np.uint8)
@@ -271,13 +273,16 @@ def build(messages: pa.Array | pa.ChunkedArray, rg_rows: int, native: bool = Tru
         got = lib.mohlog_word_blooms(data.ctypes.data, offsets.ctypes.data, n, rg_rows,
                                      _BITS_PER_WORD, _K, out.ctypes.data, cap,
                                      sizes.ctypes.data, extra.ctypes.data,
-                                     extra_off.ctypes.data)
+                                     extra_off.ctypes.data,
+                                     None if perm is None else perm.ctypes.data)
         if got == n_rg:
             ends = np.cumsum(sizes)
             return WordIndex([out[e - s:e].copy() for s, e in zip(sizes, ends, strict=True)])
         log.store.warning("word index: C helper failed (%d); using numpy", got)
     if isinstance(messages, pa.ChunkedArray):
         messages = messages.combine_chunks()
+    if order is not None:
+        messages = messages.take(pa.array(order))
     blooms = []
     for r, start in enumerate(range(0, max(len(messages), 1), rg_rows)):
         part = messages.slice(start, rg_rows)

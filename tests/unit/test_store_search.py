@@ -262,6 +262,14 @@ def test_word_index_native_equals_numpy_and_query_hashes() -> None:
     assert not a.may_contain(4, words.query_hashes("nowhere"))
     assert a.may_contain(0, words.query_hashes("RECEIVED Block"))
     assert words.query_hashes("été") is None
+    # Stored order given as a permutation (a part of it): same index as a sorted copy.
+    perm = np.random.default_rng(5).permutation(len(msgs))[:2500]
+    want = words.build(msgs.take(pa.array(perm)), 700, fields=fields.take(pa.array(perm)))
+    for native in (True, False):
+        got = words.build(msgs, 700, native=native, fields=fields.take(pa.array(perm)),
+                          order=perm)
+        assert len(got.blooms) == len(want.blooms) == 4
+        assert all(np.array_equal(x, y) for x, y in zip(got.blooms, want.blooms, strict=True))
 
 
 def test_word_index_all_row_groups_at_once_equals_one_by_one() -> None:

@@ -44,11 +44,13 @@ static int insert(uint64_t **setp, uint64_t *capp, int64_t *distinct, uint64_t h
 
 /* Row group r's filter holds the words of strings [r*rg_rows, (r+1)*rg_rows) and the
  * extra hashes extra[extra_off[r]:extra_off[r+1]] (field values; extra may be NULL).
+ * With order (else NULL), string s is the one at offsets[order[s]] (stored order given
+ * as a permutation: the strings need not be copied into it).
  * Returns the number of row groups, or -1 when out_cap is too small or memory runs out. */
 int64_t mohlog_word_blooms(const uint8_t *data, const int64_t *offsets, int64_t n_strings,
                            int64_t rg_rows, int bits_per_word, int k, uint8_t *out,
                            int64_t out_cap, int64_t *out_sizes, const uint64_t *extra,
-                           const int64_t *extra_off) {
+                           const int64_t *extra_off, const int64_t *order) {
     if (!lut['a']) init_lut();
     int64_t used = 0, n_rg = 0;
     for (int64_t first = 0; first < n_strings || (n_strings == 0 && n_rg == 0); first += rg_rows) {
@@ -59,8 +61,9 @@ int64_t mohlog_word_blooms(const uint8_t *data, const int64_t *offsets, int64_t 
         int64_t distinct = 0;
         for (int64_t s = first; s < last; s++) {
             uint64_t h = 0, pw = 1, len = 0;
-            for (int64_t i = offsets[s]; i <= offsets[s + 1]; i++) {
-                uint8_t b = i < offsets[s + 1] ? lut[data[i]] : 0;
+            int64_t at = order ? order[s] : s, end = offsets[at + 1];
+            for (int64_t i = offsets[at]; i <= end; i++) {
+                uint8_t b = i < end ? lut[data[i]] : 0;
                 if (b) {
                     h += (uint64_t)b * pw;
                     pw *= P;
