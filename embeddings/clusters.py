@@ -23,13 +23,17 @@ Sibling keys are looked up by a 64-bit hash of the key (linear in per-token hash
 the key with any one position made wild is one multiply-add away, and
 :func:`prepare_keys` computes them for a whole batch of new shapes with numpy); a hit is
 checked against the real key, and the rare colliding key is kept in an exact table.
+Most new templates have no sibling yet (*lone*): a batch checks their sibling hashes and
+enters them in a numpy hash table at once (:class:`LoneBatch`); the rest of the sibling
+table is a dict.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 
 import numpy as np
 import pyarrow as pa
@@ -172,17 +176,21 @@ class PreparedKeys:
 
     display: list[str]  # every shape's display tokens, flat (equal tokens are one object)
     offsets: list[int]  # shape k's tokens are display[offsets[k]:offsets[k + 1]]
-    hashes: list[int]  # key hash of each shape
+    hashes: np.ndarray  # uint64 key hash of each shape
     sibs: np.ndarray  # flat uint64, per token: hash of its shape's key with it wild
     varlike: dict[int, list[int]]  # shape -> positions of its variable-like tokens
     marks: list[int]  # masked values (MARKs) in each shape
-    lone: list[int]  # flat: the sibling hashes of the tokens that are not wild
-    lone_offsets: list[int]  # shape k's are lone[lone_offsets[k]:lone_offsets[k + 1]]
+    lone: np.ndarray  # flat uint64: the sibling hashes of the tokens that are not wild
+    lone_offsets: np.ndarray  # shape k's are lone[lone_offsets[k]:lone_offsets[k + 1]]
+
+    def lone_of(self, k: int) -> list[int]:
+        """Shape k's sibling hashes of the tokens that are not wild."""
+        return self.lone[self.lone_offsets[k] : self.lone_offsets[k + 1]].tolist()
 
     def hashes_of(self, k: int) -> KeyHashes:
         """Shape k's key hashes, as ``ClusterIndex.assign_key`` takes them."""
         sibs = self.sibs[self.offsets[k] : self.offsets[k + 1]].tolist()
-        return self.hashes[k], sibs, self.lone[self.lone_offsets[k] : self.lone_offsets[k + 1]]
+        return int(self.hashes[k]), sibs, self.lone_of(k)
 
 
 def split_tokens(shapes: pa.Array) -> tuple[pa.Array, np.ndarray]:
@@ -236,13 +244,183 @@ def prepare_keys(shapes: pa.Array) -> PreparedKeys:
     return PreparedKeys(
         list(map(uniq.__getitem__, idx.tolist())),
         offsets.tolist(),
-        hashes.tolist(),
+        hashes,
         sibs,
         varlike,
         marks.tolist(),
-        sibs[~wild].tolist(),
-        lone_offsets.tolist(),
+        sibs[~wild],
+        lone_offsets,
     )
+
+
+class _HashTable:
+    """uint64 keys -> int32 values (not -1) in numpy arrays, open addressing with linear
+    probing from the top bits of the key: lookups and inserts of many keys at once are
+    vectorised, ``get`` reads one key from Python."""
+
+    def __init__(self, bits: int = 12) -> None:
+        self.size = 0
+        self._alloc(bits)
+
+    def _alloc(self, bits: int) -> None:
+        self.shift = 64 - bits
+        self.mask = (1 << bits) - 1
+        self.keys = np.zeros(1 << bits, dtype=np.uint64)
+        self.vals = np.full(1 << bits, -1, dtype=np.int32)  # -1: empty slot
+        self._keys = memoryview(self.keys)  # for get: indexing gives Python ints
+        self._vals = memoryview(self.vals)
+
+    def _slots(self, keys: np.ndarray) -> np.ndarray:
+        return (keys >> np.uint64(self.shift)).astype(np.int64)
+
+    def get(self, key: int) -> int:
+        """The value of ``key``, -1 when absent."""
+        keys, vals, mask = self._keys, self._vals, self.mask
+        i = key >> self.shift
+        while (v := vals[i]) != -1:
+            if keys[i] == key:
+                return v
+            i = (i + 1) & mask
+        return -1
+
+    def find(self, keys: np.ndarray) -> np.ndarray:
+        """``get`` for each of ``keys`` (uint64), vectorised: int32 values, -1 if absent."""
+        out = np.full(len(keys), -1, dtype=np.int32)
+        at, slot = np.arange(len(keys)), self._slots(keys)
+        while len(keys):
+            v = self.vals[slot]
+            used = v != -1
+            hit = used & (self.keys[slot] == keys)
+            out[at[hit]] = v[hit]
+            more = used & ~hit
+            keys, at, slot = keys[more], at[more], (slot[more] + 1) & self.mask
+        return out
+
+    def insert(self, keys: np.ndarray, vals: np.ndarray) -> None:
+        """Add ``keys`` (uint64, distinct, none in the table yet) with ``vals`` (int32)."""
+        if 2 * (self.size + len(keys)) > len(self.keys):  # keep the load under a half
+            used = self.vals != -1
+            keys = np.concatenate((self.keys[used], keys))
+            vals = np.concatenate((self.vals[used], vals))
+            self._alloc(max(12, (4 * len(keys)).bit_length()))
+            self.size = 0
+        self.size += len(keys)
+        slot = self._slots(keys)
+        while len(keys):
+            # the keys at a free slot write it; of several, the one whose key stayed wins
+            free = np.flatnonzero(self.vals[slot] == -1)
+            self.keys[slot[free]] = keys[free]
+            won = free[self.keys[slot[free]] == keys[free]]
+            self.vals[slot[won]] = vals[won]
+            rest = np.ones(len(keys), dtype=bool)
+            rest[won] = False
+            keys, vals, slot = keys[rest], vals[rest], (slot[rest] + 1) & self.mask
+
+
+# a batch holding at most this many lone clusters not yet entered enters them in the
+# dict (a Python loop), more at once in the numpy table
+_LONE_DICT_MAX = 16
+
+
+class LoneBatch:
+    """``new`` decides, in batch order, whether each new shape of ``prep`` makes a lone
+    cluster (a template with no sibling yet: nothing known finds its key, no merged
+    template has its length, neither its key hash nor any of its sibling hashes is held in
+    the sibling table, and no two of these are alike) and makes it then. The hashes are
+    checked against the sibling table for the whole batch at once when it starts, against
+    those of the batch's earlier lone clusters through the hashes the batch holds more
+    than once, and against those entered in the dict since (by the other shapes' learning)
+    one by one. The new lone clusters are entered in the sibling table at once, before
+    any other learning (``flush``, which returns None) and at the end of the batch."""
+
+    def __init__(self, index: ClusterIndex, prep: PreparedKeys) -> None:
+        self.index, self.prep = index, prep
+        siblings, table = index._siblings, index._table
+        if len(siblings) > index._synced:  # dict keys are in the table too (as -2)
+            keys = np.fromiter(
+                islice(reversed(siblings.keys()), len(siblings) - index._synced),
+                dtype=np.uint64, count=len(siblings) - index._synced,
+            )
+            keys = keys[table.find(keys) == -1]
+            table.insert(keys, np.full(len(keys), -2, dtype=np.int32))
+            index._synced = len(siblings)
+        n = len(prep.hashes)
+        owner = np.repeat(np.arange(n), np.diff(prep.lone_offsets))
+        clash = table.find(prep.hashes) != -1
+        clash[owner[table.find(prep.lone) != -1]] = True
+        # shape -> its hashes that other hashes of the batch equal; its sibling hashes
+        # among them are claimed when it makes a lone cluster
+        self.shared: dict[int, list[int]] = {}
+        self.claims: dict[int, list[int]] = {}
+        self.claimed: set[int] = set()
+        hashes = np.concatenate((prep.hashes, prep.lone))
+        ordered = np.sort(hashes)
+        dup = ordered[1:][ordered[1:] == ordered[:-1]]
+        if len(dup):
+            dup = np.unique(dup)
+            near = np.minimum(np.searchsorted(dup, hashes), len(dup) - 1)
+            at = np.flatnonzero(dup[near] == hashes)
+            who = np.concatenate((np.arange(n), owner))[at]
+            for i, h, k in zip(at.tolist(), hashes[at].tolist(), who.tolist(), strict=True):
+                self.shared.setdefault(k, []).append(h)
+                if i >= n:
+                    claims = self.claims.setdefault(k, [])
+                    if h in claims:  # two of its sibling hashes alike
+                        clash[k] = True
+                    claims.append(h)
+        self.clash: list[bool] = clash.tolist()
+        self.pending: list[tuple[int, int]] = []  # (shape, cluster index) not yet entered
+        self.seen = len(siblings)  # keys of the dict checked, the later ones in fresh
+        self.fresh: set[int] = set()
+
+    def new(
+        self, k: int, display: list[str], key: tuple[str, ...], varlike: Sequence[int] = ()
+    ) -> Cluster | None:
+        """The lone cluster made for shape ``k``, or None (after ``flush``) when it does not
+        make one (``ClusterIndex.assign_key`` decides then)."""
+        index = self.index
+        siblings, by_key = index._siblings, index._by_key
+        if len(siblings) != self.seen:  # the other shapes' learning entered these
+            self.fresh.update(islice(reversed(siblings.keys()), len(siblings) - self.seen))
+            self.seen = len(siblings)
+        if self.clash[k] or key in by_key or len(key) in index._wildsets:
+            return self.flush()
+        for i in varlike:
+            if (*key[:i], WILD, *key[i + 1 :]) in by_key:
+                return self.flush()
+        shared = self.shared.get(k)
+        if shared is not None and not self.claimed.isdisjoint(shared):
+            return self.flush()
+        if self.fresh and (
+            int(self.prep.hashes[k]) in self.fresh
+            or not self.fresh.isdisjoint(self.prep.lone_of(k))
+        ):
+            return self.flush()
+        cluster = Cluster(display, key, len(index.clusters))
+        index.clusters.append(cluster)
+        by_key[key] = cluster
+        self.claimed.update(self.claims.get(k, ()))
+        self.pending.append((k, cluster.index))
+        return cluster
+
+    def flush(self) -> None:
+        """Enter the lone clusters made since the last flush in the sibling table."""
+        pending, self.pending = self.pending, []
+        if not pending:
+            return
+        index, prep = self.index, self.prep
+        if len(pending) <= _LONE_DICT_MAX:
+            for k, c in pending:
+                index._siblings.update(dict.fromkeys(prep.lone_of(k), index.clusters[c]))
+            self.seen = len(index._siblings)  # claimed already
+            return
+        shapes, clusters = np.array(pending, dtype=np.int64).T
+        cut = prep.lone_offsets
+        counts = cut[shapes + 1] - cut[shapes]
+        first = np.zeros(len(counts), dtype=np.int64)
+        np.cumsum(counts[:-1], out=first[1:])
+        at = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(first - cut[shapes], counts)
+        index._table.insert(prep.lone[at], np.repeat(clusters.astype(np.int32), counts))
 
 
 class _Lone:
@@ -293,8 +471,12 @@ class ClusterIndex:
     _by_key: dict[tuple[str, ...], Cluster] = field(default_factory=dict)
     # length -> sets of merged wild positions, most specific first
     _wildsets: dict[int, list[frozenset[int]]] = field(default_factory=dict)
-    # hash of a sibling key (one more position wild) -> clusters differing only there
+    # hash of a sibling key (one more position wild) -> clusters differing only there;
+    # lone clusters entered by a LoneBatch are in _table instead (index in clusters)
     _siblings: dict[int, _Entry] = field(default_factory=dict)
+    # _table also holds the keys of _siblings (value -2) up to the first _synced ones
+    _table: _HashTable = field(default_factory=_HashTable)
+    _synced: int = 0
     # sibling key -> its entry, for the keys whose hash another key holds in _siblings
     _siblings_exact: dict[tuple[str, ...], _Entry] = field(default_factory=dict)
     # (old text, cluster) for every widening/merge since the miner last drained them
@@ -329,28 +511,6 @@ class ClusterIndex:
             cluster.tokens = wider
         return cluster
 
-    def new_lone(
-        self, display: list[str], key: tuple[str, ...], h: int, lone: list[int],
-        varlike: Sequence[int] = (),
-    ) -> Cluster | None:
-        """The new cluster of a key that ``assign_key`` would simply add: nothing known
-        finds it, no merged template has its length, and it has no sibling yet (so
-        nothing can merge). None (and nothing done) for any other key."""
-        by_key, siblings = self._by_key, self._siblings
-        if key in by_key or len(key) in self._wildsets or h in siblings:
-            return None
-        for i in varlike:
-            if (*key[:i], WILD, *key[i + 1 :]) in by_key:
-                return None
-        cluster = Cluster(tokens=display, key=key, index=len(self.clusters))
-        mine = dict.fromkeys(lone, cluster)
-        if len(mine) != len(lone) or not siblings.keys().isdisjoint(mine):
-            return None
-        self.clusters.append(cluster)
-        by_key[key] = cluster
-        siblings.update(mine)
-        return cluster
-
     def _find(
         self, key: tuple[str, ...], varlike: Sequence[int] | None = None
     ) -> Cluster | None:
@@ -371,16 +531,28 @@ class ClusterIndex:
         return None
 
     # -------------------------------------------------------- sibling table
+    def _sib_held(self, h: int) -> _Entry | None:
+        """The entry held under hash ``h`` (in the dict, or a lone cluster in the table)."""
+        entry = self._siblings.get(h)
+        if entry is None and (i := self._table.get(h)) >= 0:
+            return self.clusters[i]
+        return entry
+
+    def _sib_free(self, hashes: Iterable[int]) -> bool:
+        """Whether no entry is held under any of ``hashes``."""
+        siblings, table = self._siblings, self._table
+        return not any(h in siblings or table.get(h) != -1 for h in hashes)
+
     def _sib_get(self, h: int, sib: tuple[str, ...]) -> _Entry | None:
         """The entry of sibling key ``sib`` (hash ``h``)."""
-        entry = self._siblings.get(h)
+        entry = self._sib_held(h)
         if entry is None or _sib_key_is(entry, sib):
             return entry
         return self._siblings_exact.get(sib)
 
     def _sib_set(self, h: int, sib: tuple[str, ...], entry: _Entry) -> None:
         """Store (or replace) the entry of sibling key ``sib`` (hash ``h``)."""
-        held = self._siblings.get(h)
+        held = self._sib_held(h)
         if held is None or _sib_key_is(held, sib):
             self._siblings[h] = entry
         else:
@@ -430,7 +602,7 @@ class ClusterIndex:
         siblings = self._siblings
         if lone is not None:
             mine = dict.fromkeys(lone, cluster)
-            if len(mine) == len(lone) and siblings.keys().isdisjoint(mine):
+            if len(mine) == len(lone) and self._sib_free(mine):
                 siblings.update(mine)  # no sibling yet, no two hashes alike: all lone
                 return cluster
         literals = len(key) - key.count(WILD) - 1
@@ -438,7 +610,7 @@ class ClusterIndex:
             if t == WILD:
                 continue
             hs = sibs[i]
-            group = siblings.get(hs)
+            group = self._sib_held(hs)
             if group is None:  # a lone cluster is stored as itself (fewer objects)
                 siblings[hs] = cluster
                 continue

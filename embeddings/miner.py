@@ -62,6 +62,7 @@ from embeddings.clusters import (
     ClusterConfig,
     ClusterIndex,
     KeyHashes,
+    LoneBatch,
     PreparedKeys,
     display_key,
     prepare_keys,
@@ -363,25 +364,30 @@ class TemplateMiner:
         get = self._shapes.get
         found = [get(t) for t in texts]
         new = [k for k, d in enumerate(found) if d is None]
-        prep = prepare_keys(shapes.take(pa.array(new, pa.int64()))) if new else None
+        lones = (
+            LoneBatch(self._index, prepare_keys(shapes.take(pa.array(new, pa.int64()))))
+            if new else None
+        )
         slot = dict(zip(new, range(len(new)), strict=True))
         out: list[_Shape] = []
-        for k, d in enumerate(found):
-            if d is not None and d.cluster.merged_into is None and d.tid == d.cluster.tid:
-                out.append(d)
-            elif d is None and prep is not None:
-                out.append(self._decide_lone(texts[k], prep, slot[k]))
-            else:
-                out.append(self._decide(texts[k]))
+        try:
+            for k, d in enumerate(found):
+                if d is not None and d.cluster.merged_into is None and d.tid == d.cluster.tid:
+                    out.append(d)
+                elif d is None and lones is not None:
+                    out.append(self._decide_lone(texts[k], lones, slot[k]))
+                else:
+                    out.append(self._decide(texts[k]))
+        finally:
+            if lones is not None:
+                lones.flush()
         return out
 
-    def _decide_lone(self, shape: str, prep: PreparedKeys, j: int) -> _Shape:
+    def _decide_lone(self, shape: str, lones: LoneBatch, j: int) -> _Shape:
         """``_decide_new``, short when the shape makes a template with no sibling yet."""
+        prep = lones.prep
         display = prep.display[prep.offsets[j] : prep.offsets[j + 1]]
-        lone = prep.lone[prep.lone_offsets[j] : prep.lone_offsets[j + 1]]
-        cluster = self._index.new_lone(
-            display, tuple(display), prep.hashes[j], lone, prep.varlike.get(j, ())
-        )
+        cluster = lones.new(j, display, tuple(display), prep.varlike.get(j, ()))
         if cluster is None:
             return self._decide_new(shape, prep, j)
         self._register(cluster, None)
