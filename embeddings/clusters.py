@@ -64,7 +64,7 @@ class Cluster:
     index: int = 0
     tid: int = 0  # id of the current text (kept by the miner)
     merged_into: Cluster | None = None  # set when this template merged into another
-    groups: list[_Siblings] = field(default_factory=list)  # sibling groups it belongs to
+    groups: tuple[_Siblings, ...] = ()  # sibling groups it belongs to
 
     @property
     def text(self) -> str:
@@ -630,7 +630,7 @@ class ClusterIndex:
             group.members.append(cluster)
             if not group.varlike and variable_like(t):
                 group.varlike = True
-            cluster.groups.append(group)
+            cluster.groups += (group,)
         return cluster
 
     def _maybe_merge(self, cluster: Cluster) -> Cluster:

@@ -174,7 +174,7 @@ class TemplateMiner:
     def _reset(self) -> None:
         self._index = ClusterIndex(self.cfg)
         self._infos: dict[int, TemplateInfo] = {}
-        self._pieces: dict[int, list[str]] = {}
+        self._pieces: dict[int, list[str]] = {}  # template text split at WILD, on first use
         self._shapes: dict[str, _Shape] = {}
         self._ungrouped = -1  # batches mined without grouping lines in classes, -1: grouping
         self._known = _ClassCache()
@@ -208,7 +208,7 @@ class TemplateMiner:
 
     def render(self, tid: int, params: Sequence[str]) -> str:
         """The exact original message of a line mined as ``(tid, params)``."""
-        pieces = self._pieces.get(tid)
+        pieces = self._pieces_of(tid)
         if pieces is None:
             raise NotFound(f"unknown template id {tid}", template_id=tid)
         if len(params) != len(pieces) - 1:
@@ -232,7 +232,7 @@ class TemplateMiner:
             raise InvalidInput(f"{len(tids)} template ids but {len(params)} parameter lists")
         uniq, inverse = np.unique(tids, return_inverse=True)
         inverse = inverse.reshape(-1)
-        texts = [self._pieces.get(int(t)) for t in uniq.tolist()]
+        texts = [self._pieces_of(int(t)) for t in uniq.tolist()]
         missing = [int(t) for t, x in zip(uniq.tolist(), texts, strict=True) if x is None]
         if missing:
             raise NotFound(f"unknown template id {missing[0]}", template_id=missing[0])
@@ -243,6 +243,16 @@ class TemplateMiner:
         if not np.array_equal(np.diff(offsets), line_k):
             raise InvalidInput("parameter counts do not match their templates")
         return _interleave(texts, inverse, line_k, offsets, params.flatten())
+
+    def _pieces_of(self, tid: int) -> list[str] | None:
+        """The text of template ``tid`` split at its ``<*>`` (None for an unknown id)."""
+        pieces = self._pieces.get(tid)
+        if pieces is None:
+            info = self._infos.get(tid)
+            if info is None:
+                return None
+            pieces = self._pieces[tid] = info.text.split(WILD)
+        return pieces
 
     def _info(self, tid: int) -> TemplateInfo:
         info = self._infos.get(tid)
@@ -454,7 +464,6 @@ class TemplateMiner:
         info = self._infos.get(tid)
         if info is None:
             self._infos[tid] = TemplateInfo(tid, text, 0)
-            self._pieces[tid] = text.split(WILD)
         else:
             info.parent = None
         cluster.tid = tid
@@ -514,7 +523,6 @@ class TemplateMiner:
         self._reset()
         for tid, text, count, parent in state["templates"]:
             self._infos[tid] = TemplateInfo(tid, text, count, parent)
-            self._pieces[tid] = text.split(WILD)
         self._index.restore(state["clusters"])
         for cluster in self._index.clusters:
             cluster.tid = template_id(cluster.text)
