@@ -369,7 +369,10 @@ class LoneBatch:
                         clash[k] = True
                     claims.append(h)
         self.clash: list[bool] = clash.tolist()
-        self.pending: list[tuple[int, int]] = []  # (shape, cluster index) not yet entered
+        # shapes whose lone clusters are not entered yet; their clusters are consecutive
+        # (other learning flushes first), from index first
+        self.pending: list[int] = []
+        self.first = 0
         self.seen = len(siblings)  # keys of the dict checked, the later ones in fresh
         self.fresh: set[int] = set()
 
@@ -396,11 +399,15 @@ class LoneBatch:
             or not self.fresh.isdisjoint(self.prep.lone_of(k))
         ):
             return self.flush()
+        if not self.pending:
+            self.first = len(index.clusters)
         cluster = Cluster(display, key, len(index.clusters))
         index.clusters.append(cluster)
         by_key[key] = cluster
-        self.claimed.update(self.claims.get(k, ()))
-        self.pending.append((k, cluster.index))
+        claims = self.claims.get(k)
+        if claims is not None:
+            self.claimed.update(claims)
+        self.pending.append(k)
         return cluster
 
     def flush(self) -> None:
@@ -410,17 +417,18 @@ class LoneBatch:
             return
         index, prep = self.index, self.prep
         if len(pending) <= _LONE_DICT_MAX:
-            for k, c in pending:
+            for c, k in enumerate(pending, self.first):
                 index._siblings.update(dict.fromkeys(prep.lone_of(k), index.clusters[c]))
             self.seen = len(index._siblings)  # claimed already
             return
-        shapes, clusters = np.array(pending, dtype=np.int64).T
+        shapes = np.array(pending, dtype=np.int64)
         cut = prep.lone_offsets
         counts = cut[shapes + 1] - cut[shapes]
         first = np.zeros(len(counts), dtype=np.int64)
         np.cumsum(counts[:-1], out=first[1:])
         at = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(first - cut[shapes], counts)
-        index._table.insert(prep.lone[at], np.repeat(clusters.astype(np.int32), counts))
+        clusters = np.arange(self.first, self.first + len(shapes), dtype=np.int32)
+        index._table.insert(prep.lone[at], np.repeat(clusters, counts))
 
 
 class _Lone:

@@ -378,14 +378,15 @@ class TemplateMiner:
             LoneBatch(self._index, prepare_keys(shapes.take(pa.array(new, pa.int64()))))
             if new else None
         )
-        slot = dict(zip(new, range(len(new)), strict=True))
         out: list[_Shape] = []
+        j = 0  # new shapes so far
         try:
             for k, d in enumerate(found):
                 if d is not None and d.cluster.merged_into is None and d.tid == d.cluster.tid:
                     out.append(d)
                 elif d is None and lones is not None:
-                    out.append(self._decide_lone(texts[k], lones, slot[k]))
+                    out.append(self._decide_lone(texts[k], lones, j))
+                    j += 1
                 else:
                     out.append(self._decide(texts[k]))
         finally:
