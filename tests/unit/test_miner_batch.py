@@ -101,6 +101,37 @@ def test_batches_learn_what_lines_learn() -> None:
         )
 
 
+def _word_lines(n: int, seed: int) -> list[str]:
+    """Lines of random words: mostly new templates, some siblings of earlier ones (by
+    chance, or an earlier line with one word changed)."""
+    rnd = random.Random(seed)
+    vocab = ["".join(rnd.choice("abcdefgh") for _ in range(rnd.randint(2, 4))) for _ in range(200)]
+    values = vocab + ["(1)", "[7]", "x=3", "0x1f", "12", "a.b"]
+    lines: list[str] = []
+    for _ in range(n):
+        if lines and rnd.random() < 0.02:
+            words = rnd.choice(lines).split(" ")
+            words[rnd.randrange(len(words))] = rnd.choice(values)
+        else:
+            words = [rnd.choice(vocab) for _ in range(rnd.randint(1, 7))]
+        lines.append(" ".join(words))
+    return lines
+
+
+@pytest.mark.parametrize("batch", [700, 8000])
+def test_new_templates_in_bulk_learn_what_lines_learn(batch: int) -> None:
+    """Batches with many new templates enter them in the sibling table at once."""
+    messages = _word_lines(8000, 11)
+    one_by_one = TemplateMiner(None)
+    ids = [int(one_by_one.mine([m]).template_ids[0]) for m in messages]
+    got_ids, got_params, state = _run(messages, batch)
+    assert [one_by_one.resolve(t) for t in got_ids] == [one_by_one.resolve(t) for t in ids]
+    assert _learnt(state) == _learnt(one_by_one._state())
+    assert [one_by_one.render(t, p) for t, p in zip(got_ids, got_params, strict=True)] == (
+        messages
+    )
+
+
 @pytest.mark.parametrize("buckets", [1, 3])
 def test_hash_collisions_change_nothing(monkeypatch: pytest.MonkeyPatch, buckets: int) -> None:
     messages = _corpus()
