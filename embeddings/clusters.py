@@ -286,14 +286,15 @@ class _HashTable:
     def find(self, keys: np.ndarray) -> np.ndarray:
         """``get`` for each of ``keys`` (uint64), vectorised: int32 values, -1 if absent."""
         out = np.full(len(keys), -1, dtype=np.int32)
-        at, slot = np.arange(len(keys)), self._slots(keys)
-        while len(keys):
-            v = self.vals[slot]
-            used = v != -1
-            hit = used & (self.keys[slot] == keys)
-            out[at[hit]] = v[hit]
-            more = used & ~hit
-            keys, at, slot = keys[more], at[more], (slot[more] + 1) & self.mask
+        slot = self._slots(keys)
+        at = np.flatnonzero(self.vals[slot] != -1)  # the others are absent
+        keys, slot = keys[at], slot[at]
+        while len(at):
+            hit = self.keys[slot] == keys
+            out[at[hit]] = self.vals[slot[hit]]
+            slot = (slot + 1) & self.mask
+            more = ~hit & (self.vals[slot] != -1)
+            keys, at, slot = keys[more], at[more], slot[more]
         return out
 
     def insert(self, keys: np.ndarray, vals: np.ndarray) -> None:
@@ -309,11 +310,12 @@ class _HashTable:
         while len(keys):
             # the keys at a free slot write it; of several, the one whose key stayed wins
             free = np.flatnonzero(self.vals[slot] == -1)
-            self.keys[slot[free]] = keys[free]
-            won = free[self.keys[slot[free]] == keys[free]]
-            self.vals[slot[won]] = vals[won]
+            at, mine = slot[free], keys[free]
+            self.keys[at] = mine
+            won = self.keys[at] == mine
+            self.vals[at[won]] = vals[free[won]]
             rest = np.ones(len(keys), dtype=bool)
-            rest[won] = False
+            rest[free[won]] = False
             keys, vals, slot = keys[rest], vals[rest], (slot[rest] + 1) & self.mask
 
 
