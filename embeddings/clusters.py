@@ -242,7 +242,7 @@ def prepare_keys(shapes: pa.Array) -> PreparedKeys:
     np.cumsum(np.bincount(owner[~wild], minlength=len(lengths)), out=lone_offsets[1:])
     marks = pc.count_substring(shapes, MARK).to_numpy(zero_copy_only=False)
     return PreparedKeys(
-        list(map(uniq.__getitem__, idx.tolist())),
+        np.array(uniq, dtype=object)[idx].tolist(),
         offsets.tolist(),
         hashes,
         sibs,
