@@ -91,13 +91,15 @@ def new_ids(n: int, prefix: str | None = None, first: int | None = None) -> byte
         prefix = _ID_PREFIX
         first = next(_ID_COUNTER)
         _ID_COUNTER = itertools.count(first + n)
-    counters = np.arange(first, first + n, dtype=np.uint64)
-    shifts = np.arange(60, -4, -4, dtype=np.uint64)
-    digits = ((counters[:, None] >> shifts[None, :]) & np.uint64(15)).astype(np.uint8)
-    table = np.frombuffer(_HEX, dtype=np.uint8)
+    # Each big-endian byte of a counter gives two hex digits through a 256-entry table.
+    counters = np.arange(first, first + n, dtype=">u8").view(np.uint8).reshape(n, 8)
+    hexes = np.frombuffer(_HEX, dtype=np.uint8)
+    pairs = np.empty((256, 2), dtype=np.uint8)
+    pairs[:, 0] = hexes[np.arange(256) >> 4]
+    pairs[:, 1] = hexes[np.arange(256) & 15]
     out = np.empty((n, 32), dtype=np.uint8)
     out[:, :16] = np.frombuffer(prefix.encode(), dtype=np.uint8)
-    out[:, 16:] = table[digits]
+    out[:, 16:] = pairs[counters].reshape(n, 16)
     return out.tobytes()
 
 

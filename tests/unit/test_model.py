@@ -44,3 +44,7 @@ def test_new_ids_vectorised_are_unique_and_like_new_id() -> None:
     assert all(int(i, 16) >= 0 for i in ids)
     assert before < ids[0] < ids[-1] < after  # same prefix, counters keep counting
     assert ids == sorted(ids)
+    first = 2**40 - 2                     # the replay form: given prefix and first counter
+    buf = new_ids(5, "0123456789abcdef", first)
+    assert [buf[i * 32:(i + 1) * 32].decode() for i in range(5)] == \
+        [f"0123456789abcdef{first + i:016x}" for i in range(5)]
