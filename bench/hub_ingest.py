@@ -4,7 +4,8 @@
 
 Prints: records/s per 5 s window (median) and overall, for NDJSON+zstd bodies and for Arrow
 IPC bodies; the time until everything acknowledged is searchable; chDB's ingest rate on the
-same records, and the ratios hub/chDB.
+same records, and the ratios hub/chDB. The timed runs use the hub's default settings
+(``--flush-rows N`` to change the records per segment flush).
 
 Compression is measured apart, on one pass over the N unique records into a fresh hub:
 NDJSON bytes / stored bytes (segments, pre-aggregates, template state; WAL excluded after
@@ -161,8 +162,10 @@ def chdb_run(table: pa.Table, ndjson_bytes: int) -> dict:
 
 def run_format(name: str, bodies: list[tuple[bytes, int]], headers: dict[str, str],
                args: argparse.Namespace, per_record: float) -> dict:
-    hub = BenchHub({"flush_rows": 1_000_000, "flush_interval_s": 5.0,
-                    "embeddings": False}).start()
+    settings: dict = {"embeddings": False}      # the hub's defaults otherwise
+    if args.flush_rows:
+        settings["flush_rows"] = args.flush_rows
+    hub = BenchHub(settings).start()
     try:
         res = asyncio.run(drive(hub, bodies, headers, args.duration, args.concurrency))
         res["searchable_after_s"] = searchable_after(hub, res["acked"])
@@ -183,6 +186,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=20_000)
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--formats", default="ndjson,arrow")
+    p.add_argument("--flush-rows", type=int, default=0,
+                   help="hub flush_rows for the timed runs (default: the hub's, 500000)")
     args = p.parse_args()
     table = load(args.n)
     print(f"corpus: {table.num_rows} records", file=sys.stderr)
@@ -190,7 +195,8 @@ def main() -> None:
     ndjson_bytes = sum(len(b) for b in ndjson_batches(table, args.batch))
     zc = zstandard.ZstdCompressor(level=1)
     results: dict = {"records": table.num_rows, "ndjson_bytes": ndjson_bytes,
-                     "batch": args.batch, "duration_s": args.duration}
+                     "batch": args.batch, "duration_s": args.duration,
+                     "flush_rows": args.flush_rows or "hub default"}
     if "ndjson" in args.formats:
         bodies = [(zc.compress(b), b.count(b"\n")) for b in nd]
         results["hub_ndjson"] = run_format("ndjson", bodies, {
@@ -215,7 +221,8 @@ def main() -> None:
 def print_table(r: dict) -> None:
     ch = r["chdb"]
     print(f"\nhub ingest, {r['records']:,} loghub-like records ({r['ndjson_bytes'] / 1e6:.1f} MB "
-          f"NDJSON), {r['duration_s']:.0f} s, batches of {r['batch']}")
+          f"NDJSON), {r['duration_s']:.0f} s, batches of {r['batch']}, flush_rows "
+          f"{r.get('flush_rows', 1_000_000)}")
     print(f"{'engine':<22}{'rec/s (median 5s)':>20}{'rec/s overall':>16}{'searchable':>12}")
     for key in ("hub_ndjson", "hub_arrow"):
         if key in r:
