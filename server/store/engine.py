@@ -338,10 +338,13 @@ class Store:
     # memory tail (queryable, counted by the backpressure) until their commit.
     def _background(self) -> None:
         last_retention = time.monotonic()
-        while not self._stop.wait(0.25):
+        pause = 0.25
+        while not self._stop.wait(pause):
             try:
+                pause = 0.25
                 if self._should_flush():
                     self._start_flush()
+                    pause = 0.0             # the next may be due already (a backlog)
                 if time.monotonic() - last_retention > self.cfg.retention_interval_s:
                     last_retention = time.monotonic()
                     self._drain()           # retention never races a segment write
