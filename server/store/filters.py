@@ -397,8 +397,7 @@ class Selector:
                 flat = pc.list_flatten(part["params"])
                 parents = pc.list_parent_indices(part["params"]).to_numpy(
                     zero_copy_only=False)
-                found = pc.match_substring(flat, needle, ignore_case=not case).to_numpy(
-                    zero_copy_only=False)
+                found = _contains(flat, needle, case)
                 hit[parents[found]] = True
                 if (per_row == 1).any():
                     edge[parents[_may_join(flat, needle, case)]] = True
@@ -445,13 +444,8 @@ _LOWER = np.arange(256, dtype=np.uint8)
 _LOWER[ord("A"):ord("Z") + 1] += 32
 
 
-def _may_join(flat: Any, needle: str, case: bool) -> np.ndarray:
-    """Parameters that could take part in a needle crossing a parameter boundary. The
-    needle then overlaps the parameter partly, so (in bytes) the parameter is empty, or
-    ends with the needle's first byte or one of its two-byte pieces, or starts with its
-    last byte or one of its pieces, or is one byte of it. Computed on the raw buffers."""
-    if not case and not needle.isascii():
-        return np.ones(len(flat), bool)       # case folding beyond ASCII: no pruning
+def _raw(flat: Any) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """(large_string array, its int64 offsets, its bytes, never empty) of a string array."""
     if isinstance(flat, pa.ChunkedArray):
         flat = flat.combine_chunks()
     if flat.type != pa.large_string():
@@ -462,6 +456,53 @@ def _may_join(flat: Any, needle: str, case: bool) -> np.ndarray:
     data = np.frombuffer(buf, np.uint8) if buf is not None else np.zeros(1, np.uint8)
     if not len(data):
         data = np.zeros(1, np.uint8)
+    return flat, off, data
+
+
+def _match(flat: Any, needle: str, case: bool) -> np.ndarray:
+    m = pc.fill_null(pc.match_substring(flat, needle, ignore_case=not case), False)
+    if isinstance(m, pa.ChunkedArray):
+        m = m.combine_chunks()
+    return m.to_numpy(zero_copy_only=False)
+
+
+def _contains(flat: Any, needle: str, case: bool, most: int = 4096) -> np.ndarray:
+    """Which strings of ``flat`` contain ``needle`` (case folded unless ``case``), as
+    ``pc.match_substring`` says: a search of the whole byte buffer (memmem speed) mapped
+    back to strings, for needles found at most ``most`` times (ASCII folding only);
+    Arrow's per-string match otherwise."""
+    folds = not case and needle.lower() != needle.upper()
+    if not needle or (folds and not needle.isascii()):
+        return _match(flat, needle, case)
+    flat, off, data = _raw(flat)
+    lo, hi = int(off[0]), int(off[-1])
+    if folds and hi > lo and data[lo:hi].max() >= 0x80:
+        return _match(flat, needle, case)     # Unicode case folding (K: Kelvin sign)
+    raw = (_LOWER[data[lo:hi]] if folds else data[lo:hi]).tobytes()
+    key = (needle.lower() if folds else needle).encode()
+    if raw.count(key) > most:
+        return _match(flat, needle, case)
+    out = np.zeros(len(flat), bool)
+    at = raw.find(key)
+    starts = off[1:] - lo
+    while at >= 0:
+        i = int(np.searchsorted(starts, at, "right"))    # the string holding byte `at`
+        if at + len(key) <= starts[i]:
+            out[i] = True
+        at = raw.find(key, at + 1)
+    if flat.null_count:
+        out &= np.asarray(flat.is_valid())
+    return out
+
+
+def _may_join(flat: Any, needle: str, case: bool) -> np.ndarray:
+    """Parameters that could take part in a needle crossing a parameter boundary. The
+    needle then overlaps the parameter partly, so (in bytes) the parameter is empty, or
+    ends with the needle's first byte or one of its two-byte pieces, or starts with its
+    last byte or one of its pieces, or is one byte of it. Computed on the raw buffers."""
+    if not case and not needle.isascii():
+        return np.ones(len(flat), bool)       # case folding beyond ASCII: no pruning
+    flat, off, data = _raw(flat)
 
     def at(pos: np.ndarray) -> np.ndarray:
         b = np.take(data, pos, mode="clip")

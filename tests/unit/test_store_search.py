@@ -446,3 +446,32 @@ def test_one_flush_spanning_partitions_writes_one_segment_per_partition(
     finally:
         loop.run_until_complete(st.close())
         loop.close()
+
+
+def test_buffer_search_equals_arrow_match() -> None:
+    import random
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from server.store.filters import _contains
+    rnd = random.Random(3)
+    alpha = "abAB7 4é_\u212a"                        # \u212a folds to k
+    for _ in range(1500):
+        vals = [None if rnd.random() < 0.05 else
+                "".join(rnd.choice(alpha) for _ in range(rnd.randint(0, 8)))
+                for _ in range(rnd.randint(0, 30))]
+        arr: Any = pa.array(vals, pa.string())
+        if rnd.random() < 0.3 and len(arr) > 2:
+            arr = arr.slice(1, len(arr) - 2)
+        if rnd.random() < 0.3:
+            arr = pa.chunked_array([arr, arr])
+        needle = "".join(rnd.choice("abAB7 4ék") for _ in range(rnd.randint(1, 3)))
+        case = rnd.random() < 0.5
+        want = pc.fill_null(pc.match_substring(arr, needle, ignore_case=not case), False)
+        if isinstance(want, pa.ChunkedArray):
+            want = want.combine_chunks()
+        for most in (0, 4096):              # Arrow's match, the buffer search
+            got = _contains(arr, needle, case, most)
+            assert np.array_equal(got, want.to_numpy(zero_copy_only=False)), (vals, needle)
