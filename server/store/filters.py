@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from typing import Any
 
 import numpy as np
@@ -291,7 +292,7 @@ class Selector:
         self.needles = [_needles(t, q.case) for t in self.terms]
         # (needle, case, word, template) -> class; a template id is the hash of its text, so
         # a decision holds for good and the store shares one cache across queries.
-        self._class: dict[tuple, int] = {} if cache is None else cache
+        self._class: dict[tuple, Any] = {} if cache is None else cache
         self._infos: dict[int, Any] | None = None
         self._anywhere: bool | None = None
         self.rendered = 0
@@ -399,8 +400,17 @@ class Selector:
                     zero_copy_only=False)
                 found = _contains(flat, needle, case)
                 hit[parents[found]] = True
-                if (per_row == 1).any():
-                    edge[parents[_may_join(flat, needle, case)]] = True
+                one = per_row == 1
+                if one.any():           # only parameters of those rows can join
+                    mine = one[parents]
+                    flat1, parents1 = pc.filter(flat, pa.array(mine)), parents[mine]
+                    if word and plain_word(needle):
+                        jl, jr = self._slot_joins(part, parents, mine)
+                        edges = _word_edges(flat1, needle, case, jl, jr,
+                                            self._inner_hashes(needle))
+                    else:
+                        edges = _may_join(flat1, needle, case)
+                    edge[parents1[edges]] = True
             ok = (per_row >= 2) | hit | ((per_row == 1) & edge)
             sure[alive[per_row != 2]] = False
             alive = alive[ok]
@@ -411,6 +421,40 @@ class Selector:
         if term.kind == "regex":
             sure[:] = False
         return keep, keep & ~sure
+
+    def _slot_joins(self, part: pa.Table, parents: np.ndarray, mine: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """For the parameters ``mine`` selects (of ``part``'s flattened ``params``, whose
+        rows are ``parents``): does its slot in its template touch a word character or
+        another parameter on the left, on the right? (Both for an unknown template or a
+        parameter past its slots.)"""
+        offsets = part["params"].combine_chunks().offsets.to_numpy()
+        rows = parents[mine]
+        slot = np.flatnonzero(mine) - (offsets[rows] - offsets[0])
+        tids = part["template_id"].combine_chunks().take(pa.array(rows))
+        uniq = pc.unique(tids)
+        table = self._class.get(("joins",))
+        if table is None:
+            table = self._class[("joins",)] = _JoinTable()
+        if self._infos is None:
+            self._infos = self.miner.templates()
+        base, count, left, right = table.lookup(uniq.to_pylist(), self._infos)
+        which = pc.index_in(tids, value_set=uniq).to_numpy(zero_copy_only=False)
+        idx = np.where(slot < count[which], base[which] + slot, 0)   # 0: joinable both
+        return left[idx], right[idx]
+
+    def _inner_hashes(self, needle: str) -> np.ndarray:
+        """Word hashes of the needle's proper substrings (``_word_edges``)."""
+        key = ("inner", needle)
+        got = self._class.get(key)
+        if got is None:
+            from server.store import words
+            n = len(needle)
+            subs = {needle[i:j] for i in range(n) for j in range(i + 1, n + 1) if j - i < n}
+            got = np.concatenate([words.query_hashes(x) for x in subs]) if subs else \
+                np.zeros(0, np.uint64)
+            self._class[key] = got
+        return got
 
     def _classify(self, needle: str, tid: int, case: bool, word: bool = False) -> int:
         """0: no row of the template can hold the needle; 1: only across a boundary between
@@ -522,6 +566,115 @@ def _may_join(flat: Any, needle: str, case: bool) -> np.ndarray:
     out |= (size >= 1) & ((last == nb[0]) | (first == nb[-1]))
     if flat.null_count:
         out |= ~np.asarray(flat.is_valid())
+    return out
+
+
+class _JoinTable:
+    """Per template slot: does a word character or a parameter touch it on the left, on
+    the right (template text is fixed for an id: computed once per store, in two flat
+    arrays; slot 0 of the arrays is the answer for unknown templates: yes)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._at: dict[int, tuple[int, int]] = {}
+        self.left = np.ones(1, bool)
+        self.right = np.ones(1, bool)
+
+    def lookup(self, tids: list[int | None], infos: dict[int, Any]
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(base, slot count) of each template, and the arrays they index."""
+        with self._lock:
+            new_l: list[bool] = []
+            new_r: list[bool] = []
+            size = len(self.left)
+            out = []
+            for tid in tids:
+                got = self._at.get(tid) if tid is not None else (0, 0)
+                if got is None:
+                    info = infos.get(tid)
+                    if info is None:
+                        got = (0, 0)                 # unknown (yet): joinable
+                    else:
+                        pieces = info.text.split("<*>")
+                        k = len(pieces) - 1
+                        new_l += [(i > 0 and not pieces[i]) or
+                                  (bool(pieces[i]) and is_word_char(pieces[i][-1]))
+                                  for i in range(k)]
+                        new_r += [(i + 1 < k and not pieces[i + 1]) or
+                                  (bool(pieces[i + 1]) and is_word_char(pieces[i + 1][0]))
+                                  for i in range(k)]
+                        got = self._at[tid] = (size, k)
+                        size += k
+                out.append(got)
+            if new_l:
+                self.left = np.concatenate((self.left, np.array(new_l, bool)))
+                self.right = np.concatenate((self.right, np.array(new_r, bool)))
+            pairs = np.array(out, np.int64).reshape(-1, 2)
+            return pairs[:, 0], pairs[:, 1], self.left, self.right
+
+
+_WORD_BYTES = np.zeros(256, bool)
+_WORD_BYTES[0x80:] = True                      # bytes of non-ASCII characters
+_WORD_BYTES[np.frombuffer(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
+                          np.uint8)] = True
+
+
+def plain_word(needle: str) -> bool:
+    """ASCII letters and digits only (the needles ``_word_edges`` handles)."""
+    return bool(needle) and needle.isascii() and needle.isalnum()
+
+
+def _word_edges(flat: Any, needle: str, case: bool, join_left: np.ndarray,
+                join_right: np.ndarray, inner_hashes: np.ndarray) -> np.ndarray:
+    """Parameters a whole-word occurrence of ``needle`` (``plain_word``) could cross the
+    edge of, given for each parameter whether its slot in its template touches a word
+    character or another parameter on the left / on the right (else no word runs across
+    that edge). A word starting in a parameter and running past its end holds the
+    parameter's trailing word run as a proper prefix; one ending in it, the leading run as
+    a proper suffix; one running through it, the whole parameter (then all word
+    characters) as a proper substring (``inner_hashes``: word hashes of those); an empty
+    parameter joins its neighbours. Much stricter than ``_may_join``."""
+    from server.store import words
+    flat, off, data = _raw(flat)
+    out = np.zeros(len(flat), bool)
+    if flat.null_count:
+        out |= ~np.asarray(flat.is_valid())
+    size = off[1:] - off[:-1]
+    joinable = join_left | join_right
+    out |= (size == 0) & joinable
+    cand = np.flatnonzero(joinable & (size > 0))
+    if not len(cand):
+        return out
+    sub, off, data = _raw(flat.take(pa.array(cand)))
+    jl, jr = join_left[cand], join_right[cand]
+    nb = np.frombuffer((needle if case else needle.lower()).encode(), np.uint8)
+    n, nbytes = len(nb), len(data)
+    start, end = off[:-1], off[1:]
+    size = end - start
+    b = data if case else _LOWER[data]
+    pos = np.arange(nbytes)
+    nonword = ~_WORD_BYTES[data]
+    last_nw = np.maximum.accumulate(np.where(nonword, pos, -1))       # at or before i
+    next_nw = np.minimum.accumulate(np.where(nonword, pos, nbytes)[::-1])[::-1]
+    tl = end - np.maximum(start, last_nw[end - 1] + 1)                 # trailing run
+    hl = np.minimum(end, next_nw[start]) - start                       # leading run
+    allword = tl == size
+    hit = np.zeros(len(cand), bool)
+    for prefix, side, run_at, run_len in ((True, jr, end - tl, tl), (False, jl, start, hl)):
+        at_ = np.flatnonzero(side & ~allword & (run_len >= 1) & (run_len < n))
+        at, ln = run_at[at_], run_len[at_]
+        ok = np.ones(len(at_), bool)
+        base = np.zeros(len(at_), np.int64) if prefix else n - ln
+        for j in range(n - 1):
+            m = ln > j
+            ok[m] &= b[at[m] + j] == nb[base[m] + j]
+        hit[at_[ok]] = True
+    inner = np.flatnonzero(allword & (size < n))
+    if len(inner):              # whole parameters inside the needle, by word hashes
+        _, in_off, in_data = _raw(sub.take(pa.array(inner)))
+        got = words.word_hashes(in_data, in_off)
+        hit[inner[np.isin(got, inner_hashes)] if len(got) == len(inner) else inner] = True
+    out[cand[hit]] = True
     return out
 
 

@@ -475,3 +475,57 @@ def test_buffer_search_equals_arrow_match() -> None:
         for most in (0, 4096):              # Arrow's match, the buffer search
             got = _contains(arr, needle, case, most)
             assert np.array_equal(got, want.to_numpy(zero_copy_only=False)), (vals, needle)
+
+
+def test_word_edges_flag_every_parameter_a_whole_word_crosses() -> None:
+    """Brute force: a parameter between two pieces of fixed text; whenever a whole-word
+    match of the needle in the message touches the parameter without lying inside it,
+    the parameter must be flagged (rows of it are then rendered and checked)."""
+    import random
+
+    import numpy as np
+    import pyarrow as pa
+
+    from server.store import words
+    from server.store.filters import _word_edges, is_word_char, word_regex
+    rnd = random.Random(7)
+    alpha = "ab7 4-_:.Ab9é"
+
+    def text(k: int) -> str:
+        return "".join(rnd.choice(alpha) for _ in range(rnd.randint(0, k)))
+    flagged = 0
+    for _ in range(1500):
+        needle = "".join(rnd.choice("ab749") for _ in range(rnd.randint(1, 6)))
+        needle = needle.upper() if rnd.random() < 0.3 else needle
+        case = rnd.random() < 0.5
+        left, param, right = text(5), text(6), text(5)
+        if rnd.random() < 0.4:                       # plant a crossing
+            k = rnd.randint(0, len(needle))
+            param = text(3) + needle[:k] if rnd.random() < 0.5 else needle[k:] + text(3)
+        elif rnd.random() < 0.3:                     # the needle through the parameter
+            i = rnd.randint(0, len(needle) - 1)
+            j = rnd.randint(i + 1, len(needle))
+            left, param, right = text(2) + " " + needle[:i], needle[i:j], \
+                needle[j:] + " " + text(2)
+        msg, a0, a1 = left + param + right, len(left), len(left) + len(param)
+        pattern = word_regex(needle).replace("\\x{80}-\\x{10FFFF}", "\\x80-\\U0010FFFF")
+        crosses = False
+        for m in re.finditer(f"(?=({pattern}))", msg, 0 if case else re.I):
+            inner = m.group(1)
+            i = m.start(1) + (inner.find(needle) if case else inner.lower().find(
+                needle.lower()))
+            j = i + len(needle)
+            inside = a0 <= i and j <= a1 and param != ""
+            touches = (i < a1 and j > a0) or (param == "" and i <= a0 <= j)
+            crosses |= touches and not inside
+        n = len(needle)
+        subs = {needle[i:j] for i in range(n) for j in range(i + 1, n + 1) if j - i < n}
+        inner_hashes = np.concatenate([words.query_hashes(x) for x in subs]) if subs else \
+            np.zeros(0, np.uint64)
+        got = _word_edges(pa.array([param]), needle, case,
+                          np.array([bool(left) and is_word_char(left[-1])]),
+                          np.array([bool(right) and is_word_char(right[0])]),
+                          inner_hashes)[0]
+        assert got or not crosses, (needle, case, left, param, right)
+        flagged += bool(got)
+    assert 0 < flagged < 750           # it prunes
