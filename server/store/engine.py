@@ -265,6 +265,8 @@ class Store:
         loop = asyncio.get_running_loop()
         if b.raw is not None and b.defaults is not None and len((key or "").encode()) < 0x8000:
             record = encode_raw(key, b.raw, b.defaults)
+        elif b.rows <= 1000:        # small: at once (a thread hop costs more than it saves)
+            record = encode(key, b.table.select(batchmod.SCHEMA.names))
         else:
             record = await loop.run_in_executor(
                 None, encode, key, b.table.select(batchmod.SCHEMA.names))
