@@ -669,7 +669,9 @@ class Store:
         sel = filters.Selector(q, self.miner, cur, self._class_cache())
         cols = filters.scan_columns(q, cursor=cur is not None)
         desc = q.sort == "desc"
-        groups = batched(self._pruned(self._row_groups(q, segs), q), desc)
+        every = self._row_groups(q, segs)
+        kept = self._pruned(every, q)
+        groups = batched(kept, desc)
 
         def work(g: RowGroup) -> pa.Table | None:
             t = self._read(g, cols)
@@ -685,7 +687,10 @@ class Store:
                 return None
             return filters.with_message(rows, self.miner)
 
-        results = self._prefetched(groups, work, skip_first=True)
+        # The next row group is read on the other core from the first on when the word
+        # index left few (their matches are sparse: the page needs them all); else from
+        # the second (the first often completes a page alone).
+        results = self._prefetched(groups, work, skip_first=len(kept) == len(every))
         try:
             for g in groups:
                 if sum(f.num_rows for f in found) >= q.limit and \
