@@ -348,11 +348,30 @@ class Selector:
         return sure
 
     def _per_row(self, tids: pa.Array, needle: str, case: bool, word: bool) -> np.ndarray:
-        """``_classify`` of each row's template (decided once per distinct template)."""
+        """``_classify`` of each row's template (decided once per distinct template; the
+        decided ones looked up together in a sorted array)."""
         uniq = pc.unique(tids)
-        cls = np.array([self._classify(needle, tid, case, word) for tid in uniq.to_pylist()],
-                       np.int8)
-        return cls[pc.index_in(tids, value_set=uniq).to_numpy(zero_copy_only=False)]
+        which = pc.index_in(tids, value_set=uniq).to_numpy(zero_copy_only=False)
+        if uniq.null_count:
+            cls = np.array([self._classify(needle, tid, case, word)
+                            for tid in uniq.to_pylist()], np.int8)
+            return cls[which]
+        ids = uniq.to_numpy()
+        key = ("sorted", needle, case, word)
+        known_ids, known_cls = self._class.get(key) or (np.zeros(0, np.uint64),
+                                                       np.zeros(0, np.int8))
+        at = np.minimum(np.searchsorted(known_ids, ids), max(len(known_ids) - 1, 0))
+        found = known_ids[at] == ids if len(known_ids) else np.zeros(len(ids), bool)
+        cls = np.where(found, known_cls[at] if len(known_ids) else 0, 0).astype(np.int8)
+        miss = np.flatnonzero(~found)
+        if len(miss):
+            cls[miss] = [self._classify(needle, int(t), case, word) for t in ids[miss]]
+            decided = miss[cls[miss] != 3]          # an unknown template may become known
+            merged = np.concatenate((known_ids, ids[decided]))
+            order = np.argsort(merged, kind="stable")
+            self._class[key] = (merged[order],
+                                np.concatenate((known_cls, cls[decided]))[order])
+        return cls[which]
 
     def _text(self, t: pa.Table, idx: np.ndarray) -> np.ndarray:
         sub = t if len(idx) == t.num_rows else t.take(pa.array(idx))
