@@ -330,10 +330,18 @@ class Selector:
     def _in_templates(self) -> bool:
         """Does every needle occur in the text of some template? (Else no row is sure.)"""
         if self._anywhere is None:
-            texts = [i.text if self.q.case else i.text.lower()
-                     for i in self.miner.templates().values()]
-            self._anywhere = all(any(n in x for x in texts)
-                                 for needles in self.needles for n in needles)
+            # Shared by queries: templates are only added, so a yes holds for good and a
+            # no until the number of templates changes.
+            infos = self.miner.templates()
+            key = ("anywhere", self.q.case, tuple(map(tuple, self.needles)))
+            got = self._class.get(key)
+            if got is not None and (got[1] or got[0] == len(infos)):
+                self._anywhere = bool(got[1])
+            else:
+                texts = [i.text if self.q.case else i.text.lower() for i in infos.values()]
+                self._anywhere = all(any(n in x for x in texts)
+                                     for needles in self.needles for n in needles)
+                self._class[key] = (len(infos), self._anywhere)
         return self._anywhere
 
     def _sure(self, t: pa.Table, idx: np.ndarray) -> np.ndarray:
