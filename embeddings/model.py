@@ -42,10 +42,24 @@ _WORKER: Embedder | None = None
 
 
 def _worker_init(threads: int, nice: int) -> None:
+    """The embedding child: niced; it imports torch and loads the model (seconds of CPU,
+    once) under SCHED_IDLE, on CPU time nothing else wants, then embeds at its nice level
+    (stays SCHED_IDLE where the system refuses to switch back: slower under load)."""
     global _WORKER
     os.nice(nice)
+    idle = _set_policy("SCHED_IDLE")
     _WORKER = Embedder(threads)
     _WORKER.load()
+    if idle:
+        _set_policy("SCHED_OTHER")
+
+
+def _set_policy(name: str) -> bool:
+    try:
+        os.sched_setscheduler(0, getattr(os, name), os.sched_param(0))
+    except (AttributeError, OSError):
+        return False
+    return True
 
 
 def _worker_embed(texts: list[str], batch_size: int) -> np.ndarray:
