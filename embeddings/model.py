@@ -62,8 +62,17 @@ def _set_policy(name: str) -> bool:
     return True
 
 
-def _worker_embed(texts: list[str], batch_size: int) -> np.ndarray:
+_POLICY = ["SCHED_OTHER"]
+
+
+def _worker_embed(texts: list[str], batch_size: int, background: bool = False
+                  ) -> np.ndarray:
+    """Embed in the child: a background batch (templates back-filled while records
+    arrive) under SCHED_IDLE, a query at the child's nice level."""
     assert _WORKER is not None
+    want = "SCHED_IDLE" if background else "SCHED_OTHER"
+    if want != _POLICY[0] and _set_policy(want):
+        _POLICY[0] = want
     return _WORKER.embed(texts, batch_size)
 
 
@@ -96,12 +105,15 @@ class ProcessEmbedder:
                 raise ModelUnavailable(self.error) from err
             self._ready = True
 
-    def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    def embed(self, texts: list[str], batch_size: int = 64, background: bool = False
+              ) -> np.ndarray:
+        """Vectors of ``texts``; ``background``: a back-fill batch that should only take
+        CPU time nothing else wants."""
         if not texts:
             return np.zeros((0, DIM), np.float32)
         self.load()
         assert self._pool is not None
-        return self._pool.submit(_worker_embed, texts, batch_size).result()
+        return self._pool.submit(_worker_embed, texts, batch_size, background).result()
 
     def close(self) -> None:
         if self._pool is not None:
@@ -142,7 +154,9 @@ class Embedder:
                 raise ModelUnavailable(self.error) from err
             log.embeddings.info("MiniLM model loaded from %s", model_dir())
 
-    def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    def embed(self, texts: list[str], batch_size: int = 64, background: bool = False
+              ) -> np.ndarray:
+        """Vectors of ``texts`` (``background`` only matters in the child process)."""
         if not texts:
             return np.zeros((0, DIM), np.float32)
         self.load()

@@ -110,7 +110,8 @@ class EmbeddingService:
         if not new:
             self._maybe_cluster()
             return 0
-        vecs = self.embedder.embed([texts[t] for t in new])
+        vecs = self.embedder.embed([texts[t] for t in new],
+                                   background=self.duty < 1.0 and self.busy())
         self.index.add(np.array(new, np.uint64), vecs)
         self.embedded += len(new)
         if self.embedded % (self.batch * 8) < len(new):
