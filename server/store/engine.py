@@ -153,7 +153,7 @@ class Store:
                                                      lambda t: t.nbytes)
         self._words: SizedLRU[words.WordIndex] = SizedLRU(cfg.index_cache_bytes,
                                                           lambda w: w.nbytes)
-        self._classes: dict[tuple, int] = {}
+        self._classes: dict[tuple, Any] = {}
         self._scan_pool = ThreadPoolExecutor(2, thread_name_prefix="scan")
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="segment-writer")
         self._index_pool = ThreadPoolExecutor(1, thread_name_prefix="segment-index")
@@ -605,9 +605,11 @@ class Store:
         self._words.put(s.path, index)
         return index
 
-    def _class_cache(self) -> dict[tuple, int]:
-        """Template decisions shared by queries (bounded: emptied past 1M entries)."""
-        if len(self._classes) > 1_000_000:
+    def _class_cache(self) -> dict[tuple, Any]:
+        """Template decisions shared by queries (bounded: emptied past 1M decisions, an
+        entry holding an array counting one per element)."""
+        if sum(len(v[0]) if isinstance(v, tuple) and isinstance(v[0], np.ndarray) else 1
+               for v in self._classes.values()) > 1_000_000:
             self._classes = {}
         return self._classes
 

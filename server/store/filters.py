@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 from mohlog.errors import InvalidInput
 from mohlog.model import LEVEL_RANK
 from server.store import batch as batchmod
+from server.store import words
 from server.store.query import Filter, LogQuery
 
 OUT_COLUMNS = [*batchmod.SCHEMA.names, "template_id", "params"]
@@ -290,8 +291,8 @@ class Selector:
         self.render_all = any(f.field == "message" or f.field.startswith("metadata.")
                               for f in q.filters)
         self.needles = [_needles(t, q.case) for t in self.terms]
-        # (needle, case, word, template) -> class; a template id is the hash of its text, so
-        # a decision holds for good and the store shares one cache across queries.
+        # Decisions on templates, shared by the store's queries (see _per_row, _slot_joins,
+        # _inner_hashes, _in_templates).
         self._class: dict[tuple, Any] = {} if cache is None else cache
         self._infos: dict[int, Any] | None = None
         self._anywhere: bool | None = None
@@ -356,12 +357,13 @@ class Selector:
         return sure
 
     def _per_row(self, tids: pa.Array, needle: str, case: bool, word: bool) -> np.ndarray:
-        """``_classify`` of each row's template (decided once per distinct template; the
-        decided ones looked up together in a sorted array)."""
+        """``_decide`` of each row's template: decided once per template and needle (a
+        template id is the hash of its text, so a decision holds for good), kept in one
+        sorted array per needle shared by queries and looked up for a row group at once."""
         uniq = pc.unique(tids)
         which = pc.index_in(tids, value_set=uniq).to_numpy(zero_copy_only=False)
         if uniq.null_count:
-            cls = np.array([self._classify(needle, tid, case, word)
+            cls = np.array([self._decide(needle, tid, case, word)
                             for tid in uniq.to_pylist()], np.int8)
             return cls[which]
         ids = uniq.to_numpy()
@@ -373,7 +375,7 @@ class Selector:
         cls = np.where(found, known_cls[at] if len(known_ids) else 0, 0).astype(np.int8)
         miss = np.flatnonzero(~found)
         if len(miss):
-            cls[miss] = [self._classify(needle, int(t), case, word) for t in ids[miss]]
+            cls[miss] = [self._decide(needle, int(t), case, word) for t in ids[miss]]
             decided = miss[cls[miss] != 3]          # an unknown template may become known
             merged = np.concatenate((known_ids, ids[decided]))
             order = np.argsort(merged, kind="stable")
@@ -475,7 +477,6 @@ class Selector:
         key = ("inner", needle)
         got = self._class.get(key)
         if got is None:
-            from server.store import words
             n = len(needle)
             subs = {needle[i:j] for i in range(n) for j in range(i + 1, n + 1) if j - i < n}
             got = np.concatenate([words.query_hashes(x) for x in subs]) if subs else \
@@ -483,32 +484,25 @@ class Selector:
             self._class[key] = got
         return got
 
-    def _classify(self, needle: str, tid: int, case: bool, word: bool = False) -> int:
+    def _decide(self, needle: str, tid: int | None, case: bool, word: bool) -> int:
         """0: no row of the template can hold the needle; 1: only across a boundary between
         its text and a parameter; 2: every row holds it; 3: unknown template."""
-        key = (needle, case, word, tid)
-        got = self._class.get(key)
-        if got is None:
-            if self._infos is None:
-                self._infos = self.miner.templates()
-            info = self._infos.get(tid) if tid is not None else None
-            if info is None:
-                got = 3      # unknown template: render to know
-                self._infos = None   # (a template new since the query began: look again)
-            else:
-                text = info.text if case else info.text.lower()
-                pieces = text.split("<*>")
-                if word:
-                    sure = any(_whole_inside(p, needle, i > 0, i < len(pieces) - 1)
-                               for i, p in enumerate(pieces))
-                else:
-                    sure = any(needle in p for p in pieces)
-                if sure:
-                    got = 2
-                else:
-                    got = 1 if _may_hold(text, needle) else 0
-            self._class[key] = got
-        return got
+        if self._infos is None:
+            self._infos = self.miner.templates()
+        info = self._infos.get(tid) if tid is not None else None
+        if info is None:
+            self._infos = None   # (a template new since the query began: look again)
+            return 3             # unknown template: render to know
+        text = info.text if case else info.text.lower()
+        pieces = text.split("<*>")
+        if word:
+            sure = any(_whole_inside(p, needle, i > 0, i < len(pieces) - 1)
+                       for i, p in enumerate(pieces))
+        else:
+            sure = any(needle in p for p in pieces)
+        if sure:
+            return 2
+        return 1 if _may_hold(text, needle) else 0
 
 
 _LOWER = np.arange(256, dtype=np.uint8)
@@ -516,18 +510,10 @@ _LOWER[ord("A"):ord("Z") + 1] += 32
 
 
 def _raw(flat: Any) -> tuple[pa.Array, np.ndarray, np.ndarray]:
-    """(large_string array, its int64 offsets, its bytes, never empty) of a string array."""
-    if isinstance(flat, pa.ChunkedArray):
-        flat = flat.combine_chunks()
-    if flat.type != pa.large_string():
-        flat = pc.cast(flat, pa.large_string())
-    n = len(flat)
-    off = np.frombuffer(flat.buffers()[1], np.int64)[flat.offset:flat.offset + n + 1]
-    buf = flat.buffers()[2]
-    data = np.frombuffer(buf, np.uint8) if buf is not None else np.zeros(1, np.uint8)
-    if not len(data):
-        data = np.zeros(1, np.uint8)
-    return flat, off, data
+    """``words.string_buffers`` as (array, offsets, bytes), the bytes never empty (so
+    vectorised reads at any offset stay in bounds)."""
+    flat, data, off = words.string_buffers(flat)
+    return flat, off, (data if len(data) else np.zeros(1, np.uint8))
 
 
 def _match(flat: Any, needle: str, case: bool) -> np.ndarray:
@@ -661,7 +647,6 @@ def _word_edges(flat: Any, needle: str, case: bool, join_left: np.ndarray,
     a proper suffix; one running through it, the whole parameter (then all word
     characters) as a proper substring (``inner_hashes``: word hashes of those); an empty
     parameter joins its neighbours. Much stricter than ``_may_join``."""
-    from server.store import words
     flat, off, data = _raw(flat)
     out = np.zeros(len(flat), bool)
     if flat.null_count:

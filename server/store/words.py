@@ -201,19 +201,21 @@ def _load() -> ctypes.CDLL:
     return lib
 
 
-def _large(messages: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """(bytes, int64 offsets starting at 0) of a string array."""
-    if isinstance(messages, pa.ChunkedArray):
-        messages = messages.combine_chunks()
-    if messages.type != pa.large_string():
-        messages = pc.cast(messages, pa.large_string())
-    n = len(messages)
-    offsets = np.frombuffer(messages.buffers()[1], np.int64)[messages.offset:
-                                                             messages.offset + n + 1]
-    buf = messages.buffers()[2]
+def string_buffers(strings: pa.Array | pa.ChunkedArray
+                   ) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """(the strings as one large_string array, their bytes, int64 offsets into those bytes
+    starting at 0): the raw buffers, no copy of the bytes of a single chunk."""
+    if isinstance(strings, pa.ChunkedArray):
+        strings = strings.combine_chunks()
+    if strings.type != pa.large_string():
+        strings = pc.cast(strings, pa.large_string())
+    n = len(strings)
+    offsets = np.frombuffer(strings.buffers()[1], np.int64)[strings.offset:
+                                                            strings.offset + n + 1]
+    buf = strings.buffers()[2]
     data = np.frombuffer(buf, np.uint8) if buf is not None else np.zeros(0, np.uint8)
     lo, hi = int(offsets[0]), int(offsets[-1])
-    return np.ascontiguousarray(data[lo:hi]), np.ascontiguousarray(offsets - lo)
+    return strings, np.ascontiguousarray(data[lo:hi]), np.ascontiguousarray(offsets - lo)
 
 
 FIELDS = ("host", "level", "component", "source", "pid")
@@ -264,7 +266,7 @@ def build(messages: pa.Array | pa.ChunkedArray, rg_rows: int, native: bool = Tru
     extra, extra_off = _extra(fields, n, rg_rows)
     lib = _native() if native else None
     if lib is not None:
-        data, offsets = _large(messages)
+        _, data, offsets = string_buffers(messages)
         perm = None if order is None else np.ascontiguousarray(order, np.int64)
         n_rg = max(1, -(-n // rg_rows))
         cap = (len(data) // 2 + n + 1 + len(extra)) * _BITS_PER_WORD // 8 + 64 * n_rg

@@ -529,3 +529,20 @@ def test_word_edges_flag_every_parameter_a_whole_word_crosses() -> None:
         assert got or not crosses, (needle, case, left, param, right)
         flagged += bool(got)
     assert 0 < flagged < 750           # it prunes
+
+
+def test_template_decision_cache_is_bounded(store: Any) -> None:
+    """Decisions are kept per needle as arrays: the cache counts their elements and is
+    emptied past a million, however few needles hold them."""
+    import numpy as np
+    st, _ = store
+    saved = st._classes
+    try:
+        st._classes = {("sorted", "x", False, True): (np.zeros(1_000_001, np.uint64),
+                                                       np.zeros(1_000_001, np.int8))}
+        assert st._class_cache() == {}
+        st._classes = {("sorted", "x", False, True): (np.zeros(10, np.uint64),
+                                                       np.zeros(10, np.int8))}
+        assert len(st._class_cache()) == 1
+    finally:
+        st._classes = saved
