@@ -92,8 +92,8 @@ class Staged:
     """One time partition of a flush, mined and sorted, waiting for the segment writer."""
     partition: str
     table: pa.Table             # stored columns, in stored (time) order
-    messages: pa.ChunkedArray   # the flush's messages, unsorted
-    order: np.ndarray           # messages.take(order) is this part's, in stored order
+    messages: pa.ChunkedArray   # this part's messages, or the flush's unsorted ones
+    order: np.ndarray | None    # then messages.take(order) is this part's, stored order
 
 
 class Subscription:
@@ -428,8 +428,9 @@ class Store:
         part_keys = pc.divide(table["timestamp"], span * 1_000_000_000).to_numpy()
         cuts = [0, *(np.flatnonzero(np.diff(part_keys)) + 1).tolist(), len(part_keys)]
         return [Staged(partition_name(int(part_keys[a]) * span * 1_000_000_000, span),
-                       table.slice(a, b - a), messages,
-                       np.arange(a, b) if order is None else order[a:b])
+                       table.slice(a, b - a),
+                       messages.slice(a, b - a) if order is None else messages,
+                       None if order is None else order[a:b])
                 for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
 
     def _commit(self, staged: list[Staged], chunks: list[Chunk], after: int,

@@ -421,12 +421,15 @@ def test_a_failed_segment_write_keeps_its_records_and_is_retried(
         loop.close()
 
 
+@pytest.mark.parametrize("in_order", [False, True])   # sorted by the flush, or already
 def test_one_flush_spanning_partitions_writes_one_segment_per_partition(
-        tmp_path: Path) -> None:
+        tmp_path: Path, in_order: bool) -> None:
     from server.store.segments import partition_name
     hour = 3600 * 10**9
     recs = [dict(r, timestamp=T0 - T0 % hour + (i % 3) * hour + i)
             for i, r in enumerate(entries(900))]
+    if in_order:
+        recs.sort(key=lambda r: r["timestamp"])
     loop = asyncio.new_event_loop()
     st = Store(StoreConfig(data_dir=tmp_path, row_group_rows=100, flush_interval_s=3600,
                            partition_s=3600))
