@@ -195,18 +195,20 @@ class Store:
             path = self.seg_dir / s.path
             if verify(path, s.xxh64):
                 good.append(s)
-                self._count_segment(path)
+                self._count_segment(s)
             else:
                 log.store.error("segment %s is corrupt or missing: skipped", s.path)
                 self._corrupt.append({"path": s.path, "rows": s.rows})
                 self.metrics.corrupt_segments.inc()
         self._segments = good
 
-    def _count_segment(self, path: Path) -> None:
-        t = pq.read_table(path, columns=["level", "component", "host"])
+    def _count_segment(self, s: SegmentInfo) -> None:
+        """Add a segment's records to the per level/component/host counts, from its
+        pre-aggregates (a small sidecar) rather than its columns."""
+        agg = self.rollup_of(s)
         for name in ("level", "component", "host"):
-            for item in pc.value_counts(t[name]).to_pylist():
-                self._counts[name][item["values"]] += item["counts"]
+            for item in agg.group_by(name).aggregate([("n", "sum")]).to_pylist():
+                self._counts[name][item[name]] += item["n_sum"]
 
     async def close(self) -> None:
         self._stop.set()
