@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -432,14 +433,15 @@ class Selector:
                 one = per_row == 1
                 if one.any():           # only parameters of those rows can join
                     mine = one[parents]
-                    flat1, parents1 = pc.filter(flat, pa.array(mine)), parents[mine]
                     if word and plain_word(needle):
+                        flat1, parents1 = pc.filter(flat, pa.array(mine)), parents[mine]
                         jl, jr = self._slot_joins(part, parents, mine)
                         edges = _word_edges(flat1, needle, case, jl, jr,
                                             self._inner_hashes(needle))
+                        edge[parents1[edges]] = True
                     else:
-                        edges = _may_join(flat1, needle, case)
-                    edge[parents1[edges]] = True
+                        edges = self._slot_edges(part, parents, mine, flat, needle, case)
+                        edge[parents[edges]] = True
             ok = (per_row >= 2) | hit | ((per_row == 1) & edge)
             sure[alive[per_row != 2]] = False
             alive = alive[ok]
@@ -451,26 +453,53 @@ class Selector:
             sure[:] = False
         return keep, keep & ~sure
 
-    def _slot_joins(self, part: pa.Table, parents: np.ndarray, mine: np.ndarray
-                    ) -> tuple[np.ndarray, np.ndarray]:
-        """For the parameters ``mine`` selects (of ``part``'s flattened ``params``, whose
-        rows are ``parents``): does its slot in its template touch a word character or
-        another parameter on the left, on the right? (Both for an unknown template or a
-        parameter past its slots.)"""
+    def _slot_codes(self, key: tuple, make: Any, part: pa.Table, parents: np.ndarray,
+                    mine: np.ndarray) -> tuple[_SlotTable, np.ndarray]:
+        """The store's ``_SlotTable`` under ``key`` (made by ``make()`` when missing) and the
+        code of the slot of each parameter ``mine`` selects (of ``part``'s flattened
+        ``params``, whose rows are ``parents``)."""
         offsets = part["params"].combine_chunks().offsets.to_numpy()
-        rows = parents[mine]
-        slot = np.flatnonzero(mine) - (offsets[rows] - offsets[0])
-        tids = part["template_id"].combine_chunks().take(pa.array(rows))
-        uniq = pc.unique(tids)
-        table = self._class.get(("joins",))
+        at = np.flatnonzero(mine)
+        rows = parents[at]
+        slot = at - (offsets[rows] - offsets[0])
+        table = self._class.get(key)
         if table is None:
-            table = self._class[("joins",)] = _JoinTable()
+            table = self._class[key] = make()
         if self._infos is None:
             self._infos = self.miner.templates()
-        base, count, left, right = table.lookup(uniq.to_pylist(), self._infos)
-        which = pc.index_in(tids, value_set=uniq).to_numpy(zero_copy_only=False)
-        idx = np.where(slot < count[which], base[which] + slot, 0)   # 0: joinable both
-        return left[idx], right[idx]
+        return table, table.codes_of(part["template_id"].combine_chunks(), rows, slot,
+                                     self._infos)
+
+    def _slot_joins(self, part: pa.Table, parents: np.ndarray, mine: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """Does each parameter's slot in its template touch a word character or another
+        parameter on the left, on the right? (Both for an unknown template or a parameter
+        past its slots.)"""
+        table, codes = self._slot_codes(("joins",), lambda: _SlotTable(_slot_joinable,
+                                                                       (True, True)),
+                                        part, parents, mine)
+        sides = np.array(table.values, bool).reshape(-1, 2)
+        return sides[codes, 0], sides[codes, 1]
+
+    def _slot_edges(self, part: pa.Table, parents: np.ndarray, mine: np.ndarray,
+                    flat: Any, needle: str, case: bool) -> np.ndarray:
+        """Parameters (of ``flat``, among the ones ``mine`` selects) a match of ``needle``
+        could cross the edge of, given the fixed text around each one's slot
+        (``_slot_needs``)."""
+        if not case and not needle.isascii():
+            return mine.copy()                  # case folding beyond ASCII: no pruning
+        table, codes = self._slot_codes(
+            ("needs", needle, case),
+            lambda: _SlotTable(lambda pieces: _slot_needs(
+                [p if case else p.lower() for p in pieces], needle), None),
+            part, parents, mine)
+        out = np.zeros(len(flat), bool)
+        if len(codes) == len(flat):
+            out = _needs_met(flat, codes, table.values, case)
+        elif len(codes):
+            at = np.flatnonzero(mine)
+            out[at] = _needs_met(flat.take(pa.array(at)), codes, table.values, case)
+        return out
 
     def _inner_hashes(self, needle: str) -> np.ndarray:
         """Word hashes of the needle's proper substrings (``_word_edges``)."""
@@ -533,9 +562,11 @@ def _contains(flat: Any, needle: str, case: bool, most: int = 4096) -> np.ndarra
         return _match(flat, needle, case)
     flat, off, data = _raw(flat)
     lo, hi = int(off[0]), int(off[-1])
-    if folds and hi > lo and data[lo:hi].max() >= 0x80:
-        return _match(flat, needle, case)     # Unicode case folding (K: Kelvin sign)
-    raw = (_LOWER[data[lo:hi]] if folds else data[lo:hi]).tobytes()
+    raw = data[lo:hi].tobytes()
+    if folds:
+        if not raw.isascii():
+            return _match(flat, needle, case)     # Unicode case folding (K: Kelvin sign)
+        raw = raw.lower()                         # ASCII letters only
     key = (needle.lower() if folds else needle).encode()
     if raw.count(key) > most:
         return _match(flat, needle, case)
@@ -552,78 +583,162 @@ def _contains(flat: Any, needle: str, case: bool, most: int = 4096) -> np.ndarra
     return out
 
 
-def _may_join(flat: Any, needle: str, case: bool) -> np.ndarray:
-    """Parameters that could take part in a needle crossing a parameter boundary. The
-    needle then overlaps the parameter partly, so (in bytes) the parameter is empty, or
-    ends with the needle's first byte or one of its two-byte pieces, or starts with its
-    last byte or one of its pieces, or is one byte of it. Computed on the raw buffers."""
-    if not case and not needle.isascii():
-        return np.ones(len(flat), bool)       # case folding beyond ASCII: no pruning
-    flat, off, data = _raw(flat)
+class _SlotTable:
+    """A value per template slot, computed once per store (a template's text is fixed for
+    its id) by ``per_slot(pieces)`` and kept as small integer codes in one flat array;
+    ``values`` holds each code's value, code 0 the value for unknown templates and
+    parameters past their template's slots."""
 
-    def at(pos: np.ndarray) -> np.ndarray:
-        b = np.take(data, pos, mode="clip")
-        return (b if case else _LOWER[b]).astype(np.int32)
-    nb = np.frombuffer(needle.encode(), np.uint8).astype(np.int32)
-    start, end = off[:-1], off[1:]
-    size = end - start
-    first = at(start)
-    last = at(end - 1)
-    pairs = np.zeros(65536, bool)
-    pairs[nb[:-1] * 256 + nb[1:]] = True
-    chars = np.zeros(256, bool)
-    chars[nb] = True
-    two = size >= 2
-    out = (size == 0) | ((size == 1) & chars[first])
-    out |= two & (pairs[first * 256 + at(start + 1)] | pairs[at(end - 2) * 256 + last])
-    out |= (size >= 1) & ((last == nb[0]) | (first == nb[-1]))
-    if flat.null_count:
-        out |= ~np.asarray(flat.is_valid())
-    return out
-
-
-class _JoinTable:
-    """Per template slot: does a word character or a parameter touch it on the left, on
-    the right (template text is fixed for an id: computed once per store, in two flat
-    arrays; slot 0 of the arrays is the answer for unknown templates: yes)."""
-
-    def __init__(self) -> None:
+    def __init__(self, per_slot: Callable[[list[str]], list[Any]], unknown: Any) -> None:
         self._lock = threading.Lock()
+        self._per_slot = per_slot
         self._at: dict[int, tuple[int, int]] = {}
-        self.left = np.ones(1, bool)
-        self.right = np.ones(1, bool)
+        self._code: dict[Any, int] = {unknown: 0}
+        self.values: list[Any] = [unknown]
+        self._codes = np.zeros(1, np.int32)
 
-    def lookup(self, tids: list[int | None], infos: dict[int, Any]
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(base, slot count) of each template, and the arrays they index."""
+    def codes_of(self, tids: pa.Array, rows: np.ndarray, slot: np.ndarray,
+                 infos: dict[int, Any]) -> np.ndarray:
+        """The code of slot ``slot[i]`` of the template of row ``rows[i]`` (of ``tids``)."""
+        uniq = pc.unique(tids)
         with self._lock:
-            new_l: list[bool] = []
-            new_r: list[bool] = []
-            size = len(self.left)
-            out = []
-            for tid in tids:
+            new: list[int] = []
+            size = len(self._codes)
+            at = []
+            for tid in uniq.to_pylist():
                 got = self._at.get(tid) if tid is not None else (0, 0)
                 if got is None:
                     info = infos.get(tid)
                     if info is None:
-                        got = (0, 0)                 # unknown (yet): joinable
+                        got = (0, 0)                 # unknown (yet): code 0 everywhere
                     else:
-                        pieces = info.text.split("<*>")
-                        k = len(pieces) - 1
-                        new_l += [(i > 0 and not pieces[i]) or
-                                  (bool(pieces[i]) and is_word_char(pieces[i][-1]))
-                                  for i in range(k)]
-                        new_r += [(i + 1 < k and not pieces[i + 1]) or
-                                  (bool(pieces[i + 1]) and is_word_char(pieces[i + 1][0]))
-                                  for i in range(k)]
-                        got = self._at[tid] = (size, k)
-                        size += k
-                out.append(got)
-            if new_l:
-                self.left = np.concatenate((self.left, np.array(new_l, bool)))
-                self.right = np.concatenate((self.right, np.array(new_r, bool)))
-            pairs = np.array(out, np.int64).reshape(-1, 2)
-            return pairs[:, 0], pairs[:, 1], self.left, self.right
+                        vals = self._per_slot(info.text.split("<*>"))
+                        new += [self._code.setdefault(v, len(self._code)) for v in vals]
+                        got = self._at[tid] = (size, len(vals))
+                        size += len(vals)
+                at.append(got)
+            if new:
+                self._codes = np.concatenate((self._codes, np.array(new, np.int32)))
+                self.values = list(self._code)
+            codes = self._codes
+        pairs = np.array(at, np.int64).reshape(-1, 2)
+        which = pc.index_in(tids, value_set=uniq).to_numpy(zero_copy_only=False)[rows]
+        base, count = pairs[which, 0], pairs[which, 1]
+        return codes[np.where(slot < count, base + slot, 0)]
+
+
+def _slot_joinable(pieces: list[str]) -> list[tuple[bool, bool]]:
+    """Per slot: does a word character or a parameter touch it on the left, on the right?"""
+    k = len(pieces) - 1
+    return [((i > 0 and not pieces[i]) or (bool(pieces[i]) and is_word_char(pieces[i][-1])),
+             (i + 1 < k and not pieces[i + 1]) or
+             (bool(pieces[i + 1]) and is_word_char(pieces[i + 1][0]))) for i in range(k)]
+
+
+def _slot_needs(pieces: list[str], needle: str, most: int = 48
+                ) -> list[tuple[tuple[str, bytes], ...] | None]:
+    """Per slot of a template (its fixed ``pieces``, case folded like ``needle``): what a
+    parameter there must be for a match of the needle to cross its edge without lying
+    inside it — end with ``needle[:j]`` (the match runs on into the text after), start with
+    ``needle[-j:]`` (it began before), or equal ``needle[a:b]`` (it runs through) — where
+    the rest of the needle agrees with the fixed text beside the slot, or may run on into
+    the next parameter when the text after is shorter. A match is looked for from the
+    parameter right after its first character only: one beginning in a parameter there
+    (the text after the slot decides), one beginning in fixed text in the parameter that
+    follows it (that text holds the needle's start); so a match coming from a parameter
+    further left is never looked for again here. None: more than ``most`` such strings
+    (anything may)."""
+    n, k = len(needle), len(pieces) - 1
+    out: list[tuple[tuple[str, bytes], ...] | None] = []
+    for i in range(k):
+        left, right, after = pieces[i], pieces[i + 1], i + 1 < k
+
+        def fits_right(t: str, right: str = right, after: bool = after) -> bool:
+            return right.startswith(t) if len(t) <= len(right) else \
+                after and t.startswith(right)
+        need: set[tuple[str, bytes]] = set()
+        for j in range(1, n):
+            if fits_right(needle[j:]):
+                need.add(("end", needle[:j].encode()))
+            if left.endswith(needle[:n - j]):
+                need.add(("start", needle[n - j:].encode()))
+        for a in range(1, n):
+            if left.endswith(needle[:a]):
+                need.update(("eq", needle[a:b].encode()) for b in range(a, n)
+                            if fits_right(needle[b:]))
+        out.append(None if len(need) > most else tuple(sorted(need)))
+    return out
+
+
+def _needs_met(flat: Any, codes: np.ndarray, values: list[Any], case: bool) -> np.ndarray:
+    """Which parameters meet their slot's ``_slot_needs`` (code ``codes[i]`` of
+    ``values``): compared on the raw bytes, ASCII case folded unless ``case``; a parameter
+    holding other bytes meets any need when folding (Unicode folds are not modelled).
+    Parameters are first sifted by their length and last and first byte (one table look-up
+    each), the few left compared with the strings of their slot."""
+    flat, off, data = _raw(flat)
+    start, end = off[:-1], off[1:]
+    size = end - start
+    seen = np.zeros(len(values), bool)
+    seen[codes] = True
+    present = np.flatnonzero(seen)
+    row = np.zeros(len(values), np.int64)
+    row[present] = np.arange(len(present))
+    r = row[codes]
+    big = np.iinfo(np.int64).max
+    by_last = np.full((len(present), 256), big, np.int64)    # shortest end/eq string
+    by_first = np.full((len(present), 256), big, np.int64)   # shortest start string
+    anything = np.zeros(len(present), bool)
+    empty = np.zeros(len(present), bool)
+    for i, c in enumerate(present.tolist()):
+        if values[c] is None:
+            anything[i] = True
+            continue
+        for kind, want in values[c]:
+            if not want:
+                empty[i] = True
+            elif kind == "start":
+                by_first[i, want[0]] = min(by_first[i, want[0]], len(want))
+            else:
+                by_last[i, want[-1]] = min(by_last[i, want[-1]], len(want))
+    out = anything[r] | (empty[r] & (size == 0))
+    if flat.null_count:
+        out |= ~np.asarray(flat.is_valid())
+    some = ~anything & ((by_last < big).any(axis=1) | (by_first < big).any(axis=1))
+    if not some.any():
+        return out
+
+    def byte(pos: np.ndarray) -> np.ndarray:
+        b = np.take(data, pos, mode="clip")
+        return b if case else _LOWER[b]
+    cand = np.flatnonzero(some[r] & (size > 0) & ~out)
+    rc, sz = r[cand], size[cand]
+    cand = cand[(sz >= by_last[rc, byte(end[cand] - 1)]) |
+                (sz >= by_first[rc, byte(start[cand])])]
+    if not case and len(cand) and not data.tobytes().isascii():
+        high = np.concatenate(([0], np.cumsum(data >= 0x80)))
+        hit = high[end[cand]] > high[start[cand]]
+        out[cand[hit]] = True
+        cand = cand[~hit]
+    if not len(cand):
+        return out
+    wants: dict[tuple[str, bytes], list[int]] = {}
+    seen[:] = False
+    seen[codes[cand]] = True
+    for c in np.flatnonzero(seen).tolist():
+        for want in values[c]:
+            wants.setdefault(want, []).append(c)
+    for (kind, want), cs in wants.items():
+        m = len(want)
+        sel = cand[np.isin(codes[cand], cs) & ~out[cand]]
+        sel = sel[size[sel] == m] if kind == "eq" else sel[size[sel] >= m]
+        if not len(sel) or not m:
+            out[sel] = True
+            continue
+        at = (end[sel] - m if kind == "end" else start[sel])[:, None] + np.arange(m)
+        got = data[at] if case else _LOWER[data[at]]
+        out[sel[(got == np.frombuffer(want, np.uint8)).all(axis=1)]] = True
+    return out
 
 
 _WORD_BYTES = np.zeros(256, bool)
@@ -646,7 +761,7 @@ def _word_edges(flat: Any, needle: str, case: bool, join_left: np.ndarray,
     parameter's trailing word run as a proper prefix; one ending in it, the leading run as
     a proper suffix; one running through it, the whole parameter (then all word
     characters) as a proper substring (``inner_hashes``: word hashes of those); an empty
-    parameter joins its neighbours. Much stricter than ``_may_join``."""
+    parameter joins its neighbours."""
     flat, off, data = _raw(flat)
     out = np.zeros(len(flat), bool)
     if flat.null_count:

@@ -203,15 +203,17 @@ def _load() -> ctypes.CDLL:
 
 def string_buffers(strings: pa.Array | pa.ChunkedArray
                    ) -> tuple[pa.Array, np.ndarray, np.ndarray]:
-    """(the strings as one large_string array, their bytes, int64 offsets into those bytes
-    starting at 0): the raw buffers, no copy of the bytes of a single chunk."""
+    """(the strings as one array (string or large_string), their bytes, int64 offsets into
+    those bytes starting at 0): the raw buffers, no copy of the bytes of a single chunk."""
     if isinstance(strings, pa.ChunkedArray):
         strings = strings.combine_chunks()
-    if strings.type != pa.large_string():
+    if strings.type not in (pa.large_string(), pa.string()):
         strings = pc.cast(strings, pa.large_string())
     n = len(strings)
-    offsets = np.frombuffer(strings.buffers()[1], np.int64)[strings.offset:
-                                                            strings.offset + n + 1]
+    width = np.int64 if strings.type == pa.large_string() else np.int32
+    offsets = np.frombuffer(strings.buffers()[1], width)[strings.offset:
+                                                         strings.offset + n + 1]
+    offsets = offsets.astype(np.int64)
     buf = strings.buffers()[2]
     data = np.frombuffer(buf, np.uint8) if buf is not None else np.zeros(0, np.uint8)
     lo, hi = int(offsets[0]), int(offsets[-1])

@@ -577,3 +577,66 @@ def test_counts_after_restart_match_the_records(tmp_path: Path, lose_rollups: bo
     finally:
         loop.run_until_complete(st.close())
         loop.close()
+
+
+def test_slot_needs_flag_every_parameter_a_match_crosses() -> None:
+    """Brute force: templates of fixed pieces and parameters; whenever a match of the
+    needle in the rendered message touches a parameter without lying inside it, some
+    parameter of the row must be flagged (its row is then rendered and checked)."""
+    import random
+
+    import numpy as np
+    import pyarrow as pa
+
+    from server.store.filters import _needs_met, _slot_needs
+    rnd = random.Random(11)
+    alpha = "ab7 -:Aé"
+
+    def text(k: int) -> str:
+        return "".join(rnd.choice(alpha) for _ in range(rnd.randint(0, k)))
+    flagged = rows = 0
+    for _ in range(3000):
+        needle = "".join(rnd.choice("ab7 -A") for _ in range(rnd.randint(1, 6)))
+        case = rnd.random() < 0.5
+        k = rnd.randint(1, 3)
+        pieces = [text(4) for _ in range(k + 1)]
+        params = [text(5) for _ in range(k)]
+        i, cut = rnd.randrange(k), rnd.randint(0, len(needle))
+        if rnd.random() < 0.2:                       # the needle through a parameter
+            end = rnd.randint(cut, len(needle))
+            params[i] = needle[cut:end]
+            pieces[i] += needle[:cut]
+            pieces[i + 1] = needle[end:] + pieces[i + 1]
+            if rnd.random() < 0.3 and i + 1 < k:     # and on into the next one
+                pieces[i + 1] = needle[end:end + 1]
+                params[i + 1] = needle[end + 1:] + params[i + 1]
+        elif rnd.random() < 0.5:                     # plant a crossing
+            if rnd.random() < 0.5:
+                params[i] += needle[:cut]
+                pieces[i + 1] = needle[cut:] + pieces[i + 1]
+            else:
+                params[i] = needle[cut:] + params[i]
+                pieces[i] += needle[:cut]
+        msg = pieces[0] + "".join(p + t for p, t in zip(params, pieces[1:], strict=True))
+        spans, at = [], len(pieces[0])
+        for p, t in zip(params, pieces[1:], strict=True):
+            spans.append((at, at + len(p)))
+            at += len(p) + len(t)
+        hay, ndl = (msg, needle) if case else (msg.lower(), needle.lower())
+        crosses = any(
+            (i < b and i + len(ndl) > a or a == b and i < a < i + len(ndl)) and
+            not (a <= i and i + len(ndl) <= b)
+            for i in range(len(hay)) if hay.startswith(ndl, i) for a, b in spans)
+        low = [p if case else p.lower() for p in pieces]
+        needs = _slot_needs(low, ndl)
+        values: list = [None]
+        codes = []
+        for v in needs:
+            if v not in values:
+                values.append(v)
+            codes.append(values.index(v))
+        got = _needs_met(pa.array(params), np.array(codes), values, case)
+        assert got.any() or not crosses, (needle, case, pieces, params)
+        rows += 1
+        flagged += bool(got.any())
+    assert 0 < flagged < rows * 0.7        # it prunes
