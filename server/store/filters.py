@@ -493,13 +493,11 @@ class Selector:
             lambda: _SlotTable(lambda pieces: _slot_needs(
                 [p if case else p.lower() for p in pieces], needle), None),
             part, parents, mine)
-        out = np.zeros(len(flat), bool)
-        if len(codes) == len(flat):
-            out = _needs_met(flat, codes, table.values, case)
-        elif len(codes):
-            at = np.flatnonzero(mine)
-            out[at] = _needs_met(flat.take(pa.array(at)), codes, table.values, case)
-        return out
+        if len(codes) < len(flat):      # the others need nothing (no copy of the strings)
+            full = np.full(len(flat), table.code(()), np.int32)
+            full[mine] = codes
+            codes = full
+        return _needs_met(flat, codes, table.values, case)
 
     def _inner_hashes(self, needle: str) -> np.ndarray:
         """Word hashes of the needle's proper substrings (``_word_edges``)."""
@@ -622,9 +620,18 @@ class _SlotTable:
                 self.values = list(self._code)
             codes = self._codes
         pairs = np.array(at, np.int64).reshape(-1, 2)
-        which = pc.index_in(tids, value_set=uniq).to_numpy(zero_copy_only=False)[rows]
-        base, count = pairs[which, 0], pairs[which, 1]
+        which = pc.index_in(tids, value_set=uniq).to_numpy(zero_copy_only=False)
+        base, count = pairs[which, 0][rows], pairs[which, 1][rows]
         return codes[np.where(slot < count, base + slot, 0)]
+
+    def code(self, value: Any) -> int:
+        """The code of a value (given one when new)."""
+        with self._lock:
+            got = self._code.get(value)
+            if got is None:
+                got = self._code[value] = len(self._code)
+                self.values = list(self._code)
+            return got
 
 
 def _slot_joinable(pieces: list[str]) -> list[tuple[bool, bool]]:

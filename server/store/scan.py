@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -101,10 +102,33 @@ class SegmentReader:
             pf.close()
 
     def fetch(self, rg: RowGroup, have: pa.Table, idx: pa.Array) -> pa.Table:
-        """Whole rows idx of rg (SEG_COLUMNS), given the columns already read in ``have``."""
+        """Whole rows idx of rg (SEG_COLUMNS), given the columns already read in ``have``:
+        the missing columns are read from the row groups of the run that hold those rows
+        only (sparse matches in a long run read a few of its row groups)."""
         missing = [c for c in SEG_COLUMNS if c not in have.column_names]
-        rest = self.read(rg, missing).take(idx) if missing else None
+        rest = None
+        if missing:
+            part, local = self._holding(rg, idx.to_numpy(zero_copy_only=False))
+            rest = self.read(part, missing).take(pa.array(local))
         got = have.take(idx)
         cols = {c: (got[c] if c in got.column_names else rest[c])  # type: ignore[index]
                 for c in SEG_COLUMNS}
         return pa.table(cols)
+
+    def _holding(self, rg: RowGroup, idx: np.ndarray) -> tuple[RowGroup, np.ndarray]:
+        """The run of the row groups of ``rg`` holding rows ``idx`` and their positions in
+        it (``rg`` itself when they are spread over all of its row groups)."""
+        if len(rg.indices) <= 1:
+            return rg, idx
+        meta = self.metadata(rg.seg)
+        sizes = np.array([meta.row_group(i).num_rows for i in rg.indices], np.int64)
+        starts = np.concatenate(([0], np.cumsum(sizes)))
+        which = np.searchsorted(starts, idx, "right") - 1
+        used = np.unique(which)
+        if len(used) == len(rg.indices):
+            return rg, idx
+        kept = np.concatenate(([0], np.cumsum(sizes[used])))
+        local = idx - starts[which] + kept[np.searchsorted(used, which)]
+        indices = tuple(rg.indices[int(u)] for u in used)
+        return RowGroup(rg.seg, indices[0], int(sizes[used].sum()), rg.min_ts, rg.max_ts,
+                        indices), local
