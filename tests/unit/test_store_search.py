@@ -640,3 +640,34 @@ def test_slot_needs_flag_every_parameter_a_match_crosses() -> None:
         rows += 1
         flagged += bool(got.any())
     assert 0 < flagged < rows * 0.7        # it prunes
+
+
+def test_fetch_reads_only_the_row_groups_holding_the_rows(tmp_path: Path) -> None:
+    """Rows fetched from a long run of row groups come from the row groups holding them
+    (fewer read), the same rows as from reading the whole run."""
+    import numpy as np
+    import pyarrow as pa
+
+    from server.store.scan import batched
+    loop = asyncio.new_event_loop()
+    st = Store(StoreConfig(data_dir=tmp_path, row_group_rows=100, flush_interval_s=3600))
+    try:
+        loop.run_until_complete(st.open())
+        recs = entries(3000)
+        loop.run_until_complete(st.append(st.parse(b"\n".join(orjson.dumps(r) for r in recs))))
+        assert st.flush() == 3000
+        groups = st._row_groups(LogQuery(), st._snapshot()[0])
+        run = batched(groups, True, first=32)[0]
+        assert len(run.indices) == 30
+        whole = st.reader.read(run)
+        for idx in ([0, 5, 99], [150, 2999], [1234], list(range(0, 3000, 97)), [100, 299]):
+            part, local = st.reader._holding(run, np.array(idx))
+            got = st.reader.read(part).take(pa.array(local))
+            assert got.equals(whole.take(pa.array(idx)))
+            used = {i // 100 for i in idx}
+            assert len(part.indices or (part.index,)) == len(used) and part.rows == 100 * len(used)
+        q = LogQuery(text="blk_79190", limit=10)
+        assert [r["id"] for r in st.search(q).records] == oracle(recs, q)
+    finally:
+        loop.run_until_complete(st.close())
+        loop.close()
