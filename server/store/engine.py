@@ -135,6 +135,7 @@ class Store:
         self._lock = threading.RLock()
         self._flush_lock = threading.Lock()
         self._chunks: list[Chunk] = []
+        self._tail_n = 0                # rows in self._chunks
         self._segments: list[SegmentInfo] = []
         self._corrupt: list[dict] = []
         self._manifest = Manifest([])
@@ -179,6 +180,7 @@ class Store:
         for n, key, table in self.wal.replay(self._manifest.wal_upto):
             table = _untemplated(table)
             self._chunks.append(Chunk(n, key, table, _raw_estimate(table)))
+            self._tail_n += table.num_rows
             self._remember(key, table.num_rows)
             self._count(table)
             replayed += table.num_rows
@@ -267,8 +269,9 @@ class Store:
         loop = asyncio.get_running_loop()
         if b.raw is not None and b.defaults is not None and len((key or "").encode()) < 0x8000:
             record = encode_raw(key, b.raw, b.defaults)
-        elif b.rows <= 1000:        # small: at once (a thread hop costs more than it saves)
-            record = encode(key, b.table.select(batchmod.SCHEMA.names))
+        elif b.rows <= 1000:        # small: at once (a thread hop costs more than it saves),
+            # uncompressed (zstd in Arrow IPC costs ~0.3 ms a batch however small)
+            record = encode(key, b.table.select(batchmod.SCHEMA.names), compress=False)
         else:
             record = await loop.run_in_executor(
                 None, encode, key, b.table.select(batchmod.SCHEMA.names))
@@ -289,13 +292,13 @@ class Store:
     def _install(self, wal_no: int, key: str | None, b: Batch) -> None:
         with self._lock:
             self._chunks.append(Chunk(wal_no, key, b.table, b.raw_bytes))
+            self._tail_n += b.table.num_rows
             self._remember(key, b.rows)
             self._count(b.table)
             self._rate.append((time.monotonic(), b.rows))
 
     def _tail_rows(self) -> int:
-        with self._lock:
-            return sum(c.table.num_rows for c in self._chunks)
+        return self._tail_n
 
     def _remember(self, key: str | None, rows: int) -> None:
         if not key:
@@ -455,6 +458,7 @@ class Store:
                 self._manifest.save(self.dir / "manifest.json")
                 self._segments = self._segments + new
                 self._chunks = [c for c in self._chunks if id(c) not in ids]
+                self._tail_n -= sum(c.table.num_rows for c in chunks)
         except BaseException:
             with self._lock:
                 self._taken = self._manifest.wal_upto
@@ -803,7 +807,7 @@ class Store:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             segs = list(self._segments)
-            mem_rows = sum(c.table.num_rows for c in self._chunks)
+            mem_rows = self._tail_n
             counts = {k: dict(v) for k, v in self._counts.items()}
             now = time.monotonic()
             self._rate = [(t, n) for t, n in self._rate if now - t < 60]

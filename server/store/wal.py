@@ -33,11 +33,14 @@ from server.store.fsutil import fsync_dir
 MAGIC = b"MWL1"
 _HEAD = struct.Struct("<4sIQ")
 _IPC = pa.ipc.IpcWriteOptions(compression="zstd")
+_IPC_PLAIN = pa.ipc.IpcWriteOptions()
 
 
-def encode(key: str | None, table: pa.Table) -> bytes:
+def encode(key: str | None, table: pa.Table, compress: bool = True) -> bytes:
+    """A WAL record of the table (Arrow IPC, zstd-compressed unless ``compress`` is False:
+    the reader takes either)."""
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema, options=_IPC) as w:
+    with pa.ipc.new_stream(sink, table.schema, options=_IPC if compress else _IPC_PLAIN) as w:
         w.write_table(table)
     k = (key or "").encode()
     body = struct.pack("<H", len(k)) + k + sink.getvalue().to_pybytes()

@@ -95,3 +95,36 @@ def test_ingest_waits_for_the_flush_past_the_memory_bound(tmp_path: Path) -> Non
         return [max(seen), total]
     most, total = asyncio.run(run())
     assert total == 8000 and most <= 2500
+
+
+def test_small_and_large_ndjson_bodies_parse_alike() -> None:
+    """Bodies under batch._SMALL_LINES lines are parsed with orjson, larger ones with
+    Arrow's reader: the same lines give the same table either way (defaults aside), and
+    a bad line is named by both."""
+    import orjson
+
+    lines = [orjson.dumps({"id": f"r{i}", "timestamp": 1_700_000_000_000_000_000 + i,
+                           "level": "INFO", "component": "KERNEL", "host": f"h{i % 3}",
+                           "pid": i, "message": f"m {i} \u00e9", "metadata": {}})
+             for i in range(batchmod._SMALL_LINES + 200)]
+    big = batchmod.parse(b"\n".join(lines), None, None, 1 << 30).table
+    small = pa.concat_tables(
+        batchmod.parse(b"\n".join(lines[i:i + 300]), None, None, 1 << 30).table
+        for i in range(0, len(lines), 300))
+    assert big.num_rows == len(lines) and big.equals(small)
+    assert batchmod._parse_fast(b"\n".join(lines).rstrip()) is not None   # (both ways)
+    for part in (lines, lines[:10]):
+        bad = [*part[:5], b'{"level": "INFO", "component": "NOPE", "message": "x"}', *part[5:]]
+        with pytest.raises(InvalidInput, match="line 6: unknown component"):
+            batchmod.parse(b"\n".join(bad), None, None, 1 << 30)
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_wal_records_compressed_or_not_decode_alike(compress: bool) -> None:
+    from server.store.wal import encode
+    b = batchmod.parse(b'{"level": "INFO", "component": "KERNEL", "message": "hi 1"}\n'
+                       b'{"level": "ERROR", "component": "PLUGIN", "message": "hi 2"}',
+                       None, None, 1 << 20)
+    table = b.table.select(batchmod.SCHEMA.names)
+    key, got = decode(encode("k", table, compress=compress)[16:])
+    assert key == "k" and got.equals(table)
