@@ -237,6 +237,8 @@ class Store:
 
     def _mine(self, table: pa.Table) -> pa.Table:
         msgs = table["message"].combine_chunks()
+        # (kept combined: the word index reads the messages as one buffer too)
+        table = table.set_column(table.schema.get_field_index("message"), "message", msgs)
         if self.cfg.templates:
             mined = self.miner.mine_arrow(msgs)
             ids = pa.array(mined.template_ids, pa.uint64())
@@ -416,8 +418,13 @@ class Store:
         """Mine the chunks' templates (in one large batch, the miner's vectorised fast
         path), sort them by time and cut them into time partitions; the miner's state is
         saved before any segment can name its new templates."""
-        table = pa.concat_tables([c.table.select(batchmod.SCHEMA.names) for c in chunks])
-        table = self._mine(table)
+        # Chunks in order of their first record: batches that arrive out of order but do
+        # not overlap in time (each client's batches in turn) then need no sort below.
+        parts = [c.table.select(batchmod.SCHEMA.names) for c in chunks]
+        firsts = [pc.min(t["timestamp"]).as_py() for t in parts]
+        parts = [parts[i] for i in sorted(range(len(parts)),
+                                          key=lambda i: (firsts[i] is None, firsts[i] or 0))]
+        table = self._mine(pa.concat_tables(parts))
         self.miner.save()
         # Sorted by time once: each time partition is then a contiguous slice of it. The
         # messages are not stored (template + parameters are): the word index reads them

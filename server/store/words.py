@@ -206,7 +206,7 @@ def string_buffers(strings: pa.Array | pa.ChunkedArray
     """(the strings as one array (string or large_string), their bytes, int64 offsets into
     those bytes starting at 0): the raw buffers, no copy of the bytes of a single chunk."""
     if isinstance(strings, pa.ChunkedArray):
-        strings = strings.combine_chunks()
+        strings = strings.chunk(0) if strings.num_chunks == 1 else strings.combine_chunks()
     if strings.type not in (pa.large_string(), pa.string()):
         strings = pc.cast(strings, pa.large_string())
     n = len(strings)

@@ -671,3 +671,24 @@ def test_fetch_reads_only_the_row_groups_holding_the_rows(tmp_path: Path) -> Non
     finally:
         loop.run_until_complete(st.close())
         loop.close()
+
+
+def test_field_hashes_of_each_row_group_are_its_distinct_values() -> None:
+    import numpy as np
+    import pyarrow as pa
+
+    from server.store import words
+    rows, rg_rows = 1000, 64
+    t = pa.table({"host": pa.chunked_array([[f"h{i % 7}" if i % 11 else None
+                                             for i in range(500)],
+                                            [f"h{i % 5}" for i in range(500)]]),
+                  "pid": [i // 90 for i in range(rows)]})
+    h, off = words._extra(t, rows, rg_rows)
+    assert len(off) == -(-rows // rg_rows) + 1
+    for r in range(len(off) - 1):
+        sub = t.slice(r * rg_rows, rg_rows)
+        want = set(words.field_hashes("host", [v for v in set(sub["host"].to_pylist())
+                                               if v is not None]).tolist())
+        want |= set(words.field_hashes("pid", np.unique(sub["pid"].to_numpy())).tolist())
+        got = h[off[r]:off[r + 1]].tolist()
+        assert len(got) == len(set(got)) and set(got) == want
