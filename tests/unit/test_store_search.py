@@ -692,3 +692,33 @@ def test_field_hashes_of_each_row_group_are_its_distinct_values() -> None:
         want |= set(words.field_hashes("pid", np.unique(sub["pid"].to_numpy())).tolist())
         got = h[off[r]:off[r + 1]].tolist()
         assert len(got) == len(set(got)) and set(got) == want
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+def test_a_flush_of_batches_out_of_order_writes_rows_in_time_order(tmp_path: Path,
+                                                                   overlap: bool) -> None:
+    """Batches whose time ranges arrive out of order (taken in order of their first
+    record), disjoint or overlapping, with ties in time: the segment is in (time, id)
+    order and holds every record once."""
+    import pyarrow.parquet as pq
+    loop = asyncio.new_event_loop()
+    st = Store(StoreConfig(data_dir=tmp_path, row_group_rows=64, flush_interval_s=3600))
+    try:
+        loop.run_until_complete(st.open())
+        recs = []
+        for k in (2, 0, 3, 1):                          # batch k covers [k, k+1) seconds
+            part = [{"id": f"b{k}-{i:03d}", "level": "INFO", "component": "KERNEL",
+                     "message": f"m {i}",
+                     "timestamp": T0 + (k * 10**9 if not overlap else 0) + (i // 2) * 1000}
+                    for i in range(150)]
+            recs += part
+            body = b"\n".join(orjson.dumps(r) for r in part)
+            loop.run_until_complete(st.append(st.parse(body), f"k{k}"))
+        assert st.flush() == 600
+        [seg] = st._snapshot()[0]
+        t = pq.read_table(st.seg_dir / seg.path, columns=["timestamp", "id"])
+        got = list(zip(t["timestamp"].to_pylist(), t["id"].to_pylist(), strict=True))
+        assert got == sorted((r["timestamp"], r["id"]) for r in recs)
+    finally:
+        loop.run_until_complete(st.close())
+        loop.close()
