@@ -2,8 +2,10 @@
 
     .venv/bin/python bench/embed_ingest.py -n 200000 --duration 30 --rounds 2
 
-Each round starts a fresh hub with ``"embeddings": false`` then one with ``true`` (the model
-loads in the background and new templates are embedded while the load runs) and drives
+Each round starts a fresh hub with ``"embeddings": false`` then one with ``true`` (on the
+hub's defaults a hub started into an ingest above ``embeddings_defer_rate`` records/s loads
+the model once the burst ends: the run then measures the template bookkeeping only; the
+embedding side's status, printed, says whether the model loaded) and drives
 NDJSON+zstd bodies for --duration seconds with bench/hub_ingest.drive. Prints the acknowledged
 records/s of each run, the median of each side and the ratio on/off (bar: >= 0.95), and
 how many templates the embedding side had indexed at the end.

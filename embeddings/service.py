@@ -46,7 +46,8 @@ class EmbeddingService:
     def __init__(self, directory: Path, templates: Callable[[], dict[int, str]],
                  batch: int = 256, poll_s: float = 2.0, threads: int = 1,
                  in_process: bool = True, duty: float = 1.0,
-                 busy: Callable[[], bool] | None = None) -> None:
+                 busy: Callable[[], bool] | None = None,
+                 heavy: Callable[[], bool] | None = None, defer_max_s: float = 600.0) -> None:
         self.dir = directory
         self.templates = templates          # live template id -> text
         self.batch, self.poll_s = batch, poll_s
@@ -54,6 +55,13 @@ class EmbeddingService:
         # host has other work (1.0: back to back); idle, the backlog is embedded at once.
         self.duty = min(1.0, max(0.05, duty))
         self.busy = busy or (lambda: True)
+        # Loading the model costs seconds of CPU (torch, the weights): while ``heavy()``
+        # says ingest is pressing, the load waits, at most ``defer_max_s`` seconds or
+        # until a semantic query asks for the model.
+        self.heavy = heavy or (lambda: False)
+        self.defer_max_s = defer_max_s
+        self._wanted = threading.Event()
+        self.deferred = False
         # in_process=False: the model runs in a niced child process (the hub's choice).
         self.embedder: Embedder | ProcessEmbedder = (
             Embedder(threads) if in_process else ProcessEmbedder(threads))
@@ -82,7 +90,27 @@ class EmbeddingService:
         self.embedder.close()
         self.index.save(self.dir)
 
+    def _defer_load(self) -> None:
+        """Wait for a reason to load the model: templates exist (new ones to embed, or
+        a restarted hub's) and ingest is not heavy, a semantic query, or ``defer_max_s``."""
+        t0 = time.monotonic()
+        while not self._stop.is_set() and not self._wanted.is_set() and \
+                time.monotonic() - t0 < self.defer_max_s:
+            if self.templates():
+                if not self.heavy():
+                    break
+                if not self.deferred:
+                    self.deferred = True
+                    log.embeddings.info("model load deferred while ingest is heavy (at "
+                                        "most %.0f s, or until a semantic query)",
+                                        self.defer_max_s)
+            self._wanted.wait(1.0)
+        self.deferred = False
+
     def _run(self) -> None:
+        self._defer_load()
+        if self._stop.is_set():
+            return
         try:
             self.embedder.load()
         except ModelUnavailable as err:
@@ -128,6 +156,7 @@ class EmbeddingService:
 
     def search(self, query: str, k: int = 10) -> list[Hit]:
         if not self.embedder.ready:
+            self._wanted.set()          # (a deferred load starts now)
             raise ModelUnavailable("the embedding model is still loading; retry shortly",
                                    retry_after_s=5)
         qv = self.embedder.embed([query])
@@ -165,6 +194,7 @@ class EmbeddingService:
         return self._clusters
 
     def status(self) -> dict[str, Any]:
-        return {"model_ready": self.ready, "indexed": len(self.index),
+        return {"model_ready": self.ready, "model_deferred": self.deferred,
+                "indexed": len(self.index),
                 "index_kind": self.index.kind, "clusters": len(self._clusters),
                 "error": self.embedder.error}

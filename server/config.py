@@ -38,6 +38,10 @@ class HubConfig:
     partition_s: int = 3600
     # Start the embedding service (semantic search) when its packages are installed.
     embeddings: bool = True
+    # While ingest runs above this many records/s, loading the embedding model (seconds of
+    # CPU, once) waits: at most embeddings_defer_max_s, or until a semantic query. 0: never.
+    embeddings_defer_rate: int = 50_000
+    embeddings_defer_max_s: float = 600.0
 
     def host_port(self) -> tuple[str, int]:
         host, _, port = self.listen.rpartition(":")

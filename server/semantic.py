@@ -62,8 +62,11 @@ def setup(app: web.Application, cfg: HubConfig) -> None:
         # The model runs in a niced child; while records are arriving it back-fills new
         # templates a quarter of the time at most, so ingest keeps the cores
         # (bench/embed_ingest.py); when ingest pauses, the backlog goes at full speed.
+        rate = cfg.embeddings_defer_rate
         svc = EmbeddingService(cfg.data / "embeddings", lambda: live_templates(store),
-                               in_process=False, duty=0.25, busy=store.busy)
+                               in_process=False, duty=0.25, busy=store.busy,
+                               heavy=lambda: rate > 0 and store.rate(5.0) >= rate,
+                               defer_max_s=cfg.embeddings_defer_max_s)
         svc.start()
         app[SERVICE] = svc
         yield

@@ -297,7 +297,10 @@ class Store:
             self._tail_n += b.table.num_rows
             self._remember(key, b.rows)
             self._count(b.table)
-            self._rate.append((time.monotonic(), b.rows))
+            now = time.monotonic()
+            self._rate.append((now, b.rows))
+            if len(self._rate) > 4096:          # (kept for a minute: stats, rate)
+                self._rate = [(t, n) for t, n in self._rate if now - t < 60]
 
     def _tail_rows(self) -> int:
         return self._tail_n
@@ -800,6 +803,13 @@ class Store:
     def template_stats(self, q: LogQuery) -> list[dict[str, Any]]:
         from server.store.aggregate import template_stats
         return template_stats(self, q)
+
+    def rate(self, within_s: float = 5.0) -> float:
+        """Records acknowledged per second over the last ``within_s`` seconds."""
+        now = time.monotonic()
+        with self._lock:
+            recent = [n for t, n in reversed(self._rate[-4096:]) if now - t < within_s]
+        return sum(recent) / within_s
 
     def busy(self, within_s: float = 2.0) -> bool:
         """Were records acknowledged within the last ``within_s`` seconds?"""

@@ -97,3 +97,25 @@ def test_semantic_search_off_is_503(make_hub) -> None:
     hub = make_hub(embeddings=False)
     status, err = _semantic(hub, q="anything")
     assert status == 503 and err["error"]["code"] == "semantic_search_off"
+
+
+def test_model_load_waits_for_a_heavy_ingest_or_a_query(make_hub) -> None:
+    """A hub started into an ingest above embeddings_defer_rate keeps the model unloaded
+    (GET /api/v1/embeddings says so) until a semantic query asks for it (503 meanwhile)."""
+    hub = make_hub(embeddings=True, embeddings_defer_rate=1, flush_interval_s=0.5)
+    base = time.time_ns() - 10**9
+    t0 = time.monotonic()
+    n = 0
+    while time.monotonic() - t0 < 4:
+        rows = [entry(n + j, message=LINES[j % 4][1].format(i=n + j), timestamp=base + n + j)
+                for j in range(20)]
+        assert hub.ingest(rows)[0] == 200
+        n += 20
+        time.sleep(0.1)
+    _, st = hub.request("GET", "/api/v1/embeddings")
+    assert st["model_deferred"] and not st["model_ready"], st
+    status, err = _semantic(hub, q="database out of memory")
+    assert status == 503 and "loading" in err["error"]["message"]
+    _wait_ready(hub, len(LINES))
+    status, res = _semantic(hub, q="database server ran out of RAM", k=1)
+    assert status == 200 and res["results"][0]["template"].startswith("Out of memory")

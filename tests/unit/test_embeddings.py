@@ -113,3 +113,48 @@ def test_service_embeds_new_templates_and_ranks_hybrid(tmp_path: Path,
     assert hits[0].template_id == 7 and hits[0].lexical > 0
     svc.stop()
     assert (tmp_path / "index.faiss").exists()
+
+
+def _until(cond, timeout: float = 120.0) -> float:  # noqa: ANN001 - a small poller
+    import time
+    t0 = time.monotonic()
+    while not cond():
+        assert time.monotonic() - t0 < timeout, "timed out"
+        time.sleep(0.1)
+    return time.monotonic() - t0
+
+
+def test_model_load_waits_while_ingest_is_heavy_until_a_query_asks(tmp_path: Path) -> None:
+    import time
+
+    from embeddings.model import ModelUnavailable
+    svc = EmbeddingService(tmp_path, lambda: dict(TEMPLATES), heavy=lambda: True,
+                           poll_s=0.2)
+    svc.start()
+    try:
+        time.sleep(1.5)
+        assert svc.status()["model_deferred"] and not svc.ready
+        assert svc.embedder._model is None             # type: ignore[union-attr]
+        with pytest.raises(ModelUnavailable):
+            svc.search("disk quota exceeded")           # asks for the model
+        _until(lambda: svc.ready and len(svc.index) == len(TEMPLATES))
+        assert not svc.status()["model_deferred"]
+        assert svc.search("disk quota exceeded on a volume", 1)[0].template_id == 4
+    finally:
+        svc.stop()
+
+
+@pytest.mark.parametrize("ends", [True, False])
+def test_deferred_model_load_starts_when_the_burst_ends_or_at_the_latest(
+        tmp_path: Path, ends: bool) -> None:
+    import time
+    t0 = time.monotonic()
+    svc = EmbeddingService(tmp_path, lambda: dict(TEMPLATES), poll_s=0.2,
+                           heavy=lambda: not ends or time.monotonic() - t0 < 2.0,
+                           defer_max_s=600 if ends else 3.0)
+    svc.start()
+    try:
+        _until(lambda: svc.ready)
+        assert time.monotonic() - t0 >= 2.0
+    finally:
+        svc.stop()
