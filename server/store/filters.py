@@ -719,14 +719,14 @@ def _needs_met(flat: Any, codes: np.ndarray, values: list[Any], case: bool) -> n
         b = np.take(data, pos, mode="clip")
         return b if case else _LOWER[b]
     cand = np.flatnonzero(some[r] & (size > 0) & ~out)
-    rc, sz = r[cand], size[cand]
-    cand = cand[(sz >= by_last[rc, byte(end[cand] - 1)]) |
-                (sz >= by_first[rc, byte(start[cand])])]
     if not case and len(cand) and not data.tobytes().isascii():
         high = np.concatenate(([0], np.cumsum(data >= 0x80)))
         hit = high[end[cand]] > high[start[cand]]
         out[cand[hit]] = True
         cand = cand[~hit]
+    rc, sz = r[cand], size[cand]
+    cand = cand[(sz >= by_last[rc, byte(end[cand] - 1)]) |
+                (sz >= by_first[rc, byte(start[cand])])]
     if not len(cand):
         return out
     wants: dict[tuple[str, bytes], list[int]] = {}
@@ -777,6 +777,13 @@ def _word_edges(flat: Any, needle: str, case: bool, join_left: np.ndarray,
     joinable = join_left | join_right
     out |= (size == 0) & joinable
     cand = np.flatnonzero(joinable & (size > 0))
+    if not case and len(cand) and not data.tobytes().isascii():
+        # Unicode case folds are not modelled (the Kelvin sign folds to k): a parameter
+        # holding non-ASCII bytes may join
+        high = np.concatenate(([0], np.cumsum(data >= 0x80)))
+        other = high[off[1:][cand]] > high[off[:-1][cand]]
+        out[cand[other]] = True
+        cand = cand[~other]
     if not len(cand):
         return out
     sub, off, data = _raw(flat.take(pa.array(cand)))

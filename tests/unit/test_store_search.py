@@ -492,13 +492,13 @@ def test_word_edges_flag_every_parameter_a_whole_word_crosses() -> None:
     from server.store import words
     from server.store.filters import _word_edges, is_word_char, word_regex
     rnd = random.Random(7)
-    alpha = "ab7 4-_:.Ab9é"
+    alpha = "ab7 4-_:.Ab9ék\u212a"                 # \u212a (Kelvin sign) folds to k
 
     def text(k: int) -> str:
         return "".join(rnd.choice(alpha) for _ in range(rnd.randint(0, k)))
     flagged = 0
     for _ in range(1500):
-        needle = "".join(rnd.choice("ab749") for _ in range(rnd.randint(1, 6)))
+        needle = "".join(rnd.choice("ab749k") for _ in range(rnd.randint(1, 6)))
         needle = needle.upper() if rnd.random() < 0.3 else needle
         case = rnd.random() < 0.5
         left, param, right = text(5), text(6), text(5)
@@ -510,6 +510,8 @@ def test_word_edges_flag_every_parameter_a_whole_word_crosses() -> None:
             j = rnd.randint(i + 1, len(needle))
             left, param, right = text(2) + " " + needle[:i], needle[i:j], \
                 needle[j:] + " " + text(2)
+        if rnd.random() < 0.2:                       # k written as the Kelvin sign
+            param = param.replace("k", "\u212a")
         msg, a0, a1 = left + param + right, len(left), len(left) + len(param)
         pattern = word_regex(needle).replace("\\x{80}-\\x{10FFFF}", "\\x80-\\U0010FFFF")
         crosses = False
@@ -590,13 +592,13 @@ def test_slot_needs_flag_every_parameter_a_match_crosses() -> None:
 
     from server.store.filters import _needs_met, _slot_needs
     rnd = random.Random(11)
-    alpha = "ab7 -:Aé"
+    alpha = "ab7 -:Aék\u212a"                     # \u212a (Kelvin sign) folds to k
 
     def text(k: int) -> str:
         return "".join(rnd.choice(alpha) for _ in range(rnd.randint(0, k)))
     flagged = rows = 0
     for _ in range(3000):
-        needle = "".join(rnd.choice("ab7 -A") for _ in range(rnd.randint(1, 6)))
+        needle = "".join(rnd.choice("ab7 -Ak") for _ in range(rnd.randint(1, 6)))
         case = rnd.random() < 0.5
         k = rnd.randint(1, 3)
         pieces = [text(4) for _ in range(k + 1)]
@@ -617,6 +619,8 @@ def test_slot_needs_flag_every_parameter_a_match_crosses() -> None:
             else:
                 params[i] = needle[cut:] + params[i]
                 pieces[i] += needle[:cut]
+        if rnd.random() < 0.2:                       # k written as the Kelvin sign
+            params = [p.replace("k", "\u212a") for p in params]
         msg = pieces[0] + "".join(p + t for p, t in zip(params, pieces[1:], strict=True))
         spans, at = [], len(pieces[0])
         for p, t in zip(params, pieces[1:], strict=True):
