@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import shutil
 import tarfile
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
@@ -144,7 +145,7 @@ class Store:
         self._subs: set[Subscription] = set()
         self._counts: dict[str, Counter] = {"level": Counter(), "component": Counter(),
                                             "host": Counter()}
-        self._rate: list[tuple[float, int]] = []
+        self._rate: deque[tuple[float, int]] = deque()   # (time, rows), a minute
         self._stop = threading.Event()
         self._bg: threading.Thread | None = None
         self.reader = SegmentReader(self.seg_dir)
@@ -299,8 +300,8 @@ class Store:
             self._count(b.table)
             now = time.monotonic()
             self._rate.append((now, b.rows))
-            if len(self._rate) > 4096:          # (kept for a minute: stats, rate)
-                self._rate = [(t, n) for t, n in self._rate if now - t < 60]
+            while now - self._rate[0][0] >= 60:
+                self._rate.popleft()
 
     def _tail_rows(self) -> int:
         return self._tail_n
@@ -808,8 +809,9 @@ class Store:
         """Records acknowledged per second over the last ``within_s`` seconds."""
         now = time.monotonic()
         with self._lock:
-            recent = [n for t, n in reversed(self._rate[-4096:]) if now - t < within_s]
-        return sum(recent) / within_s
+            recent = sum(n for _, n in itertools.takewhile(
+                lambda e: now - e[0] < within_s, reversed(self._rate)))
+        return recent / within_s
 
     def busy(self, within_s: float = 2.0) -> bool:
         """Were records acknowledged within the last ``within_s`` seconds?"""
@@ -827,8 +829,8 @@ class Store:
             mem_rows = self._tail_n
             counts = {k: dict(v) for k, v in self._counts.items()}
             now = time.monotonic()
-            self._rate = [(t, n) for t, n in self._rate if now - t < 60]
-            recent = sum(n for t, n in self._rate if now - t < 10)
+            recent = sum(n for _, n in itertools.takewhile(lambda e: now - e[0] < 10,
+                                                           reversed(self._rate)))
         wal_bytes = sum(p.stat().st_size for p in (self.dir / "wal").glob("*.log"))
         raw = sum(s.raw_bytes for s in segs)
         stored = sum(s.bytes for s in segs)

@@ -726,3 +726,21 @@ def test_a_flush_of_batches_out_of_order_writes_rows_in_time_order(tmp_path: Pat
     finally:
         loop.run_until_complete(st.close())
         loop.close()
+
+
+def test_ingest_rate_counts_the_last_seconds(tmp_path: Path) -> None:
+    loop = asyncio.new_event_loop()
+    st = Store(StoreConfig(data_dir=tmp_path, flush_interval_s=3600))
+    try:
+        loop.run_until_complete(st.open())
+        assert st.rate(5.0) == 0 and not st.busy()
+        for k in range(3):
+            body = b"\n".join(orjson.dumps(r) for r in entries(40))
+            loop.run_until_complete(st.append(st.parse(body), f"r{k}"))
+        assert st.rate(5.0) == 120 / 5 and st.busy()
+        assert st.stats()["ingest_rate"] == 120 / 10
+        st._rate[0] = (st._rate[0][0] - 7.0, st._rate[0][1])     # one batch 7 s ago
+        assert st.rate(5.0) == 80 / 5 and st.rate(10.0) == 120 / 10
+    finally:
+        loop.run_until_complete(st.close())
+        loop.close()
