@@ -594,35 +594,63 @@ class _SlotTable:
         self._code: dict[Any, int] = {unknown: 0}
         self.values: list[Any] = [unknown]
         self._codes = np.zeros(1, np.int32)
+        self._ids = np.zeros(0, np.uint64)                  # known templates, sorted,
+        self._pairs = np.zeros((0, 2), np.int64)            # and their (base, count)
 
     def codes_of(self, tids: pa.Array, rows: np.ndarray, slot: np.ndarray,
                  infos: dict[int, Any]) -> np.ndarray:
-        """The code of slot ``slot[i]`` of the template of row ``rows[i]`` (of ``tids``)."""
+        """The code of slot ``slot[i]`` of the template of row ``rows[i]`` (of ``tids``).
+        Templates met before are looked up in one sorted array; new ones are computed."""
         uniq = pc.unique(tids)
-        with self._lock:
-            new: list[int] = []
-            size = len(self._codes)
-            at = []
-            for tid in uniq.to_pylist():
-                got = self._at.get(tid) if tid is not None else (0, 0)
-                if got is None:
-                    info = infos.get(tid)
-                    if info is None:
-                        got = (0, 0)                 # unknown (yet): code 0 everywhere
-                    else:
-                        vals = self._per_slot(info.text.split("<*>"))
-                        new += [self._code.setdefault(v, len(self._code)) for v in vals]
-                        got = self._at[tid] = (size, len(vals))
-                        size += len(vals)
-                at.append(got)
-            if new:
-                self._codes = np.concatenate((self._codes, np.array(new, np.int32)))
-                self.values = list(self._code)
-            codes = self._codes
-        pairs = np.array(at, np.int64).reshape(-1, 2)
         which = pc.index_in(tids, value_set=uniq).to_numpy(zero_copy_only=False)
+        with self._lock:
+            if uniq.null_count:
+                pairs = np.array([self._place(t, infos) for t in uniq.to_pylist()],
+                                 np.int64).reshape(-1, 2)
+            else:
+                ids = uniq.to_numpy()
+                at, found = self._find(ids)
+                if not found.all():
+                    for t in ids[~found].tolist():
+                        self._place(t, infos)
+                    known = np.fromiter(self._at, np.uint64, len(self._at))
+                    order = np.argsort(known)
+                    self._ids = known[order]
+                    self._pairs = np.array(list(self._at.values()), np.int64
+                                           ).reshape(-1, 2)[order]
+                    at, found = self._find(ids)
+                pairs = np.zeros((len(ids), 2), np.int64)         # unknown: (0, 0)
+                pairs[found] = self._pairs[at[found]]
+            codes = self._codes
         base, count = pairs[which, 0][rows], pairs[which, 1][rows]
         return codes[np.where(slot < count, base + slot, 0)]
+
+    def _find(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Positions of ids among the known templates, and which are known."""
+        if not len(self._ids):
+            return np.zeros(len(ids), np.int64), np.zeros(len(ids), bool)
+        at = np.minimum(np.searchsorted(self._ids, ids), len(self._ids) - 1)
+        return at, self._ids[at] == ids
+
+    def _place(self, tid: int | None, infos: dict[int, Any]) -> tuple[int, int]:
+        """(first code index, slot count) of a template, computed when new (under the
+        lock; the caller re-sorts the known ids); an unknown template (yet) is not kept:
+        (0, 0), code 0 everywhere."""
+        if tid is None:
+            return 0, 0
+        got = self._at.get(tid)
+        if got is not None:
+            return got
+        info = infos.get(tid)
+        if info is None:
+            return 0, 0
+        vals = self._per_slot(info.text.split("<*>"))
+        new = [self._code.setdefault(v, len(self._code)) for v in vals]
+        got = self._at[tid] = (len(self._codes), len(vals))
+        if new:
+            self._codes = np.concatenate((self._codes, np.array(new, np.int32)))
+            self.values = list(self._code)
+        return got
 
     def code(self, value: Any) -> int:
         """The code of a value (given one when new)."""

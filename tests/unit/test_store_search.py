@@ -744,3 +744,30 @@ def test_ingest_rate_counts_the_last_seconds(tmp_path: Path) -> None:
     finally:
         loop.run_until_complete(st.close())
         loop.close()
+
+
+def test_slot_table_codes_of_known_unknown_and_null_templates() -> None:
+    """Codes per (template, slot): known templates from the sorted table, templates the
+    miner does not know (yet) and null ids code 0, slots past a template's count code 0;
+    a template learnt later gets its codes then."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import pyarrow as pa
+
+    from server.store.filters import _SlotTable
+    infos = {7: SimpleNamespace(text="a <*> b <*>"), 3: SimpleNamespace(text="<*>")}
+    table = _SlotTable(lambda pieces: [f"{i}:{pieces[i]}" for i in range(len(pieces) - 1)],
+                       "unknown")
+
+    def codes(tids: list, rows: list, slots: list) -> list:
+        got = table.codes_of(pa.array(tids, pa.uint64()), np.array(rows), np.array(slots),
+                             infos)
+        return [table.values[c] for c in got]
+    assert codes([99], [0], [0]) == ["unknown"]                       # nothing known yet
+    assert codes([7, 99, 3], [0, 0, 1, 2, 2], [0, 1, 0, 0, 1]) == \
+        ["0:a ", "1: b ", "unknown", "0:", "unknown"]
+    assert codes([3, 7], [1, 1, 0], [1, 0, 0]) == ["1: b ", "0:a ", "0:"]
+    assert codes([None, 7], [0, 1], [0, 1]) == ["unknown", "1: b "]     # null ids
+    infos[99] = SimpleNamespace(text="<*>x<*>")
+    assert codes([99, 7], [0, 0, 1], [0, 1, 0]) == ["0:", "1:x", "0:a "]
