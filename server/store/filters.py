@@ -725,11 +725,13 @@ def _needs_met(flat: Any, codes: np.ndarray, values: list[Any], case: bool) -> n
     by_first = np.full((len(present), 256), big, np.int64)   # shortest start string
     anything = np.zeros(len(present), bool)
     empty = np.zeros(len(present), bool)
+    shortest = np.full(len(present), big, np.int64)          # of any string of the slot
     for i, c in enumerate(present.tolist()):
         if values[c] is None:
             anything[i] = True
             continue
         for kind, want in values[c]:
+            shortest[i] = min(shortest[i], len(want))
             if not want:
                 empty[i] = True
             elif kind == "start":
@@ -746,7 +748,9 @@ def _needs_met(flat: Any, codes: np.ndarray, values: list[Any], case: bool) -> n
     def byte(pos: np.ndarray) -> np.ndarray:
         b = np.take(data, pos, mode="clip")
         return b if case else _LOWER[b]
-    cand = np.flatnonzero(some[r] & (size > 0) & ~out)
+    # (a parameter is never shorter in bytes than what it folds to: the sift by length
+    # holds for non-ASCII parameters too)
+    cand = np.flatnonzero((size >= np.maximum(shortest, 1)[r]) & some[r] & ~out)
     if not case and len(cand) and not data.tobytes().isascii():
         high = np.concatenate(([0], np.cumsum(data >= 0x80)))
         hit = high[end[cand]] > high[start[cand]]
