@@ -834,9 +834,6 @@ class Store:
             segs = list(self._segments)
             mem_rows = self._tail_n
             counts = {k: dict(v) for k, v in self._counts.items()}
-            now = time.monotonic()
-            recent = sum(n for _, n in itertools.takewhile(lambda e: now - e[0] < 10,
-                                                           reversed(self._rate)))
         wal_bytes = sum(p.stat().st_size for p in (self.dir / "wal").glob("*.log"))
         raw = sum(s.raw_bytes for s in segs)
         stored = sum(s.bytes for s in segs)
@@ -850,7 +847,7 @@ class Store:
             "index_bytes": idx.stat().st_size if idx.exists() else 0,
             "wal_bytes": wal_bytes,
             "compression_ratio": round(raw / stored, 2) if stored else None,
-            "ingest_rate": recent / 10.0,
+            "ingest_rate": self.rate(10.0),
             "segments": len(segs), "corrupt_segments": list(self._corrupt),
             "partitions": sorted({s.partition for s in segs}),
             "templates": len(self.miner.templates()),

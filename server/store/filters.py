@@ -371,9 +371,9 @@ class Selector:
         key = ("sorted", needle, case, word)
         known_ids, known_cls = self._class.get(key) or (np.zeros(0, np.uint64),
                                                        np.zeros(0, np.int8))
-        at = np.minimum(np.searchsorted(known_ids, ids), max(len(known_ids) - 1, 0))
-        found = known_ids[at] == ids if len(known_ids) else np.zeros(len(ids), bool)
-        cls = np.where(found, known_cls[at] if len(known_ids) else 0, 0).astype(np.int8)
+        at, found = _sorted_find(known_ids, ids)
+        cls = np.zeros(len(ids), np.int8)
+        cls[found] = known_cls[at[found]]
         miss = np.flatnonzero(~found)
         if len(miss):
             cls[miss] = [self._decide(needle, int(t), case, word) for t in ids[miss]]
@@ -536,6 +536,25 @@ _LOWER = np.arange(256, dtype=np.uint8)
 _LOWER[ord("A"):ord("Z") + 1] += 32
 
 
+def _sorted_find(known: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of ``ids`` in the sorted array ``known`` and which of them are there
+    (positions of the absent ones are in bounds but meaningless)."""
+    if not len(known):
+        return np.zeros(len(ids), np.int64), np.zeros(len(ids), bool)
+    at = np.minimum(np.searchsorted(known, ids), len(known) - 1)
+    return at, known[at] == ids
+
+
+def _non_ascii(data: np.ndarray, off: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Which strings ``idx`` (of the buffers ``data``/``off``) hold a non-ASCII byte:
+    case folding beyond ASCII (the Kelvin sign folds to k) is not modelled, so such a
+    string may take part in a case-insensitive match."""
+    if not len(idx) or data.tobytes().isascii():
+        return np.zeros(len(idx), bool)
+    high = np.concatenate(([0], np.cumsum(data >= 0x80)))
+    return high[off[1:][idx]] > high[off[:-1][idx]]
+
+
 def _raw(flat: Any) -> tuple[pa.Array, np.ndarray, np.ndarray]:
     """``words.string_buffers`` as (array, offsets, bytes), the bytes never empty (so
     vectorised reads at any offset stay in bounds)."""
@@ -609,7 +628,7 @@ class _SlotTable:
                                  np.int64).reshape(-1, 2)
             else:
                 ids = uniq.to_numpy()
-                at, found = self._find(ids)
+                at, found = _sorted_find(self._ids, ids)
                 if not found.all():
                     for t in ids[~found].tolist():
                         self._place(t, infos)
@@ -618,19 +637,12 @@ class _SlotTable:
                     self._ids = known[order]
                     self._pairs = np.array(list(self._at.values()), np.int64
                                            ).reshape(-1, 2)[order]
-                    at, found = self._find(ids)
+                    at, found = _sorted_find(self._ids, ids)
                 pairs = np.zeros((len(ids), 2), np.int64)         # unknown: (0, 0)
                 pairs[found] = self._pairs[at[found]]
             codes = self._codes
         base, count = pairs[which, 0][rows], pairs[which, 1][rows]
         return codes[np.where(slot < count, base + slot, 0)]
-
-    def _find(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Positions of ids among the known templates, and which are known."""
-        if not len(self._ids):
-            return np.zeros(len(ids), np.int64), np.zeros(len(ids), bool)
-        at = np.minimum(np.searchsorted(self._ids, ids), len(self._ids) - 1)
-        return at, self._ids[at] == ids
 
     def _place(self, tid: int | None, infos: dict[int, Any]) -> tuple[int, int]:
         """(first code index, slot count) of a template, computed when new (under the
@@ -751,11 +763,10 @@ def _needs_met(flat: Any, codes: np.ndarray, values: list[Any], case: bool) -> n
     # (a parameter is never shorter in bytes than what it folds to: the sift by length
     # holds for non-ASCII parameters too)
     cand = np.flatnonzero((size >= np.maximum(shortest, 1)[r]) & some[r] & ~out)
-    if not case and len(cand) and not data.tobytes().isascii():
-        high = np.concatenate(([0], np.cumsum(data >= 0x80)))
-        hit = high[end[cand]] > high[start[cand]]
-        out[cand[hit]] = True
-        cand = cand[~hit]
+    if not case:
+        other = _non_ascii(data, off, cand)
+        out[cand[other]] = True
+        cand = cand[~other]
     rc, sz = r[cand], size[cand]
     cand = cand[(sz >= by_last[rc, byte(end[cand] - 1)]) |
                 (sz >= by_first[rc, byte(start[cand])])]
@@ -809,11 +820,8 @@ def _word_edges(flat: Any, needle: str, case: bool, join_left: np.ndarray,
     joinable = join_left | join_right
     out |= (size == 0) & joinable
     cand = np.flatnonzero(joinable & (size > 0))
-    if not case and len(cand) and not data.tobytes().isascii():
-        # Unicode case folds are not modelled (the Kelvin sign folds to k): a parameter
-        # holding non-ASCII bytes may join
-        high = np.concatenate(([0], np.cumsum(data >= 0x80)))
-        other = high[off[1:][cand]] > high[off[:-1][cand]]
+    if not case:
+        other = _non_ascii(data, off, cand)
         out[cand[other]] = True
         cand = cand[~other]
     if not len(cand):
