@@ -77,7 +77,7 @@ def new_id() -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
-_HEX = b"0123456789abcdef"
+_HEX_PAIRS = b"".join(b"%02x" % i for i in range(256))   # byte value -> its two hex digits
 
 
 def new_ids(n: int, prefix: str | None = None, first: int | None = None) -> bytes:
@@ -93,10 +93,7 @@ def new_ids(n: int, prefix: str | None = None, first: int | None = None) -> byte
         _ID_COUNTER = itertools.count(first + n)
     # Each big-endian byte of a counter gives two hex digits through a 256-entry table.
     counters = np.arange(first, first + n, dtype=">u8").view(np.uint8).reshape(n, 8)
-    hexes = np.frombuffer(_HEX, dtype=np.uint8)
-    pairs = np.empty((256, 2), dtype=np.uint8)
-    pairs[:, 0] = hexes[np.arange(256) >> 4]
-    pairs[:, 1] = hexes[np.arange(256) & 15]
+    pairs = np.frombuffer(_HEX_PAIRS, dtype=np.uint8).reshape(256, 2)
     out = np.empty((n, 32), dtype=np.uint8)
     out[:, :16] = np.frombuffer(prefix.encode(), dtype=np.uint8)
     out[:, 16:] = pairs[counters].reshape(n, 16)
