@@ -20,12 +20,7 @@ give the same bits (tested).
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import shutil
-import subprocess
-import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +31,7 @@ import pyarrow.compute as pc
 import xxhash
 
 from mohlog import log
+from server.store import clib
 from server.store.fsutil import fsync_dir
 
 _P = 0x100000001B3                      # odd, so invertible modulo 2**64
@@ -150,55 +146,17 @@ class WordIndex:
         return cls([np.frombuffer(b, np.uint8) for b in t["bloom"].to_pylist()])
 
 
-_SRC = Path(__file__).with_name("native") / "words.c"
-_lib_lock = threading.Lock()
-_lib: list[ctypes.CDLL | None] = []
-
-
-def _native() -> ctypes.CDLL | None:
-    """The compiled builder (compiled and cached on first use), or None without a compiler."""
-    with _lib_lock:
-        if _lib:
-            return _lib[0]
-        lib = None
-        try:
-            lib = _load()
-        except (OSError, subprocess.SubprocessError) as err:
-            log.store.warning("word index: cannot build the C helper (%s); using numpy", err)
-        _lib.append(lib)
-        return lib
-
-
-def _load() -> ctypes.CDLL:
-    src = _SRC.read_bytes()
-    name = f"_words-{hashlib.sha256(src).hexdigest()[:16]}.so"
-    for d in (_SRC.parent, Path.home() / ".cache" / "mohlog"):
-        so = d / name
-        if so.exists():
-            break
-        cc = shutil.which("cc") or shutil.which("gcc")
-        if cc is None:
-            raise OSError("no C compiler (cc/gcc) on PATH")
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=d, suffix=".so")
-        except OSError:
-            continue
-        os.close(fd)
-        try:
-            subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", tmp, str(_SRC)], check=True,
-                           capture_output=True, timeout=120)
-            os.replace(tmp, so)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-        break
-    lib = ctypes.CDLL(str(so))
+def _declare(lib: ctypes.CDLL) -> None:
     fn = lib.mohlog_word_blooms
     fn.restype = ctypes.c_int64
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
                    ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_int64,
                    ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
-    return lib
+
+
+def _native() -> ctypes.CDLL | None:
+    """The compiled builder, or None without a compiler."""
+    return clib.load("words", _declare)
 
 
 def string_buffers(strings: pa.Array | pa.ChunkedArray
