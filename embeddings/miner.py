@@ -72,6 +72,9 @@ from embeddings.masking import MARK
 from mohlog.errors import CorruptData, InvalidInput, NotFound
 
 STATE_VERSION = 1
+# Id of the template of a message stored whole as its one parameter (a store with template
+# mining off): renders as that parameter. No template text hashes to 0 in practice.
+RAW_TEMPLATE_ID = 0
 # Distinct masked shapes remembered (shape -> template and recipe); past it the cache
 # restarts empty. Shapes are not persisted: the cluster index finds them again by key.
 SHAPE_CACHE_MAX = 1_000_000
@@ -247,6 +250,8 @@ class TemplateMiner:
     def _pieces_of(self, tid: int) -> list[str] | None:
         """The text of template ``tid`` split at its ``<*>`` (None for an unknown id)."""
         pieces = self._pieces.get(tid)
+        if pieces is None and tid == RAW_TEMPLATE_ID:
+            return ["", ""]
         if pieces is None:
             info = self._infos.get(tid)
             if info is None:

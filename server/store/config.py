@@ -32,6 +32,9 @@ class StoreConfig:
     index_cache_bytes: int = 512 << 20
     # zstd level for segments.
     zstd_level: int = 3
+    # zstd level for the parameters column of segments (most of their bytes and of the
+    # time to write them).
+    params_zstd_level: int = 2
     # Idempotency keys remembered for deduplication (oldest forgotten first).
     max_keys: int = 1_000_000
     # Seconds between retention passes of the background task.

@@ -33,7 +33,7 @@ from server.store.config import StoreConfig
 from server.store.fsutil import fsync_dir
 from server.store.metrics import StoreMetrics
 from server.store.query import LogQuery, decode_cursor, encode_cursor
-from server.store.scan import RowGroup, SegmentReader, batched
+from server.store.scan import RowGroup, SegmentReader, batched, unpacked
 from server.store.segments import (
     ROLLUP_KEYS,
     SEG_COLUMNS,
@@ -504,7 +504,8 @@ class Store:
         side = self._index_pool.submit(sidecars)
         try:
             path, size, digest = write_segment(sub, directory, name, self.cfg.row_group_rows,
-                                               self.cfg.zstd_level, presorted=True)
+                                               self.cfg.zstd_level, presorted=True,
+                                               params_level=self.cfg.params_zstd_level)
             agg, index, rollup_digest, words_digest = side.result()
         except BaseException:
             futures_wait([side])
@@ -609,7 +610,8 @@ class Store:
                 log.store.warning("word index of segment %s missing or corrupt: rebuilt",
                                   s.path)
             try:
-                t = pq.read_table(path, columns=["template_id", "params", *words.FIELDS])
+                t = unpacked(pq.read_table(path, columns=["template_id", "params",
+                                                          *words.FIELDS]))
                 msgs = self.miner.render_many(t["template_id"].to_numpy(),
                                               t["params"].combine_chunks())
                 rg_rows = pq.read_metadata(path).row_group(0).num_rows

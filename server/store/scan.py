@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from server.store import params
 from server.store.segments import SEG_COLUMNS, SegmentInfo
 
 
@@ -93,13 +94,18 @@ class SegmentReader:
                 and (end is None or g.min_ts < end)]
 
     def read(self, rg: RowGroup, columns: list[str] | None = None) -> pa.Table:
+        """Columns of a row group (or run), the parameters as lists whatever the segment
+        holds (packed or not)."""
         pf = pq.ParquetFile(self.seg_dir / rg.seg.path, metadata=self.metadata(rg.seg))
         try:
             if len(rg.indices) > 1:
-                return pf.read_row_groups(list(rg.indices), columns=columns)
-            return pf.read_row_group(rg.index, columns=columns)
+                t = pf.read_row_groups(list(rg.indices), columns=columns)
+            else:
+                t = pf.read_row_group(rg.index, columns=columns)
         finally:
             pf.close()
+        return unpacked(t)
+
 
     def fetch(self, rg: RowGroup, have: pa.Table, idx: pa.Array) -> pa.Table:
         """Whole rows idx of rg (SEG_COLUMNS), given the columns already read in ``have``:
@@ -132,3 +138,11 @@ class SegmentReader:
         indices = tuple(rg.indices[int(u)] for u in used)
         return RowGroup(rg.seg, indices[0], int(sizes[used].sum()), rg.min_ts, rg.max_ts,
                         indices), local
+
+
+def unpacked(t: pa.Table) -> pa.Table:
+    """``t`` with its parameters column (if any) as list<string>."""
+    i = t.schema.get_field_index("params")
+    if i < 0 or pa.types.is_list(t.schema.field(i).type):
+        return t
+    return t.set_column(i, "params", params.unpack(t.column(i)))

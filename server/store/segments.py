@@ -1,8 +1,9 @@
 """Immutable Parquet segments (zstd), one time partition each, and the manifest listing them.
 
-A segment stores a message as (template_id, params); its checksum (xxh64 of the file) is
-in the manifest and is verified when the store opens: a segment that does not match is
-reported, skipped, and the rest is served.
+A segment stores a message as (template_id, params), the parameters packed one string per
+row (:mod:`server.store.params`; a list of strings when they cannot be packed); its checksum
+(xxh64 of the file) is in the manifest and is verified when the store opens: a segment that
+does not match is reported, skipped, and the rest is served.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
 
+from server.store import params
 from server.store.fsutil import fsync_dir
 
 SEG_COLUMNS = ("id", "timestamp", "level", "source", "component", "host", "pid", "tid",
@@ -83,12 +85,21 @@ def sort_order(table: pa.Table) -> np.ndarray | None:
 
 
 def write_segment(table: pa.Table, directory: Path, name: str, row_group: int,
-                  level: int, presorted: bool = False) -> tuple[Path, int, str]:
-    """Write ``table`` sorted by time to ``directory/name`` atomically; (path, bytes, xxh64)."""
+                  level: int, presorted: bool = False, params_level: int | None = None
+                  ) -> tuple[Path, int, str]:
+    """Write ``table`` sorted by time to ``directory/name`` atomically; (path, bytes, xxh64).
+    The parameters are packed and compressed at ``params_level`` (default: ``level``)."""
     directory.mkdir(parents=True, exist_ok=True)
     table = table.select(list(SEG_COLUMNS))
     if not presorted:
         table = sort_for_segment(table)
+    encoding = {"timestamp": "DELTA_BINARY_PACKED", "pid": "PLAIN", "tid": "PLAIN"}
+    packed = params.pack(table["params"])
+    if packed is not None:
+        table = table.set_column(SEG_COLUMNS.index("params"), "params", packed)
+        encoding["params"] = "DELTA_LENGTH_BYTE_ARRAY"
+    levels = {c: level for c in SEG_COLUMNS}
+    levels["params"] = level if params_level is None else params_level
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".parquet")
     os.close(fd)
     try:
@@ -96,11 +107,12 @@ def write_segment(table: pa.Table, directory: Path, name: str, row_group: int,
         # parameters compress better plain); timestamps, sorted, as deltas. Row group
         # statistics for the integer columns only (time ranges skip row groups; min/max
         # of strings and parameter lists cost ~8 % of the write and are never read).
-        pq.write_table(table, tmp, compression="zstd", compression_level=level,
+        # Packed parameters: lengths apart from the bytes (DELTA_LENGTH_BYTE_ARRAY) are
+        # ~2 % smaller than PLAIN for as fast a read.
+        pq.write_table(table, tmp, compression="zstd", compression_level=levels,
                        row_group_size=row_group, use_dictionary=list(_DICT_COLUMNS),
                        write_statistics=list(_STATS_COLUMNS), use_byte_stream_split=False,
-                       column_encoding={"timestamp": "DELTA_BINARY_PACKED", "pid": "PLAIN",
-                                        "tid": "PLAIN"})
+                       column_encoding=encoding)
         digest, size = _digest(Path(tmp))
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
