@@ -48,3 +48,6 @@ def test_new_ids_vectorised_are_unique_and_like_new_id() -> None:
     buf = new_ids(5, "0123456789abcdef", first)
     assert [buf[i * 32:(i + 1) * 32].decode() for i in range(5)] == \
         [f"0123456789abcdef{first + i:016x}" for i in range(5)]
+    for first in (0, 9, 2**63 + 12345, 2**64 - 300, 0x0123456789ABCDEF):  # every digit
+        buf = new_ids(300, "f" * 16, first)
+        assert buf == "".join(f"{'f' * 16}{first + i:016x}" for i in range(300)).encode()
