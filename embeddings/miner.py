@@ -38,6 +38,7 @@ agree on it).
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import os
 import tempfile
@@ -69,6 +70,7 @@ from embeddings.clusters import (
     tokenize,
 )
 from embeddings.masking import MARK
+from mohlog import clib
 from mohlog.errors import CorruptData, InvalidInput, NotFound
 
 STATE_VERSION = 1
@@ -932,6 +934,11 @@ def _output(decisions: list[_Shape], cl: _Classes) -> MinedBatch:
     cls_nb = 2 * nparams[sp.codes]
     cls_off = np.zeros(len(sp.codes) + 1, dtype=np.int32)
     np.cumsum(cls_nb, out=cls_off[1:])
+    lib = _native()
+    if lib is not None and cl.data is not None:
+        values = _gather_params(lib, cl, codes, cls_off, rel.astype(np.int32), int(loff[-1]))
+        if values is not None:
+            return MinedBatch(tids, pa.ListArray.from_arrays(pa.array(loff), values))
     lists = pa.ListArray.from_arrays(pa.array(cls_off), pa.array(rel.astype(np.int32)))
     per_line = lists.take(pa.array(codes)).flatten().to_numpy(zero_copy_only=False)
     bounds = np.empty(len(per_line) + 2, dtype=np.int32)
@@ -940,6 +947,38 @@ def _output(decisions: list[_Shape], cl: _Classes) -> MinedBatch:
     segments = pa.StringArray.from_buffers(len(bounds) - 1, pa.py_buffer(bounds), cl.data)
     flat = segments.take(pa.array(np.arange(1, len(bounds) - 1, 2, dtype=np.int64)))
     return MinedBatch(tids, pa.ListArray.from_arrays(pa.array(loff), flat))
+
+
+_SRC = Path(__file__).with_name("native") / "mine.c"
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    p = ctypes.c_void_p
+    lib.mohlog_mine_gather.restype = ctypes.c_int64
+    lib.mohlog_mine_gather.argtypes = [p, p, p, ctypes.c_int64, p, p, p, p]
+
+
+def _native() -> ctypes.CDLL | None:
+    return clib.load(_SRC, _declare)
+
+
+def _gather_params(lib: ctypes.CDLL, cl: _Classes, codes: np.ndarray, cls_off: np.ndarray,
+                   rel: np.ndarray, n_params: int) -> pa.Array | None:
+    """The parameters of every line, flat, copied from the lines in one C pass (the numpy
+    path of ``_output`` does the same with two Arrow takes, ~3x slower); None when a bound
+    falls outside its line (never expected: the caller then takes the numpy path)."""
+    starts = np.ascontiguousarray(cl.starts, np.int32)
+    data = np.frombuffer(cl.data, np.uint8)  # type: ignore[arg-type]
+    codes = np.ascontiguousarray(codes, np.int64)
+    out = np.empty(max(int(starts[-1]) - int(starts[0]), 1), np.uint8)  # pieces never overlap
+    voff = np.empty(n_params + 1, np.int32)
+    size = lib.mohlog_mine_gather(data.ctypes.data, starts.ctypes.data, codes.ctypes.data,
+                                  len(codes), cls_off.ctypes.data, rel.ctypes.data,
+                                  out.ctypes.data, voff.ctypes.data)
+    if size < 0:
+        return None
+    return pa.Array.from_buffers(pa.string(), n_params,
+                                 [None, pa.py_buffer(voff), pa.py_buffer(out[:size])])
 
 
 def _class_bounds(decisions: list[_Shape], sp: _Split, nb: np.ndarray) -> np.ndarray:

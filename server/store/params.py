@@ -14,14 +14,16 @@ twin giving the same arrays (tested).
 from __future__ import annotations
 
 import ctypes
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from server.store import clib
+from mohlog import clib
 
 SEP = 0x1F
+_SRC = Path(__file__).with_name("native") / "params.c"
 LIST_TYPE = pa.list_(pa.string())
 
 
@@ -34,7 +36,7 @@ def _declare(lib: ctypes.CDLL) -> None:
 
 
 def _lib(native: bool) -> ctypes.CDLL | None:
-    return clib.load("params", _declare) if native else None
+    return clib.load(_SRC, _declare) if native else None
 
 
 def _int32_view(buf: pa.Buffer, offset: int, n: int) -> np.ndarray:

@@ -30,8 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 
-from mohlog import log
-from server.store import clib
+from mohlog import clib, log
 from server.store.fsutil import fsync_dir
 
 _P = 0x100000001B3                      # odd, so invertible modulo 2**64
@@ -146,6 +145,9 @@ class WordIndex:
         return cls([np.frombuffer(b, np.uint8) for b in t["bloom"].to_pylist()])
 
 
+_SRC = Path(__file__).with_name("native") / "words.c"
+
+
 def _declare(lib: ctypes.CDLL) -> None:
     fn = lib.mohlog_word_blooms
     fn.restype = ctypes.c_int64
@@ -156,7 +158,7 @@ def _declare(lib: ctypes.CDLL) -> None:
 
 def _native() -> ctypes.CDLL | None:
     """The compiled builder, or None without a compiler."""
-    return clib.load("words", _declare)
+    return clib.load(_SRC, _declare)
 
 
 def string_buffers(strings: pa.Array | pa.ChunkedArray

@@ -139,3 +139,19 @@ def test_hash_collisions_change_nothing(monkeypatch: pytest.MonkeyPatch, buckets
     real = clusters._tv
     monkeypatch.setattr(clusters, "_tv", lambda t: real(t) % buckets)
     assert _run(messages, 500) == expected
+
+
+def test_parameters_gathered_in_c_equal_the_arrow_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """_output copies the parameters out of the lines in C when a compiler is there; the
+    Arrow takes it replaces give the same ids and parameters."""
+    from embeddings import miner as miner_mod
+    assert miner_mod._native() is not None            # a compiler is part of the set-up
+    messages = _corpus() + _word_lines(3000, 2) + [
+        "été 12 à 0x1F fin", "日本 7 語", "", "  ", "x=1 y=\u212a2", "blk_-123 ok"] * 50
+    rnd = random.Random(9)
+    rnd.shuffle(messages)
+    native = _run(messages, 2048)
+    monkeypatch.setattr(miner_mod, "_native", lambda: None)
+    arrow = _run(messages, 2048)
+    assert native[0] == arrow[0] and native[1] == arrow[1]
+    assert sum(len(p) for p in native[1]) > len(messages)  # parameters were gathered

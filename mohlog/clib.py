@@ -1,11 +1,13 @@
-"""C helpers of the store (``native/NAME.c``), compiled with the system's C compiler at
-first use and cached beside their source or in ~/.cache/mohlog. Every helper has a numpy
-twin giving the same result, used (and said once in the log) when no compiler is found."""
+"""C helpers (``native/NAME.c`` beside the module using them), compiled with the system's
+C compiler at first use and cached beside their source or in ~/.cache/mohlog. Every helper
+has a numpy twin giving the same result, used (and said once in the log) when no compiler
+is found."""
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -14,27 +16,25 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from mohlog import log
-
-_DIR = Path(__file__).with_name("native")
 _lock = threading.Lock()
-_libs: dict[str, ctypes.CDLL | None] = {}
+_libs: dict[Path, ctypes.CDLL | None] = {}
 
 
-def load(name: str, declare: Callable[[ctypes.CDLL], None]) -> ctypes.CDLL | None:
-    """The compiled ``native/<name>.c`` with its functions' signatures set by ``declare``,
-    or None when it cannot be built."""
+def load(src: Path, declare: Callable[[ctypes.CDLL], None]) -> ctypes.CDLL | None:
+    """The compiled C file ``src`` with its functions' signatures set by ``declare``, or
+    None when it cannot be built."""
     with _lock:
-        if name in _libs:
-            return _libs[name]
+        if src in _libs:
+            return _libs[src]
         lib = None
         try:
-            lib = _build(_DIR / f"{name}.c")
+            lib = _build(src)
             declare(lib)
         except (OSError, AttributeError, subprocess.SubprocessError) as err:
-            log.store.warning("%s: cannot build the C helper (%s); using numpy", name, err)
+            logging.getLogger("mohlog.clib").warning(
+                "%s: cannot build the C helper (%s); using numpy", src.name, err)
             lib = None
-        _libs[name] = lib
+        _libs[src] = lib
         return lib
 
 
