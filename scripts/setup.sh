@@ -14,7 +14,7 @@ PIPLOG=${TMPDIR:-/tmp}/mohlog-setup-pip.log
 pip_q() { "$VENV/bin/pip" install -q "$@" >>"$PIPLOG" 2>&1 || { tail -40 "$PIPLOG"; return 1; }; }
 
 APT_PKGS=(python3-bpfcc bpfcc-tools bpftool bpftrace linux-headers-amd64 python3-venv
-          python3-dev iproute2 zstd procps bsdutils)
+          python3-dev gcc iproute2 zstd procps bsdutils)
 
 system() {
   if [ "$(id -u)" != 0 ]; then say "not root: skipping system packages and mounts"; return 0; fi
