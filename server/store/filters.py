@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import re
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,6 +14,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mohlog import clib
 from mohlog.errors import InvalidInput
 from mohlog.model import LEVEL_RANK
 from server.store import batch as batchmod
@@ -465,10 +468,13 @@ class Selector:
         table = self._class.get(key)
         if table is None:
             table = self._class[key] = make()
+        return table, table.codes_of(part["template_id"].combine_chunks(), rows, slot,
+                                     self._templates())
+
+    def _templates(self) -> dict[int, Any]:
         if self._infos is None:
             self._infos = self.miner.templates()
-        return table, table.codes_of(part["template_id"].combine_chunks(), rows, slot,
-                                     self._infos)
+        return self._infos
 
     def _slot_joins(self, part: pa.Table, parents: np.ndarray, mine: np.ndarray
                     ) -> tuple[np.ndarray, np.ndarray]:
@@ -488,11 +494,15 @@ class Selector:
         (``_slot_needs``)."""
         if not case and not needle.isascii():
             return mine.copy()                  # case folding beyond ASCII: no pruning
-        table, codes = self._slot_codes(
-            ("needs", needle, case),
-            lambda: _SlotTable(lambda pieces: _slot_needs(
-                [p if case else p.lower() for p in pieces], needle), None),
-            part, parents, mine)
+        key = ("needs", needle, case)
+        table = self._class.get(key)
+        if table is None:
+            table = self._class[key] = _SlotTable(lambda pieces: _slot_needs(
+                [p if case else p.lower() for p in pieces], needle), None)
+        lib = _native()
+        if lib is not None and not part["params"].null_count:
+            return _needs_met_c(lib, table, part, mine, flat, case, self._templates())
+        table, codes = self._slot_codes(key, lambda: table, part, parents, mine)
         if len(codes) < len(flat):      # the others need nothing (no copy of the strings)
             full = np.full(len(flat), table.code(()), np.int32)
             full[mine] = codes
@@ -577,6 +587,9 @@ def _contains(flat: Any, needle: str, case: bool, most: int = 4096) -> np.ndarra
     folds = not case and needle.lower() != needle.upper()
     if not needle or (folds and not needle.isascii()):
         return _match(flat, needle, case)
+    lib = _native()
+    if lib is not None:
+        return _contains_c(lib, flat, needle, folds)
     flat, off, data = _raw(flat)
     lo, hi = int(off[0]), int(off[-1])
     raw = data[lo:hi].tobytes()
@@ -600,6 +613,23 @@ def _contains(flat: Any, needle: str, case: bool, most: int = 4096) -> np.ndarra
     return out
 
 
+def _contains_c(lib: ctypes.CDLL, flat: Any, needle: str, folds: bool) -> np.ndarray:
+    """``_contains`` in C: each string searched for the (ASCII-folded when ``folds``)
+    needle; strings with non-ASCII bytes, when folding, are left to Arrow's match."""
+    flat, off, data = _raw(flat)
+    key = np.frombuffer((needle.lower() if folds else needle).encode(), np.uint8)
+    got = np.zeros(len(flat), np.uint8)
+    undecided = lib.mohlog_contains(data.ctypes.data, off.ctypes.data, len(flat),
+                                    key.ctypes.data, len(key), int(folds), got.ctypes.data)
+    out = got == 1
+    if undecided:
+        at = np.flatnonzero(got == 2)
+        out[at] = _match(flat.take(pa.array(at)), needle, False)
+    if flat.null_count:
+        out &= np.asarray(flat.is_valid())
+    return out
+
+
 class _SlotTable:
     """A value per template slot, computed once per store (a template's text is fixed for
     its id) by ``per_slot(pieces)`` and kept as small integer codes in one flat array;
@@ -615,11 +645,21 @@ class _SlotTable:
         self._codes = np.zeros(1, np.int32)
         self._ids = np.zeros(0, np.uint64)                  # known templates, sorted,
         self._pairs = np.zeros((0, 2), np.int64)            # and their (base, count)
+        self.compiled: _CompiledNeeds | None = None           # values for the C check
 
     def codes_of(self, tids: pa.Array, rows: np.ndarray, slot: np.ndarray,
                  infos: dict[int, Any]) -> np.ndarray:
-        """The code of slot ``slot[i]`` of the template of row ``rows[i]`` (of ``tids``).
-        Templates met before are looked up in one sorted array; new ones are computed."""
+        """The code of slot ``slot[i]`` of the template of row ``rows[i]`` (of ``tids``)."""
+        base, count, codes = self.rows_of(tids, infos)
+        base, count = base[rows], count[rows]
+        return codes[np.where(slot < count, base + slot, 0)]
+
+    def rows_of(self, tids: pa.Array, infos: dict[int, Any]
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For each row of ``tids``, where its template's slot codes start and how many
+        there are, and the array of codes they index (slot s of row r has code
+        ``codes[base[r] + s]`` when s < count[r], else code 0). Templates met before are
+        looked up in one sorted array; new ones are computed."""
         uniq = pc.unique(tids)
         which = pc.index_in(tids, value_set=uniq).to_numpy(zero_copy_only=False)
         with self._lock:
@@ -641,8 +681,7 @@ class _SlotTable:
                 pairs = np.zeros((len(ids), 2), np.int64)         # unknown: (0, 0)
                 pairs[found] = self._pairs[at[found]]
             codes = self._codes
-        base, count = pairs[which, 0][rows], pairs[which, 1][rows]
-        return codes[np.where(slot < count, base + slot, 0)]
+        return pairs[which, 0], pairs[which, 1], codes
 
     def _place(self, tid: int | None, infos: dict[int, Any]) -> tuple[int, int]:
         """(first code index, slot count) of a template, computed when new (under the
@@ -789,6 +828,91 @@ def _needs_met(flat: Any, codes: np.ndarray, values: list[Any], case: bool) -> n
         got = data[at] if case else _LOWER[data[at]]
         out[sel[(got == np.frombuffer(want, np.uint8)).all(axis=1)]] = True
     return out
+
+
+_SRC = Path(__file__).with_name("native") / "filters.c"
+_NOTHING, _ANYTHING, _LIST = 0, 1, 2
+_KINDS = {"end": 0, "start": 1, "eq": 2}
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    p = ctypes.c_void_p
+    lib.mohlog_contains.restype = ctypes.c_int64
+    lib.mohlog_contains.argtypes = [p, p, ctypes.c_int64, p, ctypes.c_int64, ctypes.c_int, p]
+    fn = lib.mohlog_needs_met
+    fn.restype = ctypes.c_int64
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                   *[ctypes.c_void_p] * 13, ctypes.c_int, ctypes.c_void_p]
+
+
+def _native() -> ctypes.CDLL | None:
+    return clib.load(_SRC, _declare)
+
+
+class _CompiledNeeds:
+    """``_slot_needs`` values of a ``_SlotTable`` as flat arrays for the C check."""
+
+    def __init__(self, values: list[Any]) -> None:
+        n = len(values)
+        self.size = n
+        self.kind = np.zeros(n, np.int8)
+        self.shortest = np.zeros(n, np.int64)
+        self.empty = np.zeros(n, np.uint8)
+        e_off = [0]
+        ekind: list[int] = []
+        woff: list[int] = []
+        wlen: list[int] = []
+        blob = bytearray()
+        for c, need in enumerate(values):
+            if need is None:
+                self.kind[c] = _ANYTHING
+            else:
+                wants = list(need)
+                self.empty[c] = any(not w for _k, w in wants)
+                self.kind[c] = _LIST if any(w for _k, w in wants) else _NOTHING
+                self.shortest[c] = min((len(w) for _k, w in wants), default=0)
+                for kind, want in wants:
+                    ekind.append(_KINDS[kind])
+                    woff.append(len(blob))
+                    wlen.append(len(want))
+                    blob += want
+            e_off.append(len(ekind))
+        self.e_off = np.array(e_off, np.int32)
+        self.ekind = np.array(ekind or [0], np.int8)
+        self.woff = np.array(woff or [0], np.int64)
+        self.wlen = np.array(wlen or [0], np.int64)
+        self.blob = np.frombuffer(bytes(blob) or b"\0", np.uint8)
+
+
+def _needs_met_c(lib: ctypes.CDLL, table: _SlotTable, part: pa.Table, mine: np.ndarray,
+                 flat: Any, case: bool, infos: dict[int, Any]) -> np.ndarray:
+    """``_needs_met`` of the parameters ``mine`` selects (of ``part``'s flattened params,
+    ``flat``) against their slots' needs in ``table``, in C: one pass over those
+    parameters (no per-parameter arrays of slot codes)."""
+    base, count, codes = table.rows_of(part["template_id"].combine_chunks(), infos)
+    values = table.values
+    compiled = table.compiled
+    if compiled is None or compiled.size != len(values):
+        compiled = table.compiled = _CompiledNeeds(values)
+    lists = part["params"].combine_chunks()
+    loff = np.ascontiguousarray(lists.offsets.to_numpy(), np.int32)
+    loff = loff - loff[0]
+    flat, off, data = _raw(flat)
+    mine8 = np.ascontiguousarray(mine, np.uint8)
+    valid = None if not flat.null_count else \
+        np.ascontiguousarray(np.asarray(flat.is_valid()), np.uint8)
+    base = np.ascontiguousarray(base, np.int64)
+    count = np.ascontiguousarray(count, np.int64)
+    codes = np.ascontiguousarray(codes, np.int32)
+    met = np.zeros(len(flat), np.uint8)
+    lib.mohlog_needs_met(
+        data.ctypes.data, off.ctypes.data, loff.ctypes.data, len(loff) - 1,
+        base.ctypes.data, count.ctypes.data, codes.ctypes.data, mine8.ctypes.data,
+        None if valid is None else valid.ctypes.data, compiled.kind.ctypes.data,
+        compiled.shortest.ctypes.data, compiled.empty.ctypes.data, compiled.e_off.ctypes.data,
+        compiled.ekind.ctypes.data, compiled.woff.ctypes.data, compiled.wlen.ctypes.data,
+        compiled.blob.ctypes.data, int(case), met.ctypes.data)
+    return met.view(bool)
 
 
 _WORD_BYTES = np.zeros(256, bool)

@@ -451,14 +451,19 @@ def test_one_flush_spanning_partitions_writes_one_segment_per_partition(
         loop.close()
 
 
-def test_buffer_search_equals_arrow_match() -> None:
+def test_buffer_search_equals_arrow_match(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C search (strings with non-ASCII bytes left to Arrow when folding), the
+    buffer search without C and Arrow's match agree."""
     import random
 
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    from server.store import filters
     from server.store.filters import _contains
+    lib = filters._native()
+    assert lib is not None
     rnd = random.Random(3)
     alpha = "abAB7 4é_\u212a"                        # \u212a folds to k
     for _ in range(1500):
@@ -475,7 +480,8 @@ def test_buffer_search_equals_arrow_match() -> None:
         want = pc.fill_null(pc.match_substring(arr, needle, ignore_case=not case), False)
         if isinstance(want, pa.ChunkedArray):
             want = want.combine_chunks()
-        for most in (0, 4096):              # Arrow's match, the buffer search
+        for c_lib, most in ((lib, 4096), (None, 0), (None, 4096)):  # C, Arrow, buffer
+            monkeypatch.setattr(filters, "_native", lambda c_lib=c_lib: c_lib)
             got = _contains(arr, needle, case, most)
             assert np.array_equal(got, want.to_numpy(zero_copy_only=False)), (vals, needle)
 
@@ -771,3 +777,62 @@ def test_slot_table_codes_of_known_unknown_and_null_templates() -> None:
     assert codes([None, 7], [0, 1], [0, 1]) == ["unknown", "1: b "]     # null ids
     infos[99] = SimpleNamespace(text="<*>x<*>")
     assert codes([99, 7], [0, 0, 1], [0, 1, 0]) == ["0:", "1:x", "0:a "]
+
+
+def test_slot_needs_checked_in_c_equal_numpy() -> None:
+    """The C check of slot needs (one pass over the parameters, slot codes looked up per
+    row) flags exactly the parameters the numpy ``_needs_met`` flags: random templates,
+    parameters (planted crossings, empty ones, the Kelvin sign, more parameters than
+    slots, unknown templates), needles, case, and a random subset looked at."""
+    import random
+    from types import SimpleNamespace
+
+    import numpy as np
+    import pyarrow as pa
+
+    from server.store import filters
+    lib = filters._native()
+    assert lib is not None                          # a compiler is part of the set-up
+    rnd = random.Random(5)
+    alpha = "ab7 -:Aék\u212a"
+
+    def text(k: int) -> str:
+        return "".join(rnd.choice(alpha) for _ in range(rnd.randint(0, k)))
+    flagged = 0
+    for _ in range(400):
+        needle = "".join(rnd.choice("ab7 -Ak") for _ in range(rnd.randint(1, 6)))
+        case = rnd.random() < 0.5
+        ndl = needle if case else needle.lower()
+        templates = [[text(4) for _ in range(rnd.randint(1, 4))] for _ in range(3)]
+        for pieces in templates:                    # pieces that hold parts of the needle
+            if rnd.random() < 0.6:
+                i = rnd.randrange(len(pieces))
+                pieces[i] += ndl[:rnd.randint(0, len(ndl))]
+        infos = {1000 + i: SimpleNamespace(text="<*>".join(p)) for i, p in enumerate(templates)}
+        tids, params = [], []
+        for _ in range(40):
+            t = rnd.choice([*infos, 7])             # 7: an unknown template
+            k = len(infos[t].text.split("<*>")) - 1 if t in infos else 2
+            k = max(0, k + rnd.choice([0, 0, 0, 1, -1]))
+            row = [text(5) for _ in range(k)]
+            if row and rnd.random() < 0.5:
+                j, cut = rnd.randrange(k), rnd.randint(0, len(ndl))
+                row[j] = rnd.choice([row[j] + ndl[:cut], ndl[cut:] + row[j], ndl[cut:]])
+            if rnd.random() < 0.2:
+                row = [p.replace("k", "\u212a") for p in row]
+            tids.append(t)
+            params.append(row)
+        part = pa.table({"template_id": pa.array(tids, pa.uint64()),
+                         "params": pa.array(params, pa.list_(pa.string()))})
+        table = filters._SlotTable(lambda pieces, c=case, n=ndl: filters._slot_needs(
+            [p if c else p.lower() for p in pieces], n), None)
+        flat = part["params"].combine_chunks().flatten()
+        rows = np.repeat(np.arange(len(params)), [len(p) for p in params])
+        slot = np.concatenate([np.arange(len(p)) for p in params] + [np.zeros(0, int)])
+        for mine in (np.ones(len(flat), bool), np.array([rnd.random() < 0.5 for _ in flat])):
+            codes = table.codes_of(part["template_id"].combine_chunks(), rows, slot, infos)
+            want = filters._needs_met(flat, codes, table.values, case) & mine
+            got = filters._needs_met_c(lib, table, part, mine, flat, case, infos)
+            assert np.array_equal(got, want), (needle, case, templates, params)
+            flagged += int(got.sum())
+    assert flagged > 100
