@@ -32,8 +32,9 @@ from server.store.cache import SizedLRU
 from server.store.config import StoreConfig
 from server.store.fsutil import fsync_dir
 from server.store.metrics import StoreMetrics
+from server.store.params import unpacked
 from server.store.query import LogQuery, decode_cursor, encode_cursor
-from server.store.scan import RowGroup, SegmentReader, batched, unpacked
+from server.store.scan import RowGroup, SegmentReader, batched
 from server.store.segments import (
     ROLLUP_KEYS,
     SEG_COLUMNS,
@@ -564,9 +565,10 @@ class Store:
             log.store.error("segment %s unreadable: %s", s.path, err)
             return []
 
-    def _read(self, g: RowGroup, columns: list[str] | None) -> pa.Table | None:
+    def _read(self, g: RowGroup, columns: list[str] | None, packed: bool = False
+              ) -> pa.Table | None:
         try:
-            return self.reader.read(g, columns)
+            return self.reader.read(g, columns, packed)
         except (OSError, pa.ArrowInvalid) as err:
             log.store.error("segment %s row group %d unreadable: %s", g.seg.path, g.index, err)
             return None
@@ -702,7 +704,7 @@ class Store:
             cols = list(SEG_COLUMNS)
 
         def work(g: RowGroup) -> pa.Table | None:
-            t = self._read(g, cols)
+            t = self._read(g, cols, packed=sel.takes_packed)
             if t is None:
                 return None
             idx = sel.select(t, q.limit)

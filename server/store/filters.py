@@ -18,6 +18,7 @@ from mohlog import clib
 from mohlog.errors import InvalidInput
 from mohlog.model import LEVEL_RANK
 from server.store import batch as batchmod
+from server.store import params as paramsmod
 from server.store import words
 from server.store.query import Filter, LogQuery
 
@@ -301,8 +302,15 @@ class Selector:
         self._infos: dict[int, Any] | None = None
         self._anywhere: bool | None = None
         self.rendered = 0
+        # Phrases and regexes are checked on the packed parameters of segments as read
+        # (in C, a row at a time): no lists to unpack for the rows that do not match.
+        self.takes_packed = bool(self.terms) and not self.render_all and \
+            all(t.kind != "word" for t in self.terms) and \
+            not any("\x1f" in n for ns in self.needles for n in ns) and _native() is not None
 
     def select(self, t: pa.Table, top: int | None) -> np.ndarray:
+        if not self.takes_packed:
+            t = paramsmod.unpacked(t)
         mask = _cheap_mask(t, self.q, self.cursor)
         if mask is None:
             idx = np.arange(t.num_rows)
@@ -398,7 +406,7 @@ class Selector:
         verify &= keep
         if verify.any():
             rows = np.flatnonzero(verify)
-            vs = sub.take(pa.array(rows))
+            vs = paramsmod.unpacked(sub.take(pa.array(rows)))
             msg = self.miner.render_many(vs["template_id"].to_numpy(),
                                          vs["params"].combine_chunks())
             self.rendered += len(rows)
@@ -427,7 +435,12 @@ class Selector:
             m = len(alive)
             hit = np.zeros(m, bool)
             edge = np.zeros(m, bool)
-            if (per_row < 2).any():
+            if (per_row < 2).any() and paramsmod.is_packed(part):
+                hit = _contains_rows(part["params"], needle, case)
+                one = per_row == 1
+                if one.any():
+                    edge = self._slot_edges_rows(part, one, needle, case)
+            elif (per_row < 2).any():
                 flat = pc.list_flatten(part["params"])
                 parents = pc.list_parent_indices(part["params"]).to_numpy(
                     zero_copy_only=False)
@@ -494,20 +507,36 @@ class Selector:
         (``_slot_needs``)."""
         if not case and not needle.isascii():
             return mine.copy()                  # case folding beyond ASCII: no pruning
-        key = ("needs", needle, case)
-        table = self._class.get(key)
-        if table is None:
-            table = self._class[key] = _SlotTable(lambda pieces: _slot_needs(
-                [p if case else p.lower() for p in pieces], needle), None)
+        table = self._needs_table(needle, case)
         lib = _native()
         if lib is not None and not part["params"].null_count:
             return _needs_met_c(lib, table, part, mine, flat, case, self._templates())
-        table, codes = self._slot_codes(key, lambda: table, part, parents, mine)
+        table, codes = self._slot_codes(("needs", needle, case), lambda: table, part,
+                                        parents, mine)
         if len(codes) < len(flat):      # the others need nothing (no copy of the strings)
             full = np.full(len(flat), table.code(()), np.int32)
             full[mine] = codes
             codes = full
         return _needs_met(flat, codes, table.values, case)
+
+    def _needs_table(self, needle: str, case: bool) -> _SlotTable:
+        key = ("needs", needle, case)
+        table = self._class.get(key)
+        if table is None:
+            table = self._class[key] = _SlotTable(lambda pieces: _slot_needs(
+                [p if case else p.lower() for p in pieces], needle), None)
+        return table
+
+    def _slot_edges_rows(self, part: pa.Table, mine: np.ndarray, needle: str, case: bool
+                         ) -> np.ndarray:
+        """``_slot_edges`` on packed parameters, by row: rows (among ``mine``) with a
+        parameter a match of ``needle`` could cross the edge of."""
+        if not case and not needle.isascii():
+            return mine.copy()                  # case folding beyond ASCII: no pruning
+        lib = _native()
+        assert lib is not None
+        return _needs_met_rows_c(lib, self._needs_table(needle, case), part, mine, case,
+                                 self._templates())
 
     def _inner_hashes(self, needle: str) -> np.ndarray:
         """Word hashes of the needle's proper substrings (``_word_edges``)."""
@@ -839,6 +868,9 @@ def _declare(lib: ctypes.CDLL) -> None:
     p = ctypes.c_void_p
     lib.mohlog_contains.restype = ctypes.c_int64
     lib.mohlog_contains.argtypes = [p, p, ctypes.c_int64, p, ctypes.c_int64, ctypes.c_int, p]
+    lib.mohlog_needs_met_rows.restype = ctypes.c_int64
+    lib.mohlog_needs_met_rows.argtypes = [p, p, ctypes.c_int64, ctypes.c_uint8,
+                                          *[p] * 12, ctypes.c_int, p]
     fn = lib.mohlog_needs_met
     fn.restype = ctypes.c_int64
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
@@ -884,16 +916,79 @@ class _CompiledNeeds:
         self.blob = np.frombuffer(bytes(blob) or b"\0", np.uint8)
 
 
+def _compiled(table: _SlotTable) -> _CompiledNeeds:
+    """The needs of ``table`` compiled for C (again when the table has grown)."""
+    values = table.values
+    compiled = table.compiled
+    if compiled is None or compiled.size != len(values):
+        compiled = table.compiled = _CompiledNeeds(values)
+    return compiled
+
+
+def _contains_rows(packed: Any, needle: str, case: bool) -> np.ndarray:
+    """``_contains`` on packed parameters, by row: rows with a parameter holding
+    ``needle`` (which never holds the separator). Rows the C search leaves undecided
+    (non-ASCII bytes, case folded) are unpacked and matched by Arrow."""
+    lib = _native()
+    assert lib is not None
+    folds = not case and needle.lower() != needle.upper()
+    if folds and not needle.isascii():
+        return _any_param(packed, lambda flat: _match(flat, needle, case))
+    packed, off, data = _raw(packed)
+    key = np.frombuffer((needle.lower() if folds else needle).encode(), np.uint8)
+    got = np.zeros(len(packed), np.uint8)
+    undecided = lib.mohlog_contains(data.ctypes.data, off.ctypes.data, len(packed),
+                                    key.ctypes.data, len(key), int(folds), got.ctypes.data)
+    out = got == 1
+    if undecided:
+        at = np.flatnonzero(got == 2)
+        out[at] = _any_param(packed.take(pa.array(at)), lambda flat: _match(flat, needle,
+                                                                            case))
+    if packed.null_count:
+        out &= np.asarray(packed.is_valid())
+    return out
+
+
+def _any_param(packed: Any, test: Callable[[Any], np.ndarray]) -> np.ndarray:
+    """Rows of packed parameters with a parameter for which ``test`` (on the flattened
+    parameters) is true."""
+    lists = paramsmod.unpack(packed)
+    if isinstance(lists, pa.ChunkedArray):
+        lists = lists.combine_chunks()
+    out = np.zeros(len(lists), bool)
+    parents = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
+    out[parents[test(pc.list_flatten(lists))]] = True
+    return out
+
+
+def _needs_met_rows_c(lib: ctypes.CDLL, table: _SlotTable, part: pa.Table, mine: np.ndarray,
+                      case: bool, infos: dict[int, Any]) -> np.ndarray:
+    """Rows (among ``mine``) of ``part``, whose parameters are packed, with a parameter
+    that meets its slot's needs in ``table``."""
+    base, count, codes = table.rows_of(part["template_id"].combine_chunks(), infos)
+    need = _compiled(table)
+    packed, off, data = _raw(part["params"])
+    mine8 = np.ascontiguousarray(mine, np.uint8)
+    base = np.ascontiguousarray(base, np.int64)
+    count = np.ascontiguousarray(count, np.int64)
+    codes = np.ascontiguousarray(codes, np.int32)
+    met = np.zeros(len(packed), np.uint8)
+    lib.mohlog_needs_met_rows(
+        data.ctypes.data, off.ctypes.data, len(packed), paramsmod.SEP, base.ctypes.data,
+        count.ctypes.data, codes.ctypes.data, mine8.ctypes.data, need.kind.ctypes.data,
+        need.shortest.ctypes.data, need.empty.ctypes.data, need.e_off.ctypes.data,
+        need.ekind.ctypes.data, need.woff.ctypes.data, need.wlen.ctypes.data,
+        need.blob.ctypes.data, int(case), met.ctypes.data)
+    return met.view(bool)
+
+
 def _needs_met_c(lib: ctypes.CDLL, table: _SlotTable, part: pa.Table, mine: np.ndarray,
                  flat: Any, case: bool, infos: dict[int, Any]) -> np.ndarray:
     """``_needs_met`` of the parameters ``mine`` selects (of ``part``'s flattened params,
     ``flat``) against their slots' needs in ``table``, in C: one pass over those
     parameters (no per-parameter arrays of slot codes)."""
     base, count, codes = table.rows_of(part["template_id"].combine_chunks(), infos)
-    values = table.values
-    compiled = table.compiled
-    if compiled is None or compiled.size != len(values):
-        compiled = table.compiled = _CompiledNeeds(values)
+    compiled = _compiled(table)
     lists = part["params"].combine_chunks()
     loff = np.ascontiguousarray(lists.offsets.to_numpy(), np.int32)
     loff = loff - loff[0]

@@ -179,3 +179,17 @@ def _unpack_numpy(data: np.ndarray, soff: np.ndarray
     np.cumsum(lens, out=voff[1:])
     loff = np.searchsorted(term, soff, "left").astype(np.int32)
     return out, voff, loff
+
+
+def unpacked(t: pa.Table) -> pa.Table:
+    """``t`` with its parameters column (if any) as list<string>."""
+    i = t.schema.get_field_index("params")
+    if i < 0 or pa.types.is_list(t.schema.field(i).type):
+        return t
+    return t.set_column(i, "params", unpack(t.column(i)))
+
+
+def is_packed(t: pa.Table) -> bool:
+    """Does ``t`` hold packed parameters?"""
+    i = t.schema.get_field_index("params")
+    return i >= 0 and not pa.types.is_list(t.schema.field(i).type)

@@ -93,9 +93,10 @@ class SegmentReader:
         return [g for g in groups if (start is None or g.max_ts >= start)
                 and (end is None or g.min_ts < end)]
 
-    def read(self, rg: RowGroup, columns: list[str] | None = None) -> pa.Table:
+    def read(self, rg: RowGroup, columns: list[str] | None = None, packed: bool = False
+             ) -> pa.Table:
         """Columns of a row group (or run), the parameters as lists whatever the segment
-        holds (packed or not)."""
+        holds (packed or not), or as the segment holds them with ``packed``."""
         pf = pq.ParquetFile(self.seg_dir / rg.seg.path, metadata=self.metadata(rg.seg))
         try:
             if len(rg.indices) > 1:
@@ -104,7 +105,7 @@ class SegmentReader:
                 t = pf.read_row_group(rg.index, columns=columns)
         finally:
             pf.close()
-        return unpacked(t)
+        return t if packed else params.unpacked(t)
 
 
     def fetch(self, rg: RowGroup, have: pa.Table, idx: pa.Array) -> pa.Table:
@@ -116,7 +117,7 @@ class SegmentReader:
         if missing:
             part, local = self._holding(rg, idx.to_numpy(zero_copy_only=False))
             rest = self.read(part, missing).take(pa.array(local))
-        got = have.take(idx)
+        got = params.unpacked(have.take(idx))
         cols = {c: (got[c] if c in got.column_names else rest[c])  # type: ignore[index]
                 for c in SEG_COLUMNS}
         return pa.table(cols)
@@ -138,11 +139,3 @@ class SegmentReader:
         indices = tuple(rg.indices[int(u)] for u in used)
         return RowGroup(rg.seg, indices[0], int(sizes[used].sum()), rg.min_ts, rg.max_ts,
                         indices), local
-
-
-def unpacked(t: pa.Table) -> pa.Table:
-    """``t`` with its parameters column (if any) as list<string>."""
-    i = t.schema.get_field_index("params")
-    if i < 0 or pa.types.is_list(t.schema.field(i).type):
-        return t
-    return t.set_column(i, "params", params.unpack(t.column(i)))

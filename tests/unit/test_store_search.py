@@ -791,6 +791,7 @@ def test_slot_needs_checked_in_c_equal_numpy() -> None:
     import pyarrow as pa
 
     from server.store import filters
+    from server.store import params as paramsmod
     lib = filters._native()
     assert lib is not None                          # a compiler is part of the set-up
     rnd = random.Random(5)
@@ -829,10 +830,46 @@ def test_slot_needs_checked_in_c_equal_numpy() -> None:
         flat = part["params"].combine_chunks().flatten()
         rows = np.repeat(np.arange(len(params)), [len(p) for p in params])
         slot = np.concatenate([np.arange(len(p)) for p in params] + [np.zeros(0, int)])
-        for mine in (np.ones(len(flat), bool), np.array([rnd.random() < 0.5 for _ in flat])):
+        packed = part.set_column(1, "params", paramsmod.pack(part["params"]))
+        for mine_rows in (np.ones(len(params), bool),
+                          np.array([rnd.random() < 0.5 for _ in params])):
+            mine = mine_rows[rows]
             codes = table.codes_of(part["template_id"].combine_chunks(), rows, slot, infos)
             want = filters._needs_met(flat, codes, table.values, case) & mine
             got = filters._needs_met_c(lib, table, part, mine, flat, case, infos)
             assert np.array_equal(got, want), (needle, case, templates, params)
             flagged += int(got.sum())
+            want_rows = np.zeros(len(params), bool)
+            want_rows[rows[want]] = True              # the packed form, row by row
+            got_rows = filters._needs_met_rows_c(lib, table, packed, mine_rows, case, infos)
+            assert np.array_equal(got_rows, want_rows), (needle, case, templates, params)
     assert flagged > 100
+
+
+def test_packed_rows_searched_like_their_parameters() -> None:
+    """``_contains_rows`` on packed parameters: a row matches when one of its parameters
+    contains the needle (as ``_contains`` says of each), non-ASCII rows and null rows
+    included."""
+    import random
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from server.store import params as paramsmod
+    from server.store.filters import _contains, _contains_rows
+    rnd = random.Random(8)
+    alpha = "abAB7 4é_\u212a"
+    for _ in range(600):
+        rows = [None if rnd.random() < 0.05 else
+                ["".join(rnd.choice(alpha) for _ in range(rnd.randint(0, 6)))
+                 for _ in range(rnd.randint(0, 4))] for _ in range(rnd.randint(0, 25))]
+        lists = pa.array(rows, pa.list_(pa.string()))
+        needle = "".join(rnd.choice("abAB7 4ék") for _ in range(rnd.randint(1, 3)))
+        case = rnd.random() < 0.5
+        want = np.zeros(len(rows), bool)
+        if len(lists):
+            found = _contains(pc.list_flatten(lists), needle, case)
+            want[pc.list_parent_indices(lists).to_numpy()[found]] = True
+        got = _contains_rows(paramsmod.pack(lists), needle, case)
+        assert np.array_equal(got, want), (rows, needle, case)

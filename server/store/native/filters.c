@@ -18,6 +18,32 @@ static int same(const uint8_t *p, const uint8_t *w, int64_t m, int case_sensitiv
     return 1;
 }
 
+/* Does one parameter (p, size bytes) of a slot with code c meet the slot's needs? */
+static int met_one(const uint8_t *p, int64_t size, int32_t c, const int8_t *ckind,
+                   const int64_t *shortest, const uint8_t *empty, const int32_t *e_off,
+                   const int8_t *ekind, const int64_t *woff, const int64_t *wlen,
+                   const uint8_t *blob, int case_sensitive) {
+    if (ckind[c] == ANYTHING) return 1;
+    if (size == 0) return empty[c];
+    int64_t least = shortest[c] > 1 ? shortest[c] : 1;
+    if (ckind[c] != LIST || size < least) return 0;
+    if (!case_sensitive)
+        for (int64_t i = 0; i < size; i++)
+            if (p[i] >= 0x80) return 1;     /* Unicode folding is not modelled: may */
+    for (int32_t e = e_off[c]; e < e_off[c + 1]; e++) {
+        int64_t m = wlen[e];
+        const uint8_t *w = blob + woff[e];
+        if (m == 0) continue;
+        if (ekind[e] == EQ) {
+            if (size == m && same(p, w, m, case_sensitive)) return 1;
+        } else if (size >= m && same(ekind[e] == END ? p + size - m : p, w, m,
+                                     case_sensitive)) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
 /* Rows r < n_rows hold parameters [loff[r], loff[r+1]) of data/voff (voff: n_params + 1
  * byte offsets); a row's template has count[r] slots whose codes are
  * slot_codes[base[r] + slot] (code 0 past them). Code c: ckind[c] (NOTHING, ANYTHING or
@@ -38,34 +64,42 @@ int64_t mohlog_needs_met(const uint8_t *data, const int64_t *voff, const int32_t
             if (!mine[k]) continue;
             int64_t slot = k - loff[r];
             int32_t c = slot < count[r] ? slot_codes[base[r] + slot] : 0;
-            int ok = 0;
-            if (ckind[c] == ANYTHING || (valid && !valid[k])) {
-                ok = 1;
-            } else {
-                const uint8_t *p = data + voff[k];
-                int64_t size = voff[k + 1] - voff[k];
-                int64_t least = shortest[c] > 1 ? shortest[c] : 1;
-                if (size == 0) {
-                    ok = empty[c];
-                } else if (ckind[c] == LIST && size >= least) {
-                    if (!case_sensitive) {
-                        for (int64_t i = 0; i < size && !ok; i++) ok = p[i] >= 0x80;
-                    }
-                    for (int32_t e = e_off[c]; e < e_off[c + 1] && !ok; e++) {
-                        int64_t m = wlen[e];
-                        const uint8_t *w = blob + woff[e];
-                        if (m == 0) continue;
-                        if (ekind[e] == EQ) ok = size == m && same(p, w, m, case_sensitive);
-                        else if (size >= m)
-                            ok = same(ekind[e] == END ? p + size - m : p, w, m,
-                                      case_sensitive);
-                    }
-                }
-            }
-            if (ok) {
+            if ((valid && !valid[k]) ||
+                met_one(data + voff[k], voff[k + 1] - voff[k], c, ckind, shortest, empty,
+                        e_off, ekind, woff, wlen, blob, case_sensitive)) {
                 met[k] = 1;
                 hits++;
             }
+        }
+    }
+    return hits;
+}
+
+/* The same on packed rows (row r: bytes data[soff[r], soff[r+1]), each parameter followed
+ * by sep): met[r] = 1 when a parameter of row r (a row with mine[r]) meets its slot's
+ * needs. Returns how many rows. */
+int64_t mohlog_needs_met_rows(const uint8_t *data, const int64_t *soff, int64_t n_rows,
+                              uint8_t sep, const int64_t *base, const int64_t *count,
+                              const int32_t *slot_codes, const uint8_t *mine,
+                              const int8_t *ckind, const int64_t *shortest,
+                              const uint8_t *empty, const int32_t *e_off, const int8_t *ekind,
+                              const int64_t *woff, const int64_t *wlen, const uint8_t *blob,
+                              int case_sensitive, uint8_t *met) {
+    int64_t hits = 0;
+    for (int64_t r = 0; r < n_rows; r++) {
+        if (!mine[r]) continue;
+        const uint8_t *p = data + soff[r], *end = data + soff[r + 1];
+        for (int64_t slot = 0; p < end; slot++) {
+            const uint8_t *q = memchr(p, sep, (size_t)(end - p));
+            if (!q) break;                  /* (bytes after the last separator: none) */
+            int32_t c = slot < count[r] ? slot_codes[base[r] + slot] : 0;
+            if (met_one(p, q - p, c, ckind, shortest, empty, e_off, ekind, woff, wlen, blob,
+                        case_sensitive)) {
+                met[r] = 1;
+                hits++;
+                break;
+            }
+            p = q + 1;
         }
     }
     return hits;
@@ -94,8 +128,10 @@ int64_t mohlog_contains(const uint8_t *data, const int64_t *off, int64_t n,
             out[i] = 1;
             continue;
         }
+        /* first and last bytes first (the needle is folded already) */
+        uint8_t first = needle[0], last = needle[m - 1];
         for (int64_t j = 0; j + m <= size; j++) {
-            if (fold(p[j], !folding) == needle[0] &&
+            if (fold(p[j], !folding) == first && fold(p[j + m - 1], !folding) == last &&
                 same(p + j + 1, needle + 1, m - 1, !folding)) {
                 out[i] = 1;
                 break;
