@@ -302,10 +302,9 @@ class Selector:
         self._infos: dict[int, Any] | None = None
         self._anywhere: bool | None = None
         self.rendered = 0
-        # Phrases and regexes are checked on the packed parameters of segments as read
-        # (in C, a row at a time): no lists to unpack for the rows that do not match.
+        # Terms are checked on the packed parameters of segments as read (in C, a row at
+        # a time): lists are unpacked only for the rows that need them.
         self.takes_packed = bool(self.terms) and not self.render_all and \
-            all(t.kind != "word" for t in self.terms) and \
             not any("\x1f" in n for ns in self.needles for n in ns) and _native() is not None
 
     def select(self, t: pa.Table, top: int | None) -> np.ndarray:
@@ -438,7 +437,18 @@ class Selector:
             if (per_row < 2).any() and paramsmod.is_packed(part):
                 hit = _contains_rows(part["params"], needle, case)
                 one = per_row == 1
-                if one.any():
+                if one.any() and word and plain_word(needle):
+                    # (whole-word edges: on the lists of those rows only)
+                    rows1 = np.flatnonzero(one)
+                    part1 = paramsmod.unpacked(part.take(pa.array(rows1)))
+                    lists = part1["params"].combine_chunks()
+                    flat1 = pc.list_flatten(lists)
+                    parents1 = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
+                    jl, jr = self._slot_joins(part1, parents1, np.ones(len(flat1), bool))
+                    edges = _word_edges(flat1, needle, case, jl, jr,
+                                        self._inner_hashes(needle))
+                    edge[rows1[parents1[edges]]] = True
+                elif one.any():
                     edge = self._slot_edges_rows(part, one, needle, case)
             elif (per_row < 2).any():
                 flat = pc.list_flatten(part["params"])

@@ -153,7 +153,7 @@ def _unpack(arr: pa.Array, native: bool) -> pa.Array:
     if lib is not None:
         # room for every byte: only the pages written are ever touched
         out = np.empty(max(len(data), 1), np.uint8)
-        voff = np.empty(len(data) + 1, np.int32)
+        voff = np.empty(len(data) + 2, np.int32)
         loff = np.empty(n + 1, np.int32)
         count = lib.mohlog_params_unpack(data.ctypes.data, soff.ctypes.data, n, SEP,
                                          out.ctypes.data, voff.ctypes.data, loff.ctypes.data)

@@ -30,27 +30,27 @@ int64_t mohlog_params_pack(const uint8_t *data, const int32_t *voff, const int32
 
 /* Unpack n_rows packed strings (soff: n_rows + 1 offsets into data): the parameter bytes
  * without separators to out, their n_params + 1 offsets to voff, the rows' n_rows + 1 list
- * offsets to loff; returns n_params. out and voff have room for every byte of data (the
- * caller's memory is only touched as far as it is used). Bytes after a row's last
- * separator (never written by pack) are dropped. */
+ * offsets to loff; returns n_params. out has room for every byte of data and voff for
+ * n_bytes + 2 offsets (the caller's memory is only touched as far as it is used). Bytes
+ * after a row's last separator (never written by pack) are dropped. */
 int64_t mohlog_params_unpack(const uint8_t *data, const int64_t *soff, int64_t n_rows,
                           uint8_t sep, uint8_t *out, int32_t *voff, int32_t *loff) {
     int64_t pos = 0, k = 0;
     voff[0] = 0;
     loff[0] = 0;
     for (int64_t r = 0; r < n_rows; r++) {
-        int64_t start = pos;                /* output position of the row's open value */
+        int64_t k0 = k, pos0 = pos;
+        /* branch-free: every byte is copied, a separator is overwritten by the next one;
+         * voff[k + 1] always holds the end of the open value (room: n_bytes + 2) */
         for (int64_t i = soff[r]; i < soff[r + 1]; i++) {
             uint8_t c = data[i];
+            int is_sep = c == sep;
             out[pos] = c;
-            if (c == sep) {
-                voff[++k] = (int32_t)pos;
-                start = pos;
-            } else {
-                pos++;
-            }
+            pos += !is_sep;
+            voff[k + 1] = (int32_t)pos;
+            k += is_sep;
         }
-        pos = start;                        /* drop bytes after the last separator */
+        pos = k > k0 ? voff[k] : pos0;      /* drop bytes after the last separator */
         loff[r + 1] = (int32_t)k;
     }
     return k;
