@@ -652,20 +652,23 @@ def _contains(flat: Any, needle: str, case: bool, most: int = 4096) -> np.ndarra
     return out
 
 
-def _contains_c(lib: ctypes.CDLL, flat: Any, needle: str, folds: bool) -> np.ndarray:
+def _contains_c(lib: ctypes.CDLL, strings: Any, needle: str, folds: bool,
+                undecided: Callable[[Any], np.ndarray] | None = None) -> np.ndarray:
     """``_contains`` in C: each string searched for the (ASCII-folded when ``folds``)
-    needle; strings with non-ASCII bytes, when folding, are left to Arrow's match."""
-    flat, off, data = _raw(flat)
+    needle; strings with non-ASCII bytes, when folding, are left to ``undecided`` (the
+    strings -> which hold it; default: Arrow's match)."""
+    strings, off, data = _raw(strings)
     key = np.frombuffer((needle.lower() if folds else needle).encode(), np.uint8)
-    got = np.zeros(len(flat), np.uint8)
-    undecided = lib.mohlog_contains(data.ctypes.data, off.ctypes.data, len(flat),
-                                    key.ctypes.data, len(key), int(folds), got.ctypes.data)
+    got = np.zeros(len(strings), np.uint8)
+    left = lib.mohlog_contains(data.ctypes.data, off.ctypes.data, len(strings),
+                               key.ctypes.data, len(key), int(folds), got.ctypes.data)
     out = got == 1
-    if undecided:
+    if left:
         at = np.flatnonzero(got == 2)
-        out[at] = _match(flat.take(pa.array(at)), needle, False)
-    if flat.null_count:
-        out &= np.asarray(flat.is_valid())
+        some = strings.take(pa.array(at))
+        out[at] = undecided(some) if undecided else _match(some, needle, False)
+    if strings.null_count:
+        out &= np.asarray(strings.is_valid())
     return out
 
 
@@ -942,21 +945,12 @@ def _contains_rows(packed: Any, needle: str, case: bool) -> np.ndarray:
     lib = _native()
     assert lib is not None
     folds = not case and needle.lower() != needle.upper()
+
+    def by_arrow(rows: Any) -> np.ndarray:
+        return _any_param(rows, lambda flat: _match(flat, needle, case))
     if folds and not needle.isascii():
-        return _any_param(packed, lambda flat: _match(flat, needle, case))
-    packed, off, data = _raw(packed)
-    key = np.frombuffer((needle.lower() if folds else needle).encode(), np.uint8)
-    got = np.zeros(len(packed), np.uint8)
-    undecided = lib.mohlog_contains(data.ctypes.data, off.ctypes.data, len(packed),
-                                    key.ctypes.data, len(key), int(folds), got.ctypes.data)
-    out = got == 1
-    if undecided:
-        at = np.flatnonzero(got == 2)
-        out[at] = _any_param(packed.take(pa.array(at)), lambda flat: _match(flat, needle,
-                                                                            case))
-    if packed.null_count:
-        out &= np.asarray(packed.is_valid())
-    return out
+        return by_arrow(packed)
+    return _contains_c(lib, packed, needle, folds, by_arrow)
 
 
 def _any_param(packed: Any, test: Callable[[Any], np.ndarray]) -> np.ndarray:
@@ -971,24 +965,28 @@ def _any_param(packed: Any, test: Callable[[Any], np.ndarray]) -> np.ndarray:
     return out
 
 
+def _slot_args(table: _SlotTable, part: pa.Table, infos: dict[int, Any]) -> list[Any]:
+    """The arguments the C checks of slot needs share: each row's (base, count), the slot
+    codes and the compiled needs (kept referenced by the list while the call runs)."""
+    base, count, codes = table.rows_of(part["template_id"].combine_chunks(), infos)
+    need = _compiled(table)
+    return [np.ascontiguousarray(base, np.int64), np.ascontiguousarray(count, np.int64),
+            np.ascontiguousarray(codes, np.int32), need.kind, need.shortest, need.empty,
+            need.e_off, need.ekind, need.woff, need.wlen, need.blob]
+
+
 def _needs_met_rows_c(lib: ctypes.CDLL, table: _SlotTable, part: pa.Table, mine: np.ndarray,
                       case: bool, infos: dict[int, Any]) -> np.ndarray:
     """Rows (among ``mine``) of ``part``, whose parameters are packed, with a parameter
     that meets its slot's needs in ``table``."""
-    base, count, codes = table.rows_of(part["template_id"].combine_chunks(), infos)
-    need = _compiled(table)
+    args = _slot_args(table, part, infos)
     packed, off, data = _raw(part["params"])
     mine8 = np.ascontiguousarray(mine, np.uint8)
-    base = np.ascontiguousarray(base, np.int64)
-    count = np.ascontiguousarray(count, np.int64)
-    codes = np.ascontiguousarray(codes, np.int32)
     met = np.zeros(len(packed), np.uint8)
-    lib.mohlog_needs_met_rows(
-        data.ctypes.data, off.ctypes.data, len(packed), paramsmod.SEP, base.ctypes.data,
-        count.ctypes.data, codes.ctypes.data, mine8.ctypes.data, need.kind.ctypes.data,
-        need.shortest.ctypes.data, need.empty.ctypes.data, need.e_off.ctypes.data,
-        need.ekind.ctypes.data, need.woff.ctypes.data, need.wlen.ctypes.data,
-        need.blob.ctypes.data, int(case), met.ctypes.data)
+    ptr = [a.ctypes.data for a in args]
+    lib.mohlog_needs_met_rows(data.ctypes.data, off.ctypes.data, len(packed), paramsmod.SEP,
+                              *ptr[:3], mine8.ctypes.data, *ptr[3:], int(case),
+                              met.ctypes.data)
     return met.view(bool)
 
 
@@ -997,8 +995,7 @@ def _needs_met_c(lib: ctypes.CDLL, table: _SlotTable, part: pa.Table, mine: np.n
     """``_needs_met`` of the parameters ``mine`` selects (of ``part``'s flattened params,
     ``flat``) against their slots' needs in ``table``, in C: one pass over those
     parameters (no per-parameter arrays of slot codes)."""
-    base, count, codes = table.rows_of(part["template_id"].combine_chunks(), infos)
-    compiled = _compiled(table)
+    args = _slot_args(table, part, infos)
     lists = part["params"].combine_chunks()
     loff = np.ascontiguousarray(lists.offsets.to_numpy(), np.int32)
     loff = loff - loff[0]
@@ -1006,17 +1003,12 @@ def _needs_met_c(lib: ctypes.CDLL, table: _SlotTable, part: pa.Table, mine: np.n
     mine8 = np.ascontiguousarray(mine, np.uint8)
     valid = None if not flat.null_count else \
         np.ascontiguousarray(np.asarray(flat.is_valid()), np.uint8)
-    base = np.ascontiguousarray(base, np.int64)
-    count = np.ascontiguousarray(count, np.int64)
-    codes = np.ascontiguousarray(codes, np.int32)
     met = np.zeros(len(flat), np.uint8)
-    lib.mohlog_needs_met(
-        data.ctypes.data, off.ctypes.data, loff.ctypes.data, len(loff) - 1,
-        base.ctypes.data, count.ctypes.data, codes.ctypes.data, mine8.ctypes.data,
-        None if valid is None else valid.ctypes.data, compiled.kind.ctypes.data,
-        compiled.shortest.ctypes.data, compiled.empty.ctypes.data, compiled.e_off.ctypes.data,
-        compiled.ekind.ctypes.data, compiled.woff.ctypes.data, compiled.wlen.ctypes.data,
-        compiled.blob.ctypes.data, int(case), met.ctypes.data)
+    ptr = [a.ctypes.data for a in args]
+    lib.mohlog_needs_met(data.ctypes.data, off.ctypes.data, loff.ctypes.data, len(loff) - 1,
+                         *ptr[:3], mine8.ctypes.data,
+                         None if valid is None else valid.ctypes.data, *ptr[3:], int(case),
+                         met.ctypes.data)
     return met.view(bool)
 
 
