@@ -107,7 +107,6 @@ class SegmentReader:
             pf.close()
         return t if packed else params.unpacked(t)
 
-
     def fetch(self, rg: RowGroup, have: pa.Table, idx: pa.Array) -> pa.Table:
         """Whole rows idx of rg (SEG_COLUMNS), given the columns already read in ``have``:
         the missing columns are read from the row groups of the run that hold those rows
