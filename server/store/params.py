@@ -94,11 +94,9 @@ def _pack_numpy(data: np.ndarray, voff: np.ndarray, loff: np.ndarray,
     counts = np.diff(loff).astype(np.int64)
     if valid is not None:
         counts[~valid.astype(bool)] = 0
-    row = np.repeat(np.arange(len(counts)), counts)           # row of each kept value
-    first = np.repeat(loff[:-1].astype(np.int64), counts)
-    within = np.arange(len(row)) - np.repeat(np.cumsum(counts) - counts, counts)
-    k = first + within                                        # value index of each kept one
-    del row, first, within
+    first = np.repeat(loff[:-1].astype(np.int64), counts)    # of each kept value: its
+    within = np.arange(len(first)) - np.repeat(np.cumsum(counts) - counts, counts)  # row's
+    k = first + within                                        # first, its index among them
     starts = voff[k].astype(np.int64)
     lens = voff[k + 1].astype(np.int64) - starts
     kept = _gather(data, starts, lens)
