@@ -955,7 +955,7 @@ _SRC = Path(__file__).with_name("native") / "mine.c"
 def _declare(lib: ctypes.CDLL) -> None:
     p = ctypes.c_void_p
     lib.mohlog_mine_gather.restype = ctypes.c_int64
-    lib.mohlog_mine_gather.argtypes = [p, p, p, ctypes.c_int64, p, p, p, p]
+    lib.mohlog_mine_gather.argtypes = [p, p, p, ctypes.c_int64, p, p, p, ctypes.c_int64, p]
 
 
 def _native() -> ctypes.CDLL | None:
@@ -966,7 +966,8 @@ def _gather_params(lib: ctypes.CDLL, cl: _Classes, codes: np.ndarray, cls_off: n
                    rel: np.ndarray, n_params: int) -> pa.Array | None:
     """The parameters of every line, flat, copied from the lines in one C pass (the numpy
     path of ``_output`` does the same with two Arrow takes, ~3x slower); None when a bound
-    falls outside its line (never expected: the caller then takes the numpy path)."""
+    falls outside its line or the pieces overlap (never expected: the caller then takes the
+    Arrow path)."""
     starts = np.ascontiguousarray(cl.starts, np.int32)
     data = np.frombuffer(cl.data, np.uint8)  # type: ignore[arg-type]
     codes = np.ascontiguousarray(codes, np.int64)
@@ -974,7 +975,7 @@ def _gather_params(lib: ctypes.CDLL, cl: _Classes, codes: np.ndarray, cls_off: n
     voff = np.empty(n_params + 1, np.int32)
     size = lib.mohlog_mine_gather(data.ctypes.data, starts.ctypes.data, codes.ctypes.data,
                                   len(codes), cls_off.ctypes.data, rel.ctypes.data,
-                                  out.ctypes.data, voff.ctypes.data)
+                                  out.ctypes.data, len(out), voff.ctypes.data)
     if size < 0:
         return None
     return pa.Array.from_buffers(pa.string(), n_params,
