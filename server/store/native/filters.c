@@ -106,36 +106,37 @@ int64_t mohlog_needs_met_rows(const uint8_t *data, const int64_t *soff, int64_t 
 }
 
 /* Which strings i < n (bytes data[off[i], off[i+1])) contain the needle (m bytes, ASCII
- * letters folded when folding): out[i] = 1. Folding, a string holding a non-ASCII byte is
- * not decided here (Unicode case folding: the Kelvin sign folds to k): out[i] = 2.
- * Returns the number of those undecided. */
+ * letters folded when folding): out[i] = 1. Folding, a string holding a non-ASCII byte
+ * and no ASCII match is not decided here (Unicode case folding: the Kelvin sign folds to
+ * k): out[i] = 2. Returns the number of those undecided. */
 int64_t mohlog_contains(const uint8_t *data, const int64_t *off, int64_t n,
                         const uint8_t *needle, int64_t m, int folding, uint8_t *out) {
     int64_t undecided = 0;
     for (int64_t i = 0; i < n; i++) {
         const uint8_t *p = data + off[i];
         int64_t size = off[i + 1] - off[i];
-        if (folding) {
-            int high = 0;
-            for (int64_t j = 0; j < size && !high; j++) high = p[j] >= 0x80;
-            if (high) {
-                out[i] = 2;
-                undecided++;
-                continue;
-            }
-        }
         if (m == 0) {
             out[i] = 1;
             continue;
         }
-        /* first and last bytes first (the needle is folded already) */
-        uint8_t first = needle[0], last = needle[m - 1];
-        for (int64_t j = 0; j + m <= size; j++) {
+        /* One pass: the first and last bytes first (the needle is folded already); the
+         * bytes seen are or-ed, so that a string with a non-ASCII byte and no ASCII match
+         * is left undecided when folding (a match found holds under any folding). */
+        uint8_t first = needle[0], last = needle[m - 1], seen = 0;
+        int64_t j = 0;
+        for (; j + m <= size; j++) {
+            seen |= p[j];
             if (fold(p[j], !folding) == first && fold(p[j + m - 1], !folding) == last &&
                 same(p + j + 1, needle + 1, m - 1, !folding)) {
                 out[i] = 1;
                 break;
             }
+        }
+        if (out[i] || !folding) continue;
+        for (; j < size; j++) seen |= p[j];
+        if (seen >= 0x80) {
+            out[i] = 2;
+            undecided++;
         }
     }
     return undecided;
