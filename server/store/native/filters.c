@@ -2,6 +2,7 @@
  * which contain a needle (_contains), which meet what their template slot needs for a
  * match to cross their edge (_needs_met). The same rules as the numpy code, in one pass
  * over the parameters instead of a dozen numpy passes. */
+#define _GNU_SOURCE
 #include <stdint.h>
 #include <string.h>
 
@@ -119,6 +120,10 @@ int64_t mohlog_contains(const uint8_t *data, const int64_t *off, int64_t n,
             out[i] = 1;
             continue;
         }
+        if (!folding) {                     /* exact bytes: the C library's search */
+            if (size >= m && memmem(p, (size_t)size, needle, (size_t)m)) out[i] = 1;
+            continue;
+        }
         /* One pass: the first and last bytes first (the needle is folded already); the
          * bytes seen are or-ed, so that a string with a non-ASCII byte and no ASCII match
          * is left undecided when folding (a match found holds under any folding). */
@@ -132,7 +137,7 @@ int64_t mohlog_contains(const uint8_t *data, const int64_t *off, int64_t n,
                 break;
             }
         }
-        if (out[i] || !folding) continue;
+        if (out[i]) continue;
         for (; j < size; j++) seen |= p[j];
         if (seen >= 0x80) {
             out[i] = 2;
