@@ -438,16 +438,13 @@ class Selector:
                 hit = _contains_rows(part["params"], needle, case)
                 one = per_row == 1
                 if one.any() and word and plain_word(needle):
-                    # (whole-word edges: on the lists of those rows only)
-                    rows1 = np.flatnonzero(one)
-                    part1 = paramsmod.unpacked(part.take(pa.array(rows1)))
-                    lists = part1["params"].combine_chunks()
-                    flat1 = pc.list_flatten(lists)
-                    parents1 = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
-                    jl, jr = self._slot_joins(part1, parents1, np.ones(len(flat1), bool))
-                    edges = _word_edges(flat1, needle, case, jl, jr,
-                                        self._inner_hashes(needle))
-                    edge[rows1[parents1[edges]]] = True
+                    # A whole word crossing a parameter edge is a match of the needle
+                    # crossing it: the rows whose slots' needs a parameter meets (C), then
+                    # the whole-word edge check on the lists of those rows only.
+                    rows1 = np.flatnonzero(self._slot_edges_rows(part, one, needle, case))
+                    if len(rows1):
+                        edge[rows1[self._word_edge_rows(part.take(pa.array(rows1)), needle,
+                                                        case)]] = True
                 elif one.any():
                     edge = self._slot_edges_rows(part, one, needle, case)
             elif (per_row < 2).any():
@@ -528,6 +525,17 @@ class Selector:
             full[mine] = codes
             codes = full
         return _needs_met(flat, codes, table.values, case)
+
+    def _word_edge_rows(self, part: pa.Table, needle: str, case: bool) -> np.ndarray:
+        """Rows of ``part`` (packed parameters) with a parameter a whole word ``needle``
+        may cross the edge of (``_word_edges`` on their lists)."""
+        part = paramsmod.unpacked(part)
+        lists = part["params"].combine_chunks()
+        flat = pc.list_flatten(lists)
+        parents = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
+        jl, jr = self._slot_joins(part, parents, np.ones(len(flat), bool))
+        edges = _word_edges(flat, needle, case, jl, jr, self._inner_hashes(needle))
+        return np.unique(parents[edges])
 
     def _needs_table(self, needle: str, case: bool) -> _SlotTable:
         key = ("needs", needle, case)
