@@ -465,6 +465,10 @@ class Selector:
                     else:
                         edges = self._slot_edges(part, parents, mine, flat, needle, case)
                         edge[parents[edges]] = True
+            if word and (per_row == 1).any():
+                # the word in fixed text next to a slot: a whole word when the parameter
+                # there ends (starts) with a non-word character or is empty
+                edge |= self._touch_rows(part, per_row == 1, needle, case)
             ok = (per_row >= 2) | hit | ((per_row == 1) & edge)
             sure[alive[per_row != 2]] = False
             alive = alive[ok]
@@ -525,6 +529,42 @@ class Selector:
             full[mine] = codes
             codes = full
         return _needs_met(flat, codes, table.values, case)
+
+    def _touch_rows(self, part: pa.Table, mine: np.ndarray, needle: str, case: bool
+                    ) -> np.ndarray:
+        """Rows (among ``mine``) whose template holds the word ``needle`` in fixed text
+        touching a slot (``_touching``) whose parameter leaves it a whole word: empty, or
+        with a non-word character at its edge toward it."""
+        key = ("touch", needle, case)
+        table = self._class.get(key)
+        if table is None:
+            table = self._class[key] = _SlotTable(lambda pieces: _touching(
+                [p if case else p.lower() for p in pieces], needle), (False, False))
+        infos = self._templates()
+        tids = part["template_id"].combine_chunks()
+        base, count, codes = table.rows_of(tids, infos)
+        touches = np.array(table.values, bool).reshape(-1, 2).any(axis=1)[codes]
+        upto = np.concatenate(([0], np.cumsum(touches)))
+        out = np.zeros(part.num_rows, bool)
+        rows = np.flatnonzero(mine & (upto[base + count] > upto[base]))
+        if not len(rows):
+            return out
+        sub = paramsmod.unpacked(part.take(pa.array(rows)))
+        lists = sub["params"].combine_chunks()
+        parents = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
+        loff = lists.offsets.to_numpy().astype(np.int64)
+        slot = np.arange(len(parents)) - (loff[parents] - loff[0])
+        side = np.array(table.values, bool).reshape(-1, 2)[
+            table.codes_of(sub["template_id"].combine_chunks(), parents, slot, infos)]
+        flat, off, data = _raw(pc.list_flatten(lists))
+        size = off[1:] - off[:-1]
+        first = ~_WORD_BYTES[np.take(data, off[:-1], mode="clip")] | (size == 0)
+        last = ~_WORD_BYTES[np.take(data, off[1:] - 1, mode="clip")] | (size == 0)
+        if flat.null_count:
+            first |= ~np.asarray(flat.is_valid())
+        met = (side[:, 0] & first) | (side[:, 1] & last)
+        out[rows[parents[met]]] = True
+        return out
 
     def _word_edge_rows(self, part: pa.Table, needle: str, case: bool) -> np.ndarray:
         """Rows of ``part`` (packed parameters) with a parameter a whole word ``needle``
@@ -761,6 +801,17 @@ class _SlotTable:
                 got = self._code[value] = len(self._code)
                 self.values = list(self._code)
             return got
+
+
+def _touching(pieces: list[str], needle: str) -> list[tuple[bool, bool]]:
+    """Per slot of a template (its fixed ``pieces``): does the word ``needle`` end the text
+    before the slot (whether it is a whole word there depends on the first character of
+    the slot's parameter), does it begin the text after it (on its last character)?"""
+    k = len(pieces) - 1
+    right = bool(needle) and is_word_char(needle[-1])
+    left = bool(needle) and is_word_char(needle[0])
+    return [(right and pieces[i].endswith(needle), left and pieces[i + 1].startswith(needle))
+            for i in range(k)]
 
 
 def _slot_joinable(pieces: list[str]) -> list[tuple[bool, bool]]:
