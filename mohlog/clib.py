@@ -59,6 +59,9 @@ def _build(src_path: Path) -> ctypes.CDLL:
             subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", tmp, str(src_path)],
                            check=True, capture_output=True, timeout=120)
             os.replace(tmp, so)
+            for old in d.glob(f"_{src_path.stem}-*.so"):   # builds of earlier sources
+                if old != so:                               # (a process using one keeps
+                    old.unlink(missing_ok=True)             # its mapping)
         finally:
             Path(tmp).unlink(missing_ok=True)
         break

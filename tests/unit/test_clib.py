@@ -24,6 +24,15 @@ def test_compiles_once_and_caches_beside_the_source(tmp_path: Path) -> None:
     assert lib is not None and lib.seven() == 7
     assert len(list(tmp_path.glob("_seven-*.so"))) == 1
     assert clib.load(src, _declare) is lib
+    again = tmp_path / "again" / "seven.c"               # a new version of the source
+    again.parent.mkdir()
+    (again.parent / "_seven-0000000000000000.so").write_bytes(b"an earlier build")
+    again.write_text("int seven(void) { return 7 * 1; }\n")
+    lib2 = clib.load(again, _declare)
+    assert lib2 is not None and lib2.seven() == 7
+    assert [p.name for p in again.parent.glob("_seven-*.so")] != \
+        ["_seven-0000000000000000.so"]
+    assert len(list(again.parent.glob("_seven-*.so"))) == 1   # the earlier one is gone
 
 
 def test_no_compiler_or_a_broken_source_gives_none(tmp_path: Path,
