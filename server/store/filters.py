@@ -480,20 +480,23 @@ class Selector:
             sure[:] = False
         return keep, keep & ~sure
 
-    def _slot_codes(self, key: tuple, make: Any, part: pa.Table, parents: np.ndarray,
-                    mine: np.ndarray) -> tuple[_SlotTable, np.ndarray]:
-        """The store's ``_SlotTable`` under ``key`` (made by ``make()`` when missing) and the
-        code of the slot of each parameter ``mine`` selects (of ``part``'s flattened
-        ``params``, whose rows are ``parents``)."""
+    def _table(self, key: tuple, make: Callable[[], _SlotTable]) -> _SlotTable:
+        """The store's ``_SlotTable`` under ``key`` (made by ``make()`` when missing)."""
+        table = self._class.get(key)
+        if table is None:
+            table = self._class[key] = make()
+        return table
+
+    def _slot_codes(self, table: _SlotTable, part: pa.Table, parents: np.ndarray,
+                    mine: np.ndarray) -> np.ndarray:
+        """The code in ``table`` of the slot of each parameter ``mine`` selects (of
+        ``part``'s flattened ``params``, whose rows are ``parents``)."""
         offsets = part["params"].combine_chunks().offsets.to_numpy()
         at = np.flatnonzero(mine)
         rows = parents[at]
         slot = at - (offsets[rows] - offsets[0])
-        table = self._class.get(key)
-        if table is None:
-            table = self._class[key] = make()
-        return table, table.codes_of(part["template_id"].combine_chunks(), rows, slot,
-                                     self._templates())
+        return table.codes_of(part["template_id"].combine_chunks(), rows, slot,
+                              self._templates())
 
     def _templates(self) -> dict[int, Any]:
         if self._infos is None:
@@ -505,9 +508,8 @@ class Selector:
         """Does each parameter's slot in its template touch a word character or another
         parameter on the left, on the right? (Both for an unknown template or a parameter
         past its slots.)"""
-        table, codes = self._slot_codes(("joins",), lambda: _SlotTable(_slot_joinable,
-                                                                       (True, True)),
-                                        part, parents, mine)
+        table = self._table(("joins",), lambda: _SlotTable(_slot_joinable, (True, True)))
+        codes = self._slot_codes(table, part, parents, mine)
         sides = np.array(table.values, bool).reshape(-1, 2)
         return sides[codes, 0], sides[codes, 1]
 
@@ -522,8 +524,7 @@ class Selector:
         lib = _native()
         if lib is not None and not part["params"].null_count:
             return _needs_met_c(lib, table, part, mine, flat, case, self._templates())
-        table, codes = self._slot_codes(("needs", needle, case), lambda: table, part,
-                                        parents, mine)
+        codes = self._slot_codes(table, part, parents, mine)
         if len(codes) < len(flat):      # the others need nothing (no copy of the strings)
             full = np.full(len(flat), table.code(()), np.int32)
             full[mine] = codes
@@ -535,14 +536,11 @@ class Selector:
         """Rows (among ``mine``) whose template holds the word ``needle`` in fixed text
         touching a slot (``_touching``) whose parameter leaves it a whole word: empty, or
         with a non-word character at its edge toward it."""
-        key = ("touch", needle, case)
-        table = self._class.get(key)
-        if table is None:
-            table = self._class[key] = _SlotTable(lambda pieces: _touching(
-                [p if case else p.lower() for p in pieces], needle), (False, False))
-        infos = self._templates()
-        tids = part["template_id"].combine_chunks()
-        base, count, codes = table.rows_of(tids, infos)
+        table = self._table(("touch", needle, case), lambda: _SlotTable(
+            lambda pieces: _touching([p if case else p.lower() for p in pieces], needle),
+            (False, False)))
+        base, count, codes = table.rows_of(part["template_id"].combine_chunks(),
+                                           self._templates())
         touches = np.array(table.values, bool).reshape(-1, 2).any(axis=1)[codes]
         upto = np.concatenate(([0], np.cumsum(touches)))
         out = np.zeros(part.num_rows, bool)
@@ -550,13 +548,10 @@ class Selector:
         if not len(rows):
             return out
         sub = paramsmod.unpacked(part.take(pa.array(rows)))
-        lists = sub["params"].combine_chunks()
-        parents = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
-        loff = lists.offsets.to_numpy().astype(np.int64)
-        slot = np.arange(len(parents)) - (loff[parents] - loff[0])
+        flat, parents = _flat_params(sub["params"])
         side = np.array(table.values, bool).reshape(-1, 2)[
-            table.codes_of(sub["template_id"].combine_chunks(), parents, slot, infos)]
-        flat, off, data = _raw(pc.list_flatten(lists))
+            self._slot_codes(table, sub, parents, np.ones(len(parents), bool))]
+        flat, off, data = _raw(flat)
         size = off[1:] - off[:-1]
         first = ~_WORD_BYTES[np.take(data, off[:-1], mode="clip")] | (size == 0)
         last = ~_WORD_BYTES[np.take(data, off[1:] - 1, mode="clip")] | (size == 0)
@@ -570,20 +565,15 @@ class Selector:
         """Rows of ``part`` (packed parameters) with a parameter a whole word ``needle``
         may cross the edge of (``_word_edges`` on their lists)."""
         part = paramsmod.unpacked(part)
-        lists = part["params"].combine_chunks()
-        flat = pc.list_flatten(lists)
-        parents = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
+        flat, parents = _flat_params(part["params"])
         jl, jr = self._slot_joins(part, parents, np.ones(len(flat), bool))
         edges = _word_edges(flat, needle, case, jl, jr, self._inner_hashes(needle))
         return np.unique(parents[edges])
 
     def _needs_table(self, needle: str, case: bool) -> _SlotTable:
-        key = ("needs", needle, case)
-        table = self._class.get(key)
-        if table is None:
-            table = self._class[key] = _SlotTable(lambda pieces: _slot_needs(
-                [p if case else p.lower() for p in pieces], needle), None)
-        return table
+        return self._table(("needs", needle, case), lambda: _SlotTable(
+            lambda pieces: _slot_needs([p if case else p.lower() for p in pieces], needle),
+            None))
 
     def _slot_edges_rows(self, part: pa.Table, mine: np.ndarray, needle: str, case: bool
                          ) -> np.ndarray:
@@ -1012,15 +1002,20 @@ def _contains_rows(packed: Any, needle: str, case: bool) -> np.ndarray:
     return _contains_c(lib, packed, needle, folds, by_arrow)
 
 
+def _flat_params(params: Any) -> tuple[pa.Array, np.ndarray]:
+    """A parameters column (packed or lists) as its parameters, flat, and the row of each."""
+    lists = paramsmod.unpack(params)
+    if isinstance(lists, pa.ChunkedArray):
+        lists = lists.combine_chunks()
+    return pc.list_flatten(lists), pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
+
+
 def _any_param(packed: Any, test: Callable[[Any], np.ndarray]) -> np.ndarray:
     """Rows of packed parameters with a parameter for which ``test`` (on the flattened
     parameters) is true."""
-    lists = paramsmod.unpack(packed)
-    if isinstance(lists, pa.ChunkedArray):
-        lists = lists.combine_chunks()
-    out = np.zeros(len(lists), bool)
-    parents = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
-    out[parents[test(pc.list_flatten(lists))]] = True
+    flat, parents = _flat_params(packed)
+    out = np.zeros(len(packed), bool)
+    out[parents[test(flat)]] = True
     return out
 
 
