@@ -26,7 +26,10 @@ Fast path: lines are grouped in *classes* first — lines equal once every digit
 by the digits of its literal text) — with numpy and a pyarrow dictionary encoding. The
 regular expression (RE2 in pyarrow.compute) runs once per class never seen before (what
 it found is remembered across batches), and Python once per distinct masked shape: a cache
-maps a known shape to its template id and to a recipe for its parameters. Every parameter
+maps a known shape to its template id and to a recipe for its parameters. With the C
+helper (native/mine.c) the remembered keys are also in C hash tables, where each line of a
+batch finds its class in one pass; only the lines whose keys are new go through the numpy
+steps, and those alone of their key in the batch are masked each on its own. Every parameter
 is one piece of its line, at the same place in every line of a class, so the parameters
 of a batch are one take over its data buffer. Batches whose lines are mostly distinct
 (more than GROUP_MAX_CLASSES classes per line) mask every line instead. Batches of
@@ -307,7 +310,9 @@ class TemplateMiner:
         """Vectorised mining: Python runs once per distinct masked shape only."""
         chunks = _chunks(arr)
         group = self._ungrouped < 0 or self._ungrouped % GROUP_PROBE == GROUP_PROBE - 1
-        if len(chunks) > 1:
+        if group and self._known.native is not None:
+            classes = [_classify_known(arr, self._known)]
+        elif len(chunks) > 1:
             classes = list(_pool().map(lambda c: _classify(c, group, self._known), chunks))
         else:
             classes = [_classify(arr, group, self._known)]
@@ -769,16 +774,89 @@ class _ClassCache:
     of its literal text; per class key, its shape and segment lengths. Only keys of two
     lines or more of a batch are kept (a line with a hex id is seldom seen again).
     Bounded: restarts empty when full. Shared by the chunk threads (single dict
-    operations only)."""
+    operations only). With the C helper, the same keys are also in C tables
+    (``_KnownKeys``) where the lines of a batch find their class in one pass; ``classes``
+    then holds each class key's entry by the id the C table gives."""
 
     def __init__(self, max_entries: int = 0) -> None:
         self.max_entries = max_entries or CLASS_CACHE_MAX
         self.digits: dict[str, bytes] = {}  # int32 positions
         self.splits: dict[str, tuple[str, bytes]] = {}  # shape, int32 segment lengths
+        self.classes: list[tuple[str, bytes]] = []
+        lib = _native()
+        self.native = _KnownKeys(lib) if lib is not None else None
+        self._write = threading.Lock()
 
     def room(self) -> None:
         if len(self.digits) + len(self.splits) >= self.max_entries:
             self.digits, self.splits = {}, {}
+            with self._write:
+                self.classes = []  # a new list: ids of a lookup made before stay valid
+                if self.native is not None:
+                    self.native.clear()
+
+    def keep_digits(self, key: str, pos: bytes) -> None:
+        self.digits[key] = pos
+        if self.native is not None:
+            with self._write:
+                self.native.add_digits(key, pos)
+
+    def keep_split(self, key: str, entry: tuple[str, bytes]) -> None:
+        self.splits[key] = entry
+        if self.native is not None:
+            with self._write:
+                self.native.add_class(key, len(self.classes))
+                self.classes.append(entry)
+
+
+class _KnownKeys:
+    """The C tables of a _ClassCache (see mohlog_known_* in native/mine.c)."""
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self.lib = lib
+        self.ptr = lib.mohlog_known_new()
+        if not self.ptr:
+            raise MemoryError("mohlog_known_new")
+
+    def __del__(self) -> None:
+        if getattr(self, "ptr", None):
+            self.lib.mohlog_known_free(self.ptr)
+            self.ptr = None
+
+    def clear(self) -> None:
+        fresh = self.lib.mohlog_known_new()
+        if not fresh:
+            raise MemoryError("mohlog_known_new")
+        self.lib.mohlog_known_free(self.ptr)
+        self.ptr = fresh
+
+    def add_digits(self, key: str, pos: bytes) -> None:
+        raw = key.encode()
+        if self.lib.mohlog_known_add_digits(self.ptr, raw, len(raw), pos, len(pos) // 4):
+            raise MemoryError("mohlog_known_add_digits")
+
+    def add_class(self, key: str, cls: int) -> None:
+        raw = key.encode()
+        if self.lib.mohlog_known_add_class(self.ptr, raw, len(raw), cls):
+            raise MemoryError("mohlog_known_add_class")
+
+    def lookup(self, arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        """Class id of each line (int32), -1 for the lines whose keys are not known; and
+        for those lines, the hash of their first-level key (uint64; 0 for the others)."""
+        _, obuf, dbuf = arr.buffers()
+        starts = np.frombuffer(obuf, dtype=np.int32)[arr.offset : arr.offset + len(arr) + 1]
+        starts = np.ascontiguousarray(starts)
+        out = np.empty(len(arr), dtype=np.int32)
+        key_hash = np.empty(len(arr), dtype=np.uint64)
+        data = dbuf.address if dbuf is not None and dbuf.size else None  # None: all empty
+        if self.lib.mohlog_known_lookup(self.ptr, data or ctypes.addressof(_ONE_BYTE),
+                                        starts.ctypes.data, len(arr), out.ctypes.data,
+                                        key_hash.ctypes.data) < 0:
+            raise MemoryError("mohlog_known_lookup")
+        return out, key_hash
+
+
+_ONE_BYTE = ctypes.c_char()
 
 
 def _classify(arr: pa.Array, group: bool = True, cache: _ClassCache | None = None) -> _Classes:
@@ -794,15 +872,17 @@ def _classify(arr: pa.Array, group: bool = True, cache: _ClassCache | None = Non
     if len(keys.data):
         keys.restore(*_digit_before_x(keys.dictionary))
     names: list[str] = keys.dictionary.to_pylist()
-    digits, splits = cache.digits, cache.splits
+    digits, splits = cache.digits, cache.splits  # (a full cache swaps them: keep these)
     found = [digits.get(k) for k in names]
     miss = [i for i, v in enumerate(found) if v is None]
-    fresh: dict[str, tuple[str, bytes]] = {}  # masked in this batch, remembered or not
+    rep_lines = np.zeros(0, dtype=np.int64)
+    rep_entries: list[tuple[str, bytes]] = []
     if miss:
         # keys of one line in the batch are not remembered (often a line with a hex id:
         # seldom seen again)
         again = (np.bincount(keys.codes, minlength=len(names)) > 1)[miss]
-        reps = keys.reps(miss)
+        rep_lines = _firsts(keys.codes, len(names))[miss]
+        reps = arr.take(pa.array(rep_lines))
         sp = _split(reps)
         shape_digits = pc.match_substring_regex(sp.shapes.dictionary, "[0-9]")
         pos, count = _literal_digits(reps, sp, shape_digits.to_numpy(zero_copy_only=False))
@@ -812,51 +892,124 @@ def _classify(arr: pa.Array, group: bool = True, cache: _ClassCache | None = Non
         for k, i in enumerate(miss):
             found[i] = pos32[cut[k] : cut[k + 1]].tobytes()
             if again[k]:
-                digits[names[i]] = found[i]  # type: ignore[assignment]
-        # keys with no digit in their literal text are classes already
-        lone = np.flatnonzero(count == 0)
-        miss_names = [names[i] for i in miss]
-        kept = _remember(splits, sp, miss_names, again, lone)
-        for k, e in zip(lone.tolist(), kept, strict=True):
-            fresh[miss_names[k]] = e
+                cache.keep_digits(names[i], found[i])  # type: ignore[arg-type]
+        # what masking found for each representative is the entry of its class (whose
+        # key is known once the literal digits are put back)
+        rep_entries = _split_entries(sp)
     count = np.array([len(v) for v in found], dtype=np.int64) // 4  # type: ignore[arg-type]
     if count.any() and keys.restore(np.frombuffer(b"".join(found), dtype=np.int32), count):  # type: ignore[arg-type]
         names = keys.dictionary.to_pylist()
-    entries = [fresh.get(k) or splits.get(k) for k in names]
+    entries = [splits.get(k) for k in names]
+    if rep_entries:
+        again = np.bincount(keys.codes, minlength=len(names)) > 1
+        for c, e in zip(keys.codes[rep_lines].tolist(), rep_entries, strict=True):
+            if entries[c] is None:
+                entries[c] = e
+                if again[c]:
+                    cache.keep_split(names[c], e)
     miss = [i for i, v in enumerate(entries) if v is None]
     if miss:
         again = (np.bincount(keys.codes, minlength=len(names)) > 1)[miss]
         sp = _split(keys.reps(miss))
-        for i, e in zip(miss, _remember(splits, sp, [names[i] for i in miss], again), strict=True):
+        for i, e in zip(miss, _remember(cache, sp, [names[i] for i in miss], again), strict=True):
             entries[i] = e
-    shapes = pa.array([e[0] for e in entries], pa.string()).dictionary_encode()  # type: ignore[index]
-    seg_lengths = np.frombuffer(b"".join(e[1] for e in entries), dtype=np.int32)  # type: ignore[index]
+    return _from_entries(entries, keys.codes.astype(np.int64), starts, dbuf)  # type: ignore[arg-type]
+
+
+def _from_entries(entries: list[tuple[str, bytes]], codes: np.ndarray, starts: np.ndarray,
+                  data: pa.Buffer | None) -> _Classes:
+    """Classes from the (shape, segment lengths) of each class and the class of each line."""
+    shapes = pa.array([e[0] for e in entries], pa.string()).dictionary_encode()
+    seg_lengths = np.frombuffer(b"".join(e[1] for e in entries), dtype=np.int32)
     seg_offsets = np.zeros(len(entries) + 1, dtype=np.int64)
-    np.cumsum([len(e[1]) // 4 for e in entries], out=seg_offsets[1:])  # type: ignore[index]
+    np.cumsum([len(e[1]) // 4 for e in entries], out=seg_offsets[1:])
     sp = _Split(
         shapes, shapes.indices.to_numpy(zero_copy_only=False),
         seg_lengths.astype(np.int64), seg_offsets,
     )
-    return _Classes(keys.codes.astype(np.int64), sp, starts, dbuf)
+    return _Classes(codes, sp, starts, data)
+
+
+def _classify_known(arr: pa.Array, cache: _ClassCache) -> _Classes:
+    """``_classify`` for a batch, the known keys looked up in C: the lines find their class
+    in the C tables in one pass. Of the others, those whose first-level key is the only
+    one of its kind in the batch (mostly lines with a hex id: never remembered) are masked
+    each on its own, and the rest go through ``_classify`` (in chunks on the worker threads
+    when many), which remembers their keys."""
+    assert cache.native is not None
+    cache.room()
+    known = cache.classes  # the entries of the ids the lookup gives (the list grows
+    n_known = len(known)   # while the other lines are classified)
+    found, key_hash = cache.native.lookup(arr)
+    cls = found.astype(np.int64)
+    miss = np.flatnonzero(found < 0)
+    more: list[tuple[str, bytes]] = []
+    if len(miss):
+        _, inv, counts = np.unique(key_hash[miss], return_inverse=True, return_counts=True)
+        alone = counts[inv.reshape(-1)] == 1
+        lone, rest = miss[alone], miss[~alone]
+        if len(lone):
+            cls[lone] = n_known + np.arange(len(lone))
+            more += _split_entries(_split(_take(arr, lone)))
+        if len(rest):
+            parts = list(_pool().map(lambda c: _classify(c, True, cache),
+                                     _chunks(_take(arr, rest))))
+            at = 0
+            for part in parts:
+                cls[rest[at : at + len(part.codes)]] = n_known + len(more) + part.codes
+                more += _split_entries(part.reps)
+                at += len(part.codes)
+    codes, first = _first_order(cls, n_known + len(more))
+    entries = [known[c] if c < n_known else more[c - n_known]
+               for c in cls[first].tolist()]
+    _, obuf, dbuf = arr.buffers()
+    starts = np.frombuffer(obuf, dtype=np.int32)[arr.offset : arr.offset + len(arr) + 1]
+    out = _from_entries(entries, codes, starts, dbuf)
+    out.grouped = len(entries) <= GROUP_MAX_CLASSES * len(arr)
+    return out
+
+
+def _take(arr: pa.Array, lines: np.ndarray) -> pa.Array:
+    return arr if len(lines) == len(arr) else arr.take(pa.array(lines))
+
+
+def _first_order(cls: np.ndarray, n_cls: int) -> tuple[np.ndarray, np.ndarray]:
+    """``cls`` renumbered in order of first appearance, and the first line of each."""
+    lib = _native()
+    if lib is not None:
+        cls = np.ascontiguousarray(cls, np.int64)
+        out = np.empty(len(cls), np.int64)
+        first = np.empty(len(cls), np.int64)
+        scratch = np.empty(max(n_cls, 1), np.int64)
+        r = lib.mohlog_first_order(cls.ctypes.data, len(cls), n_cls, scratch.ctypes.data,
+                                   out.ctypes.data, first.ctypes.data)
+        if r >= 0:
+            return out, first[:r]
+    _, idx, inv = np.unique(cls, return_index=True, return_inverse=True)
+    order = np.argsort(idx, kind="stable")
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    return rank[inv.reshape(-1)], idx[order]
 
 
 def _remember(
-    splits: dict[str, tuple[str, bytes]], sp: _Split, names: list[str], keep: np.ndarray,
-    which: np.ndarray | None = None,
+    cache: _ClassCache, sp: _Split, names: list[str], keep: np.ndarray
 ) -> list[tuple[str, bytes]]:
-    """(shape, segment lengths) of the lines of a split (of those ``which``, by default
-    all); those with ``keep`` are cached under their key in ``names``."""
+    """(shape, segment lengths) of the lines of a split; those with ``keep`` are cached
+    under their key in ``names``."""
+    out = _split_entries(sp)
+    for name, entry, k in zip(names, out, keep.tolist(), strict=True):
+        if k:
+            cache.keep_split(name, entry)
+    return out
+
+
+def _split_entries(sp: _Split) -> list[tuple[str, bytes]]:
+    """(shape, segment lengths) of each line of a split."""
     texts: list[str] = sp.shapes.dictionary.to_pylist()
     seg = sp.seg_lengths.astype(np.int32)
     cut = sp.seg_offsets.tolist()
-    codes = sp.codes.tolist()
-    out = []
-    for k in range(len(names)) if which is None else which.tolist():
-        entry = (texts[codes[k]], seg[cut[k] : cut[k + 1]].tobytes())
-        if keep[k]:
-            splits[names[k]] = entry
-        out.append(entry)
-    return out
+    return [(texts[c], seg[cut[k] : cut[k + 1]].tobytes()) for k, c in enumerate(sp.codes.tolist())]
 
 
 def _literal_digits(
@@ -954,8 +1107,21 @@ _SRC = Path(__file__).with_name("native") / "mine.c"
 
 def _declare(lib: ctypes.CDLL) -> None:
     p = ctypes.c_void_p
-    lib.mohlog_mine_gather.restype = ctypes.c_int64
-    lib.mohlog_mine_gather.argtypes = [p, p, p, ctypes.c_int64, p, p, p, ctypes.c_int64, p]
+    i64, i32 = ctypes.c_int64, ctypes.c_int32
+    lib.mohlog_mine_gather.restype = i64
+    lib.mohlog_mine_gather.argtypes = [p, p, p, i64, p, p, p, i64, p]
+    lib.mohlog_known_new.restype = p
+    lib.mohlog_known_new.argtypes = []
+    lib.mohlog_known_free.restype = None
+    lib.mohlog_known_free.argtypes = [p]
+    lib.mohlog_known_add_digits.restype = ctypes.c_int
+    lib.mohlog_known_add_digits.argtypes = [p, ctypes.c_char_p, i64, ctypes.c_char_p, i32]
+    lib.mohlog_known_add_class.restype = ctypes.c_int
+    lib.mohlog_known_add_class.argtypes = [p, ctypes.c_char_p, i64, i32]
+    lib.mohlog_known_lookup.restype = i64
+    lib.mohlog_known_lookup.argtypes = [p, p, p, i64, p, p]
+    lib.mohlog_first_order.restype = i64
+    lib.mohlog_first_order.argtypes = [p, i64, i64, p, p, p]
 
 
 def _native() -> ctypes.CDLL | None:

@@ -37,11 +37,15 @@ def _corpus(n: int, seed: int) -> list[str | None]:
 
 
 def _mine(
-    lines: list[str | None], batch: int, monkeypatch: pytest.MonkeyPatch, group: bool
+    lines: list[str | None], batch: int, monkeypatch: pytest.MonkeyPatch, group: bool,
+    native: bool = True,
 ) -> tuple[list[int], list[list[str]], TemplateMiner]:
-    # grouping on every batch, or never (every line masked on its own)
+    # grouping on every batch, or never (every line masked on its own); known keys looked
+    # up in the C tables, or (native=False) by the numpy path
     monkeypatch.setattr(miner_mod, "GROUP_MAX_CLASSES", 2.0 if group else -1.0)
     miner = TemplateMiner(None)
+    if not native:
+        miner._known.native = None
     ids: list[int] = []
     params: list[list[str]] = []
     arr = pa.array(lines, pa.string())
@@ -52,11 +56,16 @@ def _mine(
     return ids, params, miner
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["C", "numpy"])
 @pytest.mark.parametrize("batch", [64, 1000, 100_000])
-def test_classes_give_what_lines_give(monkeypatch: pytest.MonkeyPatch, batch: int) -> None:
+def test_classes_give_what_lines_give(
+    monkeypatch: pytest.MonkeyPatch, batch: int, native: bool
+) -> None:
+    if native and miner_mod._native() is None:
+        pytest.skip("no C compiler")
     lines = _corpus(6000, 1) * 2  # lines seen again: classes known from the cache
     want = _mine(lines, batch, monkeypatch, group=False)
-    got = _mine(lines, batch, monkeypatch, group=True)
+    got = _mine(lines, batch, monkeypatch, group=True, native=native)
     assert got[:2] == want[:2]
     assert got[2]._state() == want[2]._state()
     miner = got[2]
@@ -67,9 +76,81 @@ def test_classes_give_what_lines_give(monkeypatch: pytest.MonkeyPatch, batch: in
 
 def test_small_class_cache_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     lines = _corpus(3000, 2) * 3
-    want = _mine(lines, 500, monkeypatch, group=True)[:2]
-    monkeypatch.setattr(miner_mod, "CLASS_CACHE_MAX", 50)
+    want = _mine(lines, 500, monkeypatch, group=True, native=False)[:2]
     assert _mine(lines, 500, monkeypatch, group=True)[:2] == want
+    monkeypatch.setattr(miner_mod, "CLASS_CACHE_MAX", 50)  # emptied every few batches
+    assert _mine(lines, 500, monkeypatch, group=True)[:2] == want
+    assert _mine(lines, 500, monkeypatch, group=True, native=False)[:2] == want
+
+
+def _native_cache() -> miner_mod._ClassCache:
+    cache = miner_mod._ClassCache()
+    if cache.native is None:
+        pytest.skip("no C compiler")
+    return cache
+
+
+def test_c_tables_find_the_class_of_each_line() -> None:
+    cache = _native_cache()
+    known = cache.native
+    assert known is not None
+    # first-level key: digits made 1 but before x; "ssh2" keeps its literal digit
+    known.add_digits("job 1 took 1ms via ssh1 at 0x1f", np.array([22], np.int32).tobytes())
+    known.add_class("job 1 took 1ms via ssh2 at 0x1f", 7)
+    known.add_digits("empty", b"")
+    known.add_class("empty", 3)
+    known.add_digits("", b"")
+    known.add_class("", 4)
+    lines = ["job 4 took 9ms via ssh2 at 0x1f", "job 4 took 9ms via ssh3 at 0x1f",
+             "job 4 took 9ms via ssh2 at 5x1f", "empty", "emptx", "", "job 44 took 9ms"]
+    found, key_hash = known.lookup(pa.array(lines))
+    assert found.tolist() == [7, -1, -1, 3, -1, 4, -1]
+    assert (key_hash[found < 0] != 0).all() and (key_hash[found >= 0] == 0).all()
+    # a line known only at the first level, and an unknown one, hash as their keys
+    again, again_hash = known.lookup(pa.array(["job 5 took 2ms via ssh3 at 0x1f", "emptx"]))
+    assert again.tolist() == [-1, -1]
+    assert again_hash.tolist() == [key_hash[1], key_hash[4]]
+    # sliced arrays read from their offset; only empty lines
+    assert known.lookup(pa.array(lines).slice(3, 3))[0].tolist() == [3, -1, 4]
+    assert known.lookup(pa.array(["", ""]))[0].tolist() == [4, 4]
+    # many keys (the tables grow), then cleared
+    keys = ["k" + "".join(chr(97 + int(d)) for d in str(i)) for i in range(5000)]  # no digit
+    for i, key in enumerate(keys):
+        known.add_digits(key, b"")
+        known.add_class(key, i)
+    assert known.lookup(pa.array(keys))[0].tolist() == list(range(5000))
+    known.clear()
+    assert known.lookup(pa.array(["empty", "k3"]))[0].tolist() == [-1, -1]
+
+
+def test_lines_alone_of_their_key_are_not_remembered() -> None:
+    miner = TemplateMiner(None)
+    if miner._known.native is None:
+        pytest.skip("no C compiler")
+    rnd = random.Random(5)
+    hexes = {"".join(rnd.choice("abcdef") for _ in range(12)) for _ in range(200)}
+    lines = [f"session 0x{h} closed" for h in sorted(hexes)]  # each its own key
+    lines += [f"job {i % 10} done" for i in range(200)]  # one key
+    mined = miner.mine_arrow(pa.array(lines))
+    assert miner.render_many(mined.template_ids, mined.params).to_pylist() == lines
+    assert list(miner._known.digits) == ["job 1 done"]
+    assert [k for k, _ in miner._known.splits.items()] == ["job 1 done"]
+    again = miner.mine_arrow(pa.array(lines))
+    assert np.array_equal(again.template_ids, mined.template_ids)
+    assert again.params.equals(mined.params)
+
+
+def test_first_order_c_and_numpy_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    rnd = np.random.default_rng(3)
+    for n, k in [(0, 1), (1, 1), (1000, 7), (5000, 4000)]:
+        cls = rnd.integers(0, k, n).astype(np.int64)
+        got = miner_mod._first_order(cls, k)
+        with monkeypatch.context() as m:
+            m.setattr(miner_mod, "_native", lambda: None)
+            want = miner_mod._first_order(cls, k)
+        assert [a.tolist() for a in got] == [a.tolist() for a in want]
+        codes, first = got
+        assert (cls[first][codes] == cls).all() and (np.diff(first) > 0).all()
 
 
 def test_literal_digits_and_0x_keep_their_lines_apart() -> None:
