@@ -393,6 +393,46 @@ def test_a_flush_during_a_query_shows_each_record_once(tmp_path: Path,
         loop.close()
 
 
+def test_stats_count_the_tail_and_segments_alike(tmp_path: Path) -> None:
+    """Counts per level/component/host: the memory tail's are counted when stats are asked,
+    a segment's when written (from its pre-aggregate) and when the store opens; records
+    moving from one to the other, or replayed from the WAL, are counted once."""
+    from collections import Counter
+    recs = entries(1200)
+
+    def want(rs: list[dict]) -> dict[str, dict[str, int]]:
+        return {name: dict(Counter(r[name] for r in rs))
+                for name in ("level", "component", "host")}
+
+    def counts(st: Store) -> dict[str, dict[str, int]]:
+        s = st.stats()
+        return {"level": s["by_level"], "component": s["by_component"], "host": s["by_host"]}
+
+    cfg = StoreConfig(data_dir=tmp_path, row_group_rows=200, flush_interval_s=3600)
+    loop = asyncio.new_event_loop()
+    st = Store(cfg)
+    loop.run_until_complete(st.open())
+    try:
+        for a, b in ((0, 300), (300, 700)):
+            body = b"\n".join(orjson.dumps(r) for r in recs[a:b])
+            loop.run_until_complete(st.append(st.parse(body), f"k{a}"))
+        assert counts(st) == want(recs[:700]) and st.stats()["records_in_memory"] == 700
+        assert st.flush() == 700
+        assert counts(st) == want(recs[:700]) and st.stats()["records_in_memory"] == 0
+        body = b"\n".join(orjson.dumps(r) for r in recs[700:])
+        loop.run_until_complete(st.append(st.parse(body), "k700"))
+        assert counts(st) == want(recs)
+    finally:
+        loop.run_until_complete(st.close())
+    st = Store(cfg)  # segments counted on open, the rest replayed from the WAL
+    loop.run_until_complete(st.open())
+    try:
+        assert counts(st) == want(recs)
+    finally:
+        loop.run_until_complete(st.close())
+        loop.close()
+
+
 def test_a_failed_segment_write_keeps_its_records_and_is_retried(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A segment write that fails (here: disk full) leaves its records in the memory tail
