@@ -285,6 +285,41 @@ def test_word_index_native_equals_numpy_and_query_hashes() -> None:
         assert all(np.array_equal(x, y) for x, y in zip(got.blooms, want.blooms, strict=True))
 
 
+def test_word_index_native_equals_numpy_on_random_strings() -> None:
+    """The C builder reads 64 bytes at a time: words across those blocks, longer than 64
+    bytes, at the very end of a string or of the buffer, next to non-ASCII bytes and to
+    the ASCII neighbours of letters and digits ('/', ':', '@', '[', '`', '{', DEL) give
+    the same filters as the numpy builder."""
+    import random
+
+    import numpy as np
+    import pyarrow as pa
+
+    from server.store import words
+    rnd = random.Random(11)
+    alphabet = "aZz09AM/:@[`{\x7f _-é€\x00\t"
+    msgs = []
+    for _ in range(3000):
+        n = rnd.choice([0, 1, 5, 63, 64, 65, 127, 128, 129, rnd.randrange(400)])
+        if rnd.random() < 0.3:  # long words
+            msgs.append(" ".join("".join(rnd.choice("abXY09") for _ in range(rnd.randrange(1, 150)))
+                                 for _ in range(rnd.randrange(1, 4)))[:n or None])
+        else:
+            msgs.append("".join(rnd.choice(alphabet) for _ in range(n)))
+    arr = pa.array(msgs)
+    for rg in (1, 7, 500):
+        a = words.build(arr, rg)
+        b = words.build(arr, rg, native=False)
+        assert len(a.blooms) == len(b.blooms)
+        assert all(np.array_equal(x, y) for x, y in zip(a.blooms, b.blooms, strict=True))
+    # each row group's filter holds its string's words (one string per row group)
+    one = words.build(arr, 1)
+    for i in rnd.sample(range(len(msgs)), 300):
+        h = words.query_hashes(msgs[i])
+        if h is not None:
+            assert one.may_contain(i, h)
+
+
 def test_word_index_all_row_groups_at_once_equals_one_by_one() -> None:
     import numpy as np
     import pyarrow as pa
