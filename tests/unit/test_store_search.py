@@ -285,6 +285,33 @@ def test_word_index_native_equals_numpy_and_query_hashes() -> None:
         assert all(np.array_equal(x, y) for x, y in zip(got.blooms, want.blooms, strict=True))
 
 
+def test_word_index_field_values_per_row_group() -> None:
+    """The field values a row group's filter holds: those of its rows, nulls left out."""
+    import numpy as np
+    import pyarrow as pa
+
+    from server.store import words
+    rnd = np.random.default_rng(2)
+    n = 5000
+    hosts = [None if x == 0 else f"h{x}" for x in rnd.integers(0, 40, n)]
+    pids = [None if x == 7 else int(x) for x in rnd.integers(0, 3000, n)]  # many values
+    fields = pa.table({"host": hosts, "pid": pa.array(pids, pa.int64()),
+                       "level": ["INFO"] * n})
+    for rg in (1, 333, 5000, 8000):
+        extra, off = words._extra(fields, n, rg)
+        assert len(off) == max(1, -(-n // rg)) + 1
+        for r in range(len(off) - 1):
+            want = set()
+            for name, col in (("host", hosts), ("pid", pids), ("level", ["INFO"] * n)):
+                vals = {v for v in col[r * rg:(r + 1) * rg] if v is not None}
+                arr = np.array(sorted(vals), np.int64) if name == "pid" else sorted(vals)
+                want |= set(words.field_hashes(name, arr).tolist())
+            got = extra[off[r]:off[r + 1]].tolist()
+            assert len(got) == len(set(got)) and set(got) == want
+    extra, off = words._extra(None, 10, 4)
+    assert len(extra) == 0 and off.tolist() == [0, 0, 0, 0]
+
+
 def test_word_index_native_equals_numpy_on_random_strings() -> None:
     """The C builder reads 64 bytes at a time: words across those blocks, longer than 64
     bytes, at the very end of a string or of the buffer, next to non-ASCII bytes and to
