@@ -1,0 +1,51 @@
+"""The hub's allocator settings: set before pyarrow loads, a value already in the
+environment kept, glibc's thresholds taken."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+
+from mohlog import cli
+
+CHECK = ("from mohlog import cli; ok = cli.tune_allocators(); import os; "
+         "print(ok, os.environ['MIMALLOC_PURGE_DELAY'])")
+
+
+def _run(env: dict[str, str]) -> str:
+    return subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True,
+                          text=True, check=True, cwd=os.path.dirname(os.path.dirname(
+                              os.path.dirname(os.path.abspath(__file__))))).stdout.split()
+
+
+def test_tune_sets_the_environment_and_glibc() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "MIMALLOC_PURGE_DELAY"}
+    ok, delay = _run(env)
+    assert delay == cli.ALLOCATOR_ENV["MIMALLOC_PURGE_DELAY"]
+    if os.path.exists("/lib/x86_64-linux-gnu/libc.so.6") or os.path.exists(
+            "/lib/aarch64-linux-gnu/libc.so.6"):
+        assert ok == "True"
+    # a value given by the user wins
+    assert _run({**env, "MIMALLOC_PURGE_DELAY": "5"})[1] == "5"
+
+
+@pytest.mark.parametrize("command,tuned", [("hub", True), ("run", True), ("search", False)])
+def test_server_commands_tune_before_importing(monkeypatch: pytest.MonkeyPatch,
+                                               command: str, tuned: bool) -> None:
+    seen: list[bool] = []
+    monkeypatch.delenv("MIMALLOC_PURGE_DELAY", raising=False)
+    monkeypatch.setattr(cli, "tune_allocators",
+                        lambda: os.environ.__setitem__("MIMALLOC_PURGE_DELAY", "1") or True)
+
+    def fake_import(name: str) -> types.ModuleType:
+        seen.append("MIMALLOC_PURGE_DELAY" in os.environ)  # at import time
+        mod = types.ModuleType(name)
+        mod.main = lambda argv: 0  # type: ignore[attr-defined]
+        return mod
+    monkeypatch.setattr(cli.importlib, "import_module", fake_import)
+    assert cli.main([command]) == 0
+    assert seen == [tuned]
