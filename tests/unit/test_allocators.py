@@ -12,8 +12,9 @@ import pytest
 
 from mohlog import cli
 
-CHECK = ("from mohlog import cli; ok = cli.tune_allocators(); import os; "
-         "print(ok, os.environ['MIMALLOC_PURGE_DELAY'])")
+CHECK = ("from mohlog import cli; ok = cli.tune_allocators(); import os, re; "
+         "thp = re.search(r'THP_enabled:\\s*(\\d)', open('/proc/self/status').read()); "
+         "print(ok, os.environ['MIMALLOC_PURGE_DELAY'], thp.group(1) if thp else '-')")
 
 
 def _run(env: dict[str, str]) -> str:
@@ -24,8 +25,9 @@ def _run(env: dict[str, str]) -> str:
 
 def test_tune_sets_the_environment_and_glibc() -> None:
     env = {k: v for k, v in os.environ.items() if k != "MIMALLOC_PURGE_DELAY"}
-    ok, delay = _run(env)
+    ok, delay, thp = _run(env)
     assert delay == cli.ALLOCATOR_ENV["MIMALLOC_PURGE_DELAY"]
+    assert thp in ("0", "-")  # huge pages off (where the kernel says)
     if os.path.exists("/lib/x86_64-linux-gnu/libc.so.6") or os.path.exists(
             "/lib/aarch64-linux-gnu/libc.so.6"):
         assert ok == "True"
