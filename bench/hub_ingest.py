@@ -77,7 +77,8 @@ async def drive(hub: BenchHub, bodies: list[tuple[bytes, int]], headers: dict[st
         per5[int((t - t0) // 5)] = per5.get(int((t - t0) // 5), 0) + n
     full = [v / 5 for k, v in per5.items() if (k + 1) * 5 <= elapsed]
     return {"acked": acked, "elapsed_s": elapsed, "rate": acked / elapsed,
-            "rate_median_5s": statistics.median(full) if full else acked / elapsed}
+            "rate_median_5s": statistics.median(full) if full else acked / elapsed,
+            "rates_5s": [round(v) for v in full]}
 
 
 def searchable_after(hub: BenchHub, expect: int, timeout: float = 120) -> float:
