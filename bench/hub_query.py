@@ -112,7 +112,8 @@ def main() -> None:
     try:
         for name, (method, params) in hub_queries(table, word).items():
             lat = time_hub(hub, method, params, args.runs)
-            res["hub"][name] = {"p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "n": len(lat)}
+            res["hub"][name] = {"p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "n": len(lat),
+                                "ms": [round(x, 1) for x in lat]}
     finally:
         hub.stop()
     if not args.skip_chdb:
@@ -136,7 +137,8 @@ def run_chdb(table: pa.Table, word: str, runs: int) -> dict:
             t0 = time.perf_counter()
             s.query(sql, "Arrow")
             lat.append((time.perf_counter() - t0) * 1000)
-        out[name] = {"p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "n": len(lat)}
+        out[name] = {"p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "n": len(lat),
+                     "ms": [round(x, 1) for x in lat]}
     return out
 
 

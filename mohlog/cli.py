@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"mohlog: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    if name in SERVER_COMMANDS:
+    if name in SERVER_COMMANDS and os.environ.get("MOHLOG_ALLOCATOR_TUNING", "1") != "0":
         tune_allocators()
     module = importlib.import_module(COMMANDS[name][0])
     if module.__name__ == "server.client_cli":

@@ -35,11 +35,16 @@ def test_tune_sets_the_environment_and_glibc() -> None:
     assert _run({**env, "MIMALLOC_PURGE_DELAY": "5"})[1] == "5"
 
 
-@pytest.mark.parametrize("command,tuned", [("hub", True), ("run", True), ("search", False)])
-def test_server_commands_tune_before_importing(monkeypatch: pytest.MonkeyPatch,
-                                               command: str, tuned: bool) -> None:
+@pytest.mark.parametrize("command,switch,tuned", [
+    ("hub", None, True), ("run", None, True), ("search", None, False), ("hub", "0", False)])
+def test_server_commands_tune_before_importing(monkeypatch: pytest.MonkeyPatch, command: str,
+                                               switch: str | None, tuned: bool) -> None:
     seen: list[bool] = []
     monkeypatch.delenv("MIMALLOC_PURGE_DELAY", raising=False)
+    if switch is None:
+        monkeypatch.delenv("MOHLOG_ALLOCATOR_TUNING", raising=False)
+    else:
+        monkeypatch.setenv("MOHLOG_ALLOCATOR_TUNING", switch)
     monkeypatch.setattr(cli, "tune_allocators",
                         lambda: os.environ.__setitem__("MIMALLOC_PURGE_DELAY", "1") or True)
 
