@@ -826,9 +826,17 @@ def _slot_needs(pieces: list[str], needle: str, most: int = 48
     further left is never looked for again here. None: more than ``most`` such strings
     (anything may)."""
     n, k = len(needle), len(pieces) - 1
+    heads, tails = set(needle[:-1]), set(needle[1:])
     out: list[tuple[tuple[str, bytes], ...] | None] = []
     for i in range(k):
         left, right, after = pieces[i], pieces[i + 1], i + 1 < k
+        if (not left or left[-1] not in heads) and (right[:1] or " ") not in tails and (
+                right or not after):
+            # the text before ends with no start of the needle (no "start"/"eq"), the
+            # text after begins with none of its later characters (no "end"): the usual
+            # case, decided without the loops below
+            out.append(())
+            continue
 
         def fits_right(t: str, right: str = right, after: bool = after) -> bool:
             return right.startswith(t) if len(t) <= len(right) else \
