@@ -534,6 +534,45 @@ def test_stats_count_the_tail_and_segments_alike(tmp_path: Path) -> None:
         loop.close()
 
 
+def test_footers_cached_when_written_and_warmed_at_open(tmp_path: Path) -> None:
+    """A segment's footer is cached when it is written; at open, a background warm-up
+    reads the newest segments' footers and imports the aggregation engine."""
+    import sys
+    import time
+
+    from server.store import engine
+    recs = entries(900)
+    cfg = StoreConfig(data_dir=tmp_path, row_group_rows=200, flush_interval_s=3600)
+    loop = asyncio.new_event_loop()
+    st = Store(cfg)
+    loop.run_until_complete(st.open())
+    try:
+        for a in (0, 300, 600):
+            body = b"\n".join(orjson.dumps(r) for r in recs[a:a + 300])
+            loop.run_until_complete(st.append(st.parse(body), f"k{a}"))
+            st.flush()
+        paths = {s.path for s in st._segments}
+        assert len(paths) == 3 and set(st.reader._meta) == paths
+    finally:
+        loop.run_until_complete(st.close())
+    sys.modules.pop("server.store.aggregate", None)
+    st = Store(cfg)
+    real = engine.WARM_SEGMENTS
+    engine.WARM_SEGMENTS = 2
+    try:
+        loop.run_until_complete(st.open())
+        deadline = time.monotonic() + 10
+        while len(st.reader._meta) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        newest = sorted(st._segments, key=lambda s: s.max_ts)[1:]
+        assert set(st.reader._meta) == {s.path for s in newest}
+        assert "server.store.aggregate" in sys.modules
+    finally:
+        engine.WARM_SEGMENTS = real
+        loop.run_until_complete(st.close())
+        loop.close()
+
+
 def test_a_failed_segment_write_keeps_its_records_and_is_retried(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A segment write that fails (here: disk full) leaves its records in the memory tail
