@@ -310,8 +310,9 @@ class TemplateMiner:
         """Vectorised mining: Python runs once per distinct masked shape only."""
         chunks = _chunks(arr)
         group = self._ungrouped < 0 or self._ungrouped % GROUP_PROBE == GROUP_PROBE - 1
-        if group and self._known.native is not None:
-            classes = [_classify_known(arr, self._known)]
+        known = _classify_known(arr, self._known) if group else None
+        if known is not None:
+            classes = [known]
         elif len(chunks) > 1:
             classes = list(_pool().map(lambda c: _classify(c, group, self._known), chunks))
         else:
@@ -561,6 +562,9 @@ GROUP_MAX_CLASSES = 0.5
 # Keys of line classes remembered across batches (see _ClassCache).
 CLASS_CACHE_MAX = 200_000
 GROUP_PROBE = 8
+# Batches whose lines are at least this much of known keys find them in the C tables
+# (_classify_known); the others (learning) are classified whole, in chunks.
+KNOWN_MIN = 0.5
 # Batches up to this many lines are mined line by line with Python's re (compiling the
 # RE2 pattern costs about a millisecond per pyarrow call).
 SMALL_BATCH = 32
@@ -930,19 +934,23 @@ def _from_entries(entries: list[tuple[str, bytes]], codes: np.ndarray, starts: n
     return _Classes(codes, sp, starts, data)
 
 
-def _classify_known(arr: pa.Array, cache: _ClassCache) -> _Classes:
+def _classify_known(arr: pa.Array, cache: _ClassCache) -> _Classes | None:
     """``_classify`` for a batch, the known keys looked up in C: the lines find their class
     in the C tables in one pass. Of the others, those whose first-level key is the only
     one of its kind in the batch (mostly lines with a hex id: never remembered) are masked
     each on its own, and the rest go through ``_classify`` (in chunks on the worker threads
-    when many), which remembers their keys."""
-    assert cache.native is not None
+    when many), which remembers their keys. None (for ``_classify`` on the whole batch)
+    without the C helper or when fewer than KNOWN_MIN of the lines are known (learning)."""
+    if cache.native is None:
+        return None
     cache.room()
     known = cache.classes  # the entries of the ids the lookup gives (the list grows
     n_known = len(known)   # while the other lines are classified)
     found, key_hash = cache.native.lookup(arr)
     cls = found.astype(np.int64)
     miss = np.flatnonzero(found < 0)
+    if len(miss) > (1 - KNOWN_MIN) * len(arr):
+        return None
     more: list[tuple[str, bytes]] = []
     if len(miss):
         _, inv, counts = np.unique(key_hash[miss], return_inverse=True, return_counts=True)

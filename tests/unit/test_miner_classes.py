@@ -43,6 +43,8 @@ def _mine(
     # grouping on every batch, or never (every line masked on its own); known keys looked
     # up in the C tables, or (native=False) by the numpy path
     monkeypatch.setattr(miner_mod, "GROUP_MAX_CLASSES", 2.0 if group else -1.0)
+    # the C tables on every batch, however few of its lines they know
+    monkeypatch.setattr(miner_mod, "KNOWN_MIN", 0.0)
     miner = TemplateMiner(None)
     if not native:
         miner._known.native = None
@@ -128,16 +130,28 @@ def test_lines_alone_of_their_key_are_not_remembered() -> None:
     if miner._known.native is None:
         pytest.skip("no C compiler")
     rnd = random.Random(5)
-    hexes = {"".join(rnd.choice("abcdef") for _ in range(12)) for _ in range(200)}
-    lines = [f"session 0x{h} closed" for h in sorted(hexes)]  # each its own key
-    lines += [f"job {i % 10} done" for i in range(200)]  # one key
-    mined = miner.mine_arrow(pa.array(lines))
-    assert miner.render_many(mined.template_ids, mined.params).to_pylist() == lines
-    assert list(miner._known.digits) == ["job 1 done"]
-    assert [k for k, _ in miner._known.splits.items()] == ["job 1 done"]
-    again = miner.mine_arrow(pa.array(lines))
-    assert np.array_equal(again.template_ids, mined.template_ids)
-    assert again.params.equals(mined.params)
+
+    def sessions(n: int) -> list[str]:  # each line its own key
+        hexes = {"".join(rnd.choice("abcdef") for _ in range(12)) for _ in range(n)}
+        return [f"session 0x{h} closed" for h in sorted(hexes)]
+
+    jobs = [f"job {i % 10} done" for i in range(600)]  # one key
+    first = sessions(200) + jobs
+    mined = miner.mine_arrow(pa.array(first))  # nothing known yet: classified whole
+    assert miner.render_many(mined.template_ids, mined.params).to_pylist() == first
+    assert list(miner._known.digits) == ["job 1 done"] == list(miner._known.splits)
+    # known keys now: looked up in C; the new lone lines are masked alone, not remembered
+    calls: list[int] = []
+    real = miner_mod._classify_known
+    miner_mod._classify_known = lambda arr, cache: calls.append(1) or real(arr, cache)
+    try:
+        second = jobs + sessions(200)
+        again = miner.mine_arrow(pa.array(second))
+    finally:
+        miner_mod._classify_known = real
+    assert calls == [1]
+    assert miner.render_many(again.template_ids, again.params).to_pylist() == second
+    assert list(miner._known.digits) == ["job 1 done"] == list(miner._known.splits)
 
 
 def test_first_order_c_and_numpy_agree(monkeypatch: pytest.MonkeyPatch) -> None:
