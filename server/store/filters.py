@@ -812,7 +812,7 @@ def _slot_joinable(pieces: list[str]) -> list[tuple[bool, bool]]:
              (bool(pieces[i + 1]) and is_word_char(pieces[i + 1][0]))) for i in range(k)]
 
 
-def _slot_needs(pieces: list[str], needle: str, most: int = 48
+def _slot_needs(pieces: list[str], needle: str, most: int = 48, shortcut: bool = True
                 ) -> list[tuple[tuple[str, bytes], ...] | None]:
     """Per slot of a template (its fixed ``pieces``, case folded like ``needle``): what a
     parameter there must be for a match of the needle to cross its edge without lying
@@ -824,14 +824,15 @@ def _slot_needs(pieces: list[str], needle: str, most: int = 48
     (the text after the slot decides), one beginning in fixed text in the parameter that
     follows it (that text holds the needle's start); so a match coming from a parameter
     further left is never looked for again here. None: more than ``most`` such strings
-    (anything may)."""
+    (anything may). ``shortcut``: decide the usual slots without the loops (False for
+    the tests comparing both)."""
     n, k = len(needle), len(pieces) - 1
     heads, tails = set(needle[:-1]), set(needle[1:])
     out: list[tuple[tuple[str, bytes], ...] | None] = []
     for i in range(k):
         left, right, after = pieces[i], pieces[i + 1], i + 1 < k
-        if (not left or left[-1] not in heads) and (right[:1] or " ") not in tails and (
-                right or not after):
+        if shortcut and (not left or left[-1] not in heads) and (
+                right[:1] or " ") not in tails and (right or not after):
             # the text before ends with no start of the needle (no "start"/"eq"), the
             # text after begins with none of its later characters (no "end"): the usual
             # case, decided without the loops below
