@@ -43,13 +43,23 @@ def tune_allocators() -> bool:
     the settings."""
     for key, value in ALLOCATOR_ENV.items():
         os.environ.setdefault(key, value)
+    huge_pages(False)
     try:
         libc = ctypes.CDLL("libc.so.6")
-        libc.prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0)   # Linux >= 3.15; harmless elsewhere
         m_trim_threshold, m_mmap_threshold = -1, -3
         return bool(libc.mallopt(m_mmap_threshold, 32 << 20)
                     and libc.mallopt(m_trim_threshold, 256 << 20))
     except (OSError, AttributeError):   # not glibc
+        return False
+
+
+def huge_pages(on: bool) -> bool:
+    """Transparent huge pages on or off for this process and the children it starts
+    from now (Linux >= 3.15). The hub's child that runs the embedding model turns them
+    back on: its memory is the model's, allocated once. False where unsupported."""
+    try:
+        return ctypes.CDLL("libc.so.6").prctl(PR_SET_THP_DISABLE, int(not on), 0, 0, 0) == 0
+    except (OSError, AttributeError):
         return False
 
 

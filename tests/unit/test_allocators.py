@@ -17,10 +17,12 @@ CHECK = ("from mohlog import cli; ok = cli.tune_allocators(); import os, re; "
          "print(ok, os.environ['MIMALLOC_PURGE_DELAY'], thp.group(1) if thp else '-')")
 
 
-def _run(env: dict[str, str]) -> str:
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _run(env: dict[str, str]) -> list[str]:
     return subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True,
-                          text=True, check=True, cwd=os.path.dirname(os.path.dirname(
-                              os.path.dirname(os.path.abspath(__file__))))).stdout.split()
+                          text=True, check=True, cwd=ROOT).stdout.split()
 
 
 def test_tune_sets_the_environment_and_glibc() -> None:
@@ -33,6 +35,18 @@ def test_tune_sets_the_environment_and_glibc() -> None:
         assert ok == "True"
     # a value given by the user wins
     assert _run({**env, "MIMALLOC_PURGE_DELAY": "5"})[1] == "5"
+
+
+def test_huge_pages_back_on_for_a_child() -> None:
+    """The embedding child turns huge pages back on (the hub's setting is inherited)."""
+    code = ("from mohlog import cli; import re; cli.huge_pages(False); a = cli.huge_pages(True); "
+            "print(a, re.search(r'THP_enabled:\\s*(\\d)', open('/proc/self/status').read())"
+            ".group(1))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT).stdout.split()
+    if out[0] == "False":
+        pytest.skip("no PR_SET_THP_DISABLE here")
+    assert out == ["True", "1"]
 
 
 @pytest.mark.parametrize("command,switch,tuned", [
