@@ -537,9 +537,11 @@ class Store:
 
         side = self._index_pool.submit(sidecars)
         try:
+            footer: list[pq.FileMetaData] = []
             path, size, digest = write_segment(sub, directory, name, self.cfg.row_group_rows,
                                                self.cfg.zstd_level, presorted=True,
-                                               params_level=self.cfg.params_zstd_level)
+                                               params_level=self.cfg.params_zstd_level,
+                                               footer=footer)
             agg, index, rollup_digest, words_digest = side.result()
         except BaseException:
             futures_wait([side])
@@ -552,10 +554,8 @@ class Store:
                            pc.max(ts).as_py(), size, raw, digest, rollup_digest, words_digest)
         self._rollups.put(info.path, agg)
         self._words.put(info.path, index)
-        try:               # its footer, read now rather than by the first query
-            self.reader.metadata(info)
-        except (OSError, pa.ArrowInvalid) as err:
-            log.store.warning("segment %s: footer not cached: %s", info.path, err)
+        if footer:          # its footer, cached for the first query
+            self.reader.remember(info, footer[0])
         return info
 
     def _persist_keys(self, chunks: list[Chunk]) -> None:

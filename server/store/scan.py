@@ -65,6 +65,11 @@ class SegmentReader:
             self._meta.pop(path, None)
             self._groups.pop(path, None)
 
+    def remember(self, s: SegmentInfo, meta: pq.FileMetaData) -> None:
+        """Cache the footer of a segment just written (as its writer made it)."""
+        with self._lock:
+            self._meta[s.path] = meta
+
     def metadata(self, s: SegmentInfo) -> pq.FileMetaData:
         with self._lock:
             meta = self._meta.get(s.path)

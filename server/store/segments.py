@@ -85,10 +85,11 @@ def sort_order(table: pa.Table) -> np.ndarray | None:
 
 
 def write_segment(table: pa.Table, directory: Path, name: str, row_group: int,
-                  level: int, presorted: bool = False, params_level: int | None = None
-                  ) -> tuple[Path, int, str]:
+                  level: int, presorted: bool = False, params_level: int | None = None,
+                  footer: list[pq.FileMetaData] | None = None) -> tuple[Path, int, str]:
     """Write ``table`` sorted by time to ``directory/name`` atomically; (path, bytes, xxh64).
-    The parameters are packed and compressed at ``params_level`` (default: ``level``)."""
+    The parameters are packed and compressed at ``params_level`` (default: ``level``). The
+    file's footer is appended to ``footer`` when given (no need to read it back)."""
     directory.mkdir(parents=True, exist_ok=True)
     table = table.select(list(SEG_COLUMNS))
     if not presorted:
@@ -115,7 +116,7 @@ def write_segment(table: pa.Table, directory: Path, name: str, row_group: int,
         pq.write_table(table, tmp, compression="zstd", compression_level=levels,
                        row_group_size=row_group, use_dictionary=list(_DICT_COLUMNS),
                        write_statistics=list(_STATS_COLUMNS), use_byte_stream_split=False,
-                       column_encoding=encoding)
+                       column_encoding=encoding, metadata_collector=footer)
         digest, size = _digest(Path(tmp))
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
