@@ -46,7 +46,7 @@ def _worker_init(threads: int, nice: int) -> None:
     once) under SCHED_IDLE, on CPU time nothing else wants, then embeds at its nice level
     (stays SCHED_IDLE where the system refuses to switch back: slower under load)."""
     global _WORKER
-    from mohlog.cli import huge_pages
+    from mohlog.memory import huge_pages
     huge_pages(True)   # the hub turned them off for itself (and so for its children)
     os.nice(nice)
     idle = _set_policy("SCHED_IDLE")

@@ -10,9 +10,9 @@ import types
 
 import pytest
 
-from mohlog import cli
+from mohlog import cli, memory
 
-CHECK = ("from mohlog import cli; ok = cli.tune_allocators(); import os, re; "
+CHECK = ("from mohlog import memory; ok = memory.tune_allocators(); import os, re; "
          "thp = re.search(r'THP_enabled:\\s*(\\d)', open('/proc/self/status').read()); "
          "print(ok, os.environ['MIMALLOC_PURGE_DELAY'], thp.group(1) if thp else '-')")
 
@@ -28,7 +28,7 @@ def _run(env: dict[str, str]) -> list[str]:
 def test_tune_sets_the_environment_and_glibc() -> None:
     env = {k: v for k, v in os.environ.items() if k != "MIMALLOC_PURGE_DELAY"}
     ok, delay, thp = _run(env)
-    assert delay == cli.ALLOCATOR_ENV["MIMALLOC_PURGE_DELAY"]
+    assert delay == memory.ALLOCATOR_ENV["MIMALLOC_PURGE_DELAY"]
     assert thp in ("0", "-")  # huge pages off (where the kernel says)
     if os.path.exists("/lib/x86_64-linux-gnu/libc.so.6") or os.path.exists(
             "/lib/aarch64-linux-gnu/libc.so.6"):
@@ -39,7 +39,8 @@ def test_tune_sets_the_environment_and_glibc() -> None:
 
 def test_huge_pages_back_on_for_a_child() -> None:
     """The embedding child turns huge pages back on (the hub's setting is inherited)."""
-    code = ("from mohlog import cli; import re; cli.huge_pages(False); a = cli.huge_pages(True); "
+    code = ("from mohlog import memory as m; import re; m.huge_pages(False); "
+            "a = m.huge_pages(True); "
             "print(a, re.search(r'THP_enabled:\\s*(\\d)', open('/proc/self/status').read())"
             ".group(1))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -59,7 +60,7 @@ def test_server_commands_tune_before_importing(monkeypatch: pytest.MonkeyPatch, 
         monkeypatch.delenv("MOHLOG_ALLOCATOR_TUNING", raising=False)
     else:
         monkeypatch.setenv("MOHLOG_ALLOCATOR_TUNING", switch)
-    monkeypatch.setattr(cli, "tune_allocators",
+    monkeypatch.setattr(memory, "tune_allocators",
                         lambda: os.environ.__setitem__("MIMALLOC_PURGE_DELAY", "1") or True)
 
     def fake_import(name: str) -> types.ModuleType:
