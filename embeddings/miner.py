@@ -663,10 +663,16 @@ def _firsts(codes: np.ndarray, n: int) -> np.ndarray:
     return first
 
 
+def _lines(arr: pa.Array) -> tuple[np.ndarray, pa.Buffer | None]:
+    """(the n + 1 byte offsets of a string array's lines in its data buffer, that
+    buffer): the raw buffers, the array's slice taken into account."""
+    _, obuf, dbuf = arr.buffers()
+    return np.frombuffer(obuf, dtype=np.int32)[arr.offset : arr.offset + len(arr) + 1], dbuf
+
+
 def _string_parts(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(offsets relative to the first line, data bytes) of a string array."""
-    _, obuf, dbuf = arr.buffers()
-    offs = np.frombuffer(obuf, dtype=np.int32)[arr.offset : arr.offset + len(arr) + 1]
+    offs, dbuf = _lines(arr)
     lo, hi = int(offs[0]), int(offs[-1])
     if dbuf is None or hi == lo:
         return offs - np.int32(lo), np.zeros(0, dtype=np.uint8)
@@ -728,10 +734,14 @@ class _Keys:
         self.dictionary = enc.dictionary
         self.codes = enc.indices.to_numpy(zero_copy_only=False)
 
+    def firsts(self, which: list[int] | None = None) -> np.ndarray:
+        """The first line of each group (or of the groups ``which``), in order."""
+        first = _firsts(self.codes, len(self.dictionary))
+        return first if which is None else first[which]
+
     def reps(self, which: list[int] | None = None) -> pa.Array:
         """One line (the first) of each group (or of the groups ``which``), in order."""
-        first = _firsts(self.codes, len(self.dictionary))
-        return self.arr.take(pa.array(first if which is None else first[which]))
+        return self.arr.take(pa.array(self.firsts(which)))
 
     def restore(self, pos: np.ndarray, count: np.ndarray) -> bool:
         """Put the original bytes back at ``pos`` (per group: ``count`` positions each, in
@@ -847,8 +857,7 @@ class _KnownKeys:
     def lookup(self, arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         """Class id of each line (int32), -1 for the lines whose keys are not known; and
         for those lines, the hash of their first-level key (uint64; 0 for the others)."""
-        _, obuf, dbuf = arr.buffers()
-        starts = np.frombuffer(obuf, dtype=np.int32)[arr.offset : arr.offset + len(arr) + 1]
+        starts, dbuf = _lines(arr)
         starts = np.ascontiguousarray(starts)
         out = np.empty(len(arr), dtype=np.int32)
         key_hash = np.empty(len(arr), dtype=np.uint64)
@@ -864,8 +873,7 @@ _ONE_BYTE = ctypes.c_char()
 
 
 def _classify(arr: pa.Array, group: bool = True, cache: _ClassCache | None = None) -> _Classes:
-    _, obuf, dbuf = arr.buffers()
-    starts = np.frombuffer(obuf, dtype=np.int32)[arr.offset : arr.offset + len(arr) + 1]
+    starts, dbuf = _lines(arr)
     keys = _Keys(arr) if group else None
     if keys is None or len(keys.dictionary) > GROUP_MAX_CLASSES * len(arr):
         # lines mostly distinct: grouping them would not pay
@@ -885,7 +893,7 @@ def _classify(arr: pa.Array, group: bool = True, cache: _ClassCache | None = Non
         # keys of one line in the batch are not remembered (often a line with a hex id:
         # seldom seen again)
         again = (np.bincount(keys.codes, minlength=len(names)) > 1)[miss]
-        rep_lines = _firsts(keys.codes, len(names))[miss]
+        rep_lines = keys.firsts(miss)
         reps = arr.take(pa.array(rep_lines))
         sp = _split(reps)
         shape_digits = pc.match_substring_regex(sp.shapes.dictionary, "[0-9]")
@@ -970,9 +978,7 @@ def _classify_known(arr: pa.Array, cache: _ClassCache) -> _Classes | None:
     codes, first = _first_order(cls, n_known + len(more))
     entries = [known[c] if c < n_known else more[c - n_known]
                for c in cls[first].tolist()]
-    _, obuf, dbuf = arr.buffers()
-    starts = np.frombuffer(obuf, dtype=np.int32)[arr.offset : arr.offset + len(arr) + 1]
-    out = _from_entries(entries, codes, starts, dbuf)
+    out = _from_entries(entries, codes, *_lines(arr))
     out.grouped = len(entries) <= GROUP_MAX_CLASSES * len(arr)
     return out
 
