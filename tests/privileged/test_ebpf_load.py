@@ -108,21 +108,36 @@ def test_dump_bpf_shows_source_and_flags() -> None:
 
 
 def test_records_wrapping_the_ring_decode() -> None:
-    """A 1 MiB ring written 3 times over while read: the records that straddle its end
-    (joined from two parts, the data area is mapped once) decode like the others."""
+    """A ring of 1 MiB per CPU written over more than once while read: the records that
+    straddle its end (joined from two parts, the data area is mapped once) decode like the
+    others. The writer goes in steps of 500 records (~160 kB) and waits for the reader to
+    have them all, so a starved reader on a loaded machine cannot make the ring drop."""
     name = f"mhw{uuid.uuid4().hex[:8]}"
-    n = 10_000
-    code = (f"import os, time\nopen('/proc/self/comm', 'w').write('{name}')\n"
+    n, step = 10_000, 500
+    code = (f"import os, sys\nopen('/proc/self/comm', 'w').write('{name}')\n"
             "os.sched_setaffinity(0, {0})  # one CPU: all records in one ring\n"
             f"for i in range({n}):\n"
+            f"    if i % {step} == 0 and not sys.stdin.readline():\n        break\n"
             "    try:\n        os.open(f'/nonexistent-mhw/{i:05d}', os.O_RDONLY)\n"
-            "    except OSError:\n        pass\n"
-            "    if i % 500 == 499:\n        time.sleep(0.01)\n")
+            "    except OSError:\n        pass\n")
     mb = possible_cpus()  # 1 MiB per CPU
     cfg = EbpfConfig(probes=["open_fail"], ringbuf_mb={"open_fail": 1 << (mb - 1).bit_length()})
+    mine = lambda e: e["metadata"]["comm"] == name  # noqa: E731
     with running(cfg) as (src, sink):
-        subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
-        ours = sink.wait(lambda e: e["metadata"]["comm"] == name, count=n, timeout=20)
+        writer = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, text=True)
+        try:
+            assert writer.stdin is not None
+            for done in range(step, n + step, step):
+                writer.stdin.write("go\n")
+                writer.stdin.flush()
+                got = len(sink.wait(mine, count=done, timeout=20))
+                assert got == done, (got, done, src.stats())
+            writer.stdin.close()
+            assert writer.wait(30) == 0
+        finally:
+            writer.kill()
+            writer.wait()
+        ours = sink.find(mine)
         stats = src.stats()
     assert stats["decode_errors"] == 0 and stats["probes"]["open_fail"]["kernel_drops"] == 0, stats
     assert len(ours) == n, stats
