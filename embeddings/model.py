@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,19 +45,44 @@ def prepare(text: str) -> str:
 _WORKER: Embedder | None = None
 
 
-def _worker_init(threads: int, nice: int) -> None:
+def _worker_init(threads: int, nice: int, hurry: Any = None, idle_load_s: float = 60.0
+                 ) -> None:
     """The embedding child: niced; it imports torch and loads the model (seconds of CPU,
     once) under SCHED_IDLE, on CPU time nothing else wants, then embeds at its nice level
-    (stays SCHED_IDLE where the system refuses to switch back: slower under load)."""
+    (stays SCHED_IDLE where the system refuses to switch back: slower under load). On a
+    host whose cores are kept busy, SCHED_IDLE would wait for ever: the load goes on at the
+    nice level after ``idle_load_s`` seconds, or at once when ``hurry`` (an Event) is set
+    because a semantic query is waiting."""
     global _WORKER
     from mohlog.memory import huge_pages
     huge_pages(True)   # the hub turned them off for itself (and so for its children)
     os.nice(nice)
+    done = threading.Event()
+    # started before the switch to SCHED_IDLE, so it keeps the normal policy itself
+    threading.Thread(target=_unidle_when, args=(done, hurry, idle_load_s),
+                     name="unidle", daemon=True).start()
     idle = _set_policy("SCHED_IDLE")
-    _WORKER = Embedder(threads)
-    _WORKER.load()
+    try:
+        _WORKER = Embedder(threads)
+        _WORKER.load()
+    finally:
+        done.set()
     if idle:
-        _set_policy("SCHED_OTHER")
+        _set_policy_all("SCHED_OTHER")  # threads made during the load inherited SCHED_IDLE
+
+
+def _unidle_when(done: threading.Event, hurry: Any, seconds: float) -> None:
+    """Until ``done``: after ``seconds``, or once ``hurry`` is set, every thread of this
+    process back to SCHED_OTHER (the child's nice level still applies)."""
+    deadline = time.monotonic() + seconds
+    while not done.wait(0.2):
+        why = "a semantic query is waiting" if hurry is not None and hurry.is_set() else \
+            f"it took more than {seconds:.0f} s of waiting for idle CPU" \
+            if time.monotonic() >= deadline else ""
+        if why:
+            if _set_policy_all("SCHED_OTHER"):
+                log.embeddings.info("model load goes on at the child's nice level: %s", why)
+            return
 
 
 def _set_policy(name: str) -> bool:
@@ -62,6 +91,22 @@ def _set_policy(name: str) -> bool:
     except (AttributeError, OSError):
         return False
     return True
+
+
+def _set_policy_all(name: str) -> bool:
+    """``name`` for every thread of this process; whether any took it."""
+    ok = False
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        return _set_policy(name)
+    for tid in tids:
+        try:
+            os.sched_setscheduler(tid, getattr(os, name), os.sched_param(0))
+            ok = True
+        except (AttributeError, OSError):
+            pass
+    return ok
 
 
 _POLICY = ["SCHED_OTHER"]
@@ -82,8 +127,9 @@ class ProcessEmbedder:
     """The same encoder in a child process at a lower CPU priority (``nice``): the model's
     Python work never holds the hub's GIL and the kernel favours ingest over embedding."""
 
-    def __init__(self, threads: int = 1, nice: int = 10) -> None:
-        self.threads, self.nice = threads, nice
+    def __init__(self, threads: int = 1, nice: int = 10, idle_load_s: float = 60.0) -> None:
+        self.threads, self.nice, self.idle_load_s = threads, nice, idle_load_s
+        self._hurry = get_context("spawn").Event()
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
         self._ready = False
@@ -99,13 +145,23 @@ class ProcessEmbedder:
                 return
             model_dir()  # clear error here when the extra is missing
             self._pool = ProcessPoolExecutor(1, get_context("spawn"), _worker_init,
-                                             (self.threads, self.nice))
+                                             (self.threads, self.nice, self._hurry,
+                                              self.idle_load_s))
             try:
                 self._pool.submit(_worker_embed, ["warm up"], 1).result()
             except Exception as err:
                 self.error = f"embedding worker failed: {err}"
                 raise ModelUnavailable(self.error) from err
             self._ready = True
+
+    def hurry(self) -> None:
+        """A query waits for the model: a load under SCHED_IDLE goes on at the nice level."""
+        self._hurry.set()
+
+    def child_pids(self) -> list[int]:
+        """The pid of the child process (none before the first load)."""
+        procs = getattr(self._pool, "_processes", None) or {}
+        return list(procs)
 
     def embed(self, texts: list[str], batch_size: int = 64, background: bool = False
               ) -> np.ndarray:
@@ -118,8 +174,18 @@ class ProcessEmbedder:
         return self._pool.submit(_worker_embed, texts, batch_size, background).result()
 
     def close(self) -> None:
-        if self._pool is not None:
+        """Stop the child; one still loading the model is killed (a hub stopping then
+        does not wait for the load)."""
+        if self._pool is None:
+            return
+        if self._ready:
             self._pool.shutdown(cancel_futures=True)
+            return
+        pids = self.child_pids()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
 
 
 class Embedder:
@@ -137,6 +203,9 @@ class Embedder:
 
     def close(self) -> None:
         """Nothing to release in-process (ProcessEmbedder stops its worker)."""
+
+    def hurry(self) -> None:
+        """In-process the load runs at the caller's priority: nothing to hurry."""
 
     def load(self) -> None:
         with self._lock:

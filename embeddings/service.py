@@ -47,7 +47,8 @@ class EmbeddingService:
                  batch: int = 256, poll_s: float = 2.0, threads: int = 1,
                  in_process: bool = True, duty: float = 1.0,
                  busy: Callable[[], bool] | None = None,
-                 heavy: Callable[[], bool] | None = None, defer_max_s: float = 600.0) -> None:
+                 heavy: Callable[[], bool] | None = None, defer_max_s: float = 600.0,
+                 idle_load_s: float = 60.0) -> None:
         self.dir = directory
         self.templates = templates          # live template id -> text
         self.batch, self.poll_s = batch, poll_s
@@ -64,7 +65,8 @@ class EmbeddingService:
         self.deferred = False
         # in_process=False: the model runs in a niced child process (the hub's choice).
         self.embedder: Embedder | ProcessEmbedder = (
-            Embedder(threads) if in_process else ProcessEmbedder(threads))
+            Embedder(threads) if in_process else ProcessEmbedder(threads,
+                                                                 idle_load_s=idle_load_s))
         self.index = TemplateIndex()
         self.index.load(directory)
         self._clusters: list[Cluster] = []
@@ -85,6 +87,8 @@ class EmbeddingService:
 
     def stop(self) -> None:
         self._stop.set()
+        if not self.embedder.ready:
+            self.embedder.close()       # a load under way is abandoned, not waited for
         if self._thread:
             self._thread.join(30)
         self.embedder.close()
@@ -114,7 +118,8 @@ class EmbeddingService:
         try:
             self.embedder.load()
         except ModelUnavailable as err:
-            log.embeddings.error("semantic search off: %s", err)
+            if not self._stop.is_set():
+                log.embeddings.error("semantic search off: %s", err)
             return
         while not self._stop.is_set():
             try:
@@ -157,6 +162,7 @@ class EmbeddingService:
     def search(self, query: str, k: int = 10) -> list[Hit]:
         if not self.embedder.ready:
             self._wanted.set()          # (a deferred load starts now)
+            self.embedder.hurry()       # (a load waiting for idle CPU goes on)
             raise ModelUnavailable("the embedding model is still loading; retry shortly",
                                    retry_after_s=5)
         qv = self.embedder.embed([query])

@@ -42,6 +42,10 @@ class HubConfig:
     # CPU, once) waits: at most embeddings_defer_max_s, or until a semantic query. 0: never.
     embeddings_defer_rate: int = 50_000
     embeddings_defer_max_s: float = 600.0
+    # The model loads on CPU time nothing else wants (SCHED_IDLE); on cores kept busy it
+    # goes on at the embedding child's nice level after this many seconds, or at once when
+    # a semantic query is waiting.
+    embeddings_idle_load_s: float = 60.0
 
     def host_port(self) -> tuple[str, int]:
         host, _, port = self.listen.rpartition(":")

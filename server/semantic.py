@@ -66,7 +66,8 @@ def setup(app: web.Application, cfg: HubConfig) -> None:
         svc = EmbeddingService(cfg.data / "embeddings", lambda: live_templates(store),
                                in_process=False, duty=0.25, busy=store.busy,
                                heavy=lambda: rate > 0 and store.rate(5.0) >= rate,
-                               defer_max_s=cfg.embeddings_defer_max_s)
+                               defer_max_s=cfg.embeddings_defer_max_s,
+                               idle_load_s=cfg.embeddings_idle_load_s)
         svc.start()
         app[SERVICE] = svc
         yield
