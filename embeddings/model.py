@@ -129,7 +129,8 @@ class ProcessEmbedder:
 
     def __init__(self, threads: int = 1, nice: int = 10, idle_load_s: float = 60.0) -> None:
         self.threads, self.nice, self.idle_load_s = threads, nice, idle_load_s
-        self._hurry = get_context("spawn").Event()
+        self._hurry: Any = None         # an Event shared with the child, made at load
+        self._hurried = False
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
         self._ready = False
@@ -144,10 +145,14 @@ class ProcessEmbedder:
             if self._ready:
                 return
             model_dir()  # clear error here when the extra is missing
-            self._pool = ProcessPoolExecutor(1, get_context("spawn"), _worker_init,
-                                             (self.threads, self.nice, self._hurry,
-                                              self.idle_load_s))
             try:
+                ctx = get_context("spawn")
+                self._hurry = ctx.Event()
+                if self._hurried:
+                    self._hurry.set()
+                self._pool = ProcessPoolExecutor(1, ctx, _worker_init,
+                                                 (self.threads, self.nice, self._hurry,
+                                                  self.idle_load_s))
                 self._pool.submit(_worker_embed, ["warm up"], 1).result()
             except Exception as err:
                 self.error = f"embedding worker failed: {err}"
@@ -155,8 +160,11 @@ class ProcessEmbedder:
             self._ready = True
 
     def hurry(self) -> None:
-        """A query waits for the model: a load under SCHED_IDLE goes on at the nice level."""
-        self._hurry.set()
+        """A query waits for the model: a load under SCHED_IDLE goes on at the nice level
+        (at once, or from its start when it has not begun)."""
+        self._hurried = True
+        if self._hurry is not None:
+            self._hurry.set()
 
     def child_pids(self) -> list[int]:
         """The pid of the child process (none before the first load)."""

@@ -87,7 +87,9 @@ def test_loaded_child_runs_every_thread_at_its_nice_level() -> None:
     from embeddings.model import DIM, ProcessEmbedder
     emb = ProcessEmbedder(threads=1, nice=10, idle_load_s=60.0)
     try:
+        emb.hurry()             # a query came before the load began: the load is hurried
         emb.load()
+        assert emb._hurry is not None and emb._hurry.is_set()
         assert emb.embed(["disk full on /var"]).shape == (1, DIM)
         [pid] = emb.child_pids()
         tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
