@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 from agent.config import DEFAULT_HUB, load
-from mohlog import log
+from mohlog import log, parent
 from mohlog.errors import MohlogError
 
 
@@ -77,6 +77,8 @@ def run(cfg) -> int:  # noqa: ANN001 - AgentConfig
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
+    if parent.watch_from_env(done.set):     # under `mohlog run`: stop when it is gone
+        log.agent.info("agent stops with its parent (pid %s)", os.environ[parent.PARENT_ENV])
     agent.start()
     print(json.dumps({"agent": "running", "hub": cfg.hub,
                       "metrics": cfg.metrics_listen or None}), file=sys.stderr, flush=True)

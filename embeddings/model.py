@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from mohlog import log
+from mohlog import log, parent
 from mohlog.errors import MohlogError
 
 DIM = 384
@@ -57,6 +57,7 @@ def _worker_init(threads: int, nice: int, hurry: Any = None, idle_load_s: float 
     from mohlog.memory import huge_pages
     huge_pages(True)   # the hub turned them off for itself (and so for its children)
     os.nice(nice)
+    parent.watch(os.getppid(), lambda: os._exit(0))   # the hub killed with -9: end too
     done = threading.Event()
     # started before the switch to SCHED_IDLE, so it keeps the normal policy itself
     threading.Thread(target=_unidle_when, args=(done, hurry, idle_load_s),

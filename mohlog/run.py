@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mohlog import log
+from mohlog import log, parent
 
 
 def default_data() -> Path:
@@ -84,7 +84,9 @@ async def run(args: argparse.Namespace) -> int:
     agent = None
     if not args.no_agent and importlib.util.find_spec("agent.main") is not None:
         assert token_file is not None
-        agent = subprocess.Popen(agent_command(url, data, token_file, args.agent_args))
+        # killed with -9, this process could not stop the agent: it stops when we are gone
+        agent = subprocess.Popen(agent_command(url, data, token_file, args.agent_args),
+                                 env={**os.environ, parent.PARENT_ENV: str(os.getpid())})
         print(f"mohlog run: local agent pid {agent.pid} (metrics http://127.0.0.1:7481/metrics)",
               file=sys.stderr, flush=True)
     elif not args.no_agent:

@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from tests.integration.conftest import ROOT, Hub, entry
+from tests.procs import ends, running
 
 pytestmark = pytest.mark.integration
 CLI = [sys.executable, "-m", "mohlog.cli"]
@@ -211,6 +212,41 @@ def test_mohlog_run_prints_url_and_token(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+
+
+def test_agent_of_mohlog_run_stops_when_run_is_killed(tmp_path: Path) -> None:
+    """kill -9 of `mohlog run` (the hub in it): its local agent does not outlive it (a
+    second `mohlog run` would otherwise capture beside a stray agent)."""
+    port, metrics = _free_port(), _free_port()
+    proc = subprocess.Popen(
+        [*CLI, "run", "--data", str(tmp_path / "d"), "--listen", f"127.0.0.1:{port}",
+         "--agent-args", f"--no-ebpf --metrics-listen 127.0.0.1:{metrics}"],
+        cwd=ROOT, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    agent = 0
+    try:
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 30
+        while not agent and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if "mohlog run: local agent pid" in line:
+                agent = int(line.split("pid")[1].split()[0])
+        assert agent and running(agent)
+        deadline = time.monotonic() + 30          # the agent is up: its metrics answer
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", metrics), timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.1)
+        assert running(agent)
+    finally:
+        proc.kill()
+        proc.wait()
+    try:
+        assert ends(agent, 30), f"agent {agent} outlived the killed `mohlog run`"
+    finally:
+        if agent and running(agent):          # (the failure above: leave no stray agent)
+            os.kill(agent, signal.SIGKILL)
 
 
 @pytest.mark.privileged

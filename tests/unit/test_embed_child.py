@@ -1,7 +1,9 @@
-"""The embedding child's CPU policy: the model loads under SCHED_IDLE, and goes on at the
-normal policy (the child's nice level) after ``idle_load_s`` or when a query hurries it, so
-a host whose cores are kept busy still gets its model. Real threads, real scheduler calls,
-in a separate interpreter (the test process keeps its own policy)."""
+"""The embedding child's life: the model loads under SCHED_IDLE and goes on at the normal
+policy (the child's nice level) after ``idle_load_s`` or when a query hurries it, so a host
+whose cores are kept busy still gets its model; a stop during the load does not wait for
+it; the child ends with its owner, even one killed with -9. Real threads, real scheduler
+calls, real processes (the policy tests in a separate interpreter: the test process keeps
+its own policy)."""
 
 from __future__ import annotations
 
@@ -10,9 +12,12 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
+
+from tests.procs import ends, running
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -104,8 +109,6 @@ def test_stopping_during_the_model_load_does_not_wait_for_it(tmp_path: Path) -> 
     """A hub stopped while its child is still importing torch and loading the model: the
     child is killed, the service stops, the index is saved; the load is not waited for."""
     pytest.importorskip("sentence_transformers")
-    import time
-
     from embeddings.service import EmbeddingService
     svc = EmbeddingService(tmp_path / "emb", lambda: {1: "disk <*> is full"},
                            in_process=False, poll_s=0.1)
@@ -117,11 +120,30 @@ def test_stopping_during_the_model_load_does_not_wait_for_it(tmp_path: Path) -> 
     svc.stop()
     assert not svc.ready                        # stopped before the model was loaded
     assert svc._thread is not None and not svc._thread.is_alive()
-    for _ in range(100):                        # the killed child is reaped by the pool
-        if not Path(f"/proc/{pid}").exists() or \
-                Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
-            break
-        time.sleep(0.05)
-    else:
-        raise AssertionError(f"embedding child {pid} still running")
+    assert ends(pid, 5), f"embedding child {pid} still running"
     assert (tmp_path / "emb").exists()
+
+
+@pytest.mark.embeddings
+def test_child_ends_when_its_hub_is_killed() -> None:
+    """kill -9 of the process that owns the embedding child: the child (the model's
+    memory) does not outlive it."""
+    pytest.importorskip("sentence_transformers")
+    code = ("import sys, time\nsys.path.insert(0, sys.argv[1])\n"
+            "from embeddings.model import ProcessEmbedder\n"
+            "e = ProcessEmbedder()\ne.load()\nprint(e.child_pids()[0], flush=True)\n"
+            "time.sleep(600)\n")
+    owner = subprocess.Popen([sys.executable, "-c", code, str(ROOT)], stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert owner.stdout is not None
+        child = int(owner.stdout.readline())
+        assert running(child)
+    finally:
+        owner.kill()
+        owner.wait()
+    try:
+        assert ends(child, 20), f"embedding child {child} outlived its owner"
+    finally:
+        if running(child):             # (the failure above: leave no orphan behind)
+            os.kill(child, 9)
