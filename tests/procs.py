@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -20,3 +25,26 @@ def ends(pid: int, within_s: float) -> bool:
     while running(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     return not running(pid)
+
+
+def ends_after_killing(owner: subprocess.Popen, pid: int, within_s: float) -> bool:
+    """Kill ``owner`` with -9; whether ``pid`` (its child) then ends within ``within_s``
+    seconds. A ``pid`` still running is killed here: a failing test leaves nothing behind."""
+    owner.kill()
+    owner.wait()
+    ok = ends(pid, within_s)
+    if not ok and running(pid):
+        os.kill(pid, signal.SIGKILL)
+    return ok
+
+
+@contextmanager
+def killed_on_error(owner: subprocess.Popen) -> Iterator[None]:
+    """``owner`` killed (and waited for) when the block raises: a failing set-up leaves
+    nothing running."""
+    try:
+        yield
+    except BaseException:
+        owner.kill()
+        owner.wait()
+        raise

@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from tests.integration.conftest import ROOT, Hub, entry
-from tests.procs import ends, running
+from tests.procs import ends_after_killing, killed_on_error, running
 
 pytestmark = pytest.mark.integration
 CLI = [sys.executable, "-m", "mohlog.cli"]
@@ -223,7 +223,7 @@ def test_agent_of_mohlog_run_stops_when_run_is_killed(tmp_path: Path) -> None:
          "--agent-args", f"--no-ebpf --metrics-listen 127.0.0.1:{metrics}"],
         cwd=ROOT, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     agent = 0
-    try:
+    with killed_on_error(proc):
         assert proc.stderr is not None
         deadline = time.monotonic() + 30
         while not agent and time.monotonic() < deadline:
@@ -239,14 +239,7 @@ def test_agent_of_mohlog_run_stops_when_run_is_killed(tmp_path: Path) -> None:
             except OSError:
                 time.sleep(0.1)
         assert running(agent)
-    finally:
-        proc.kill()
-        proc.wait()
-    try:
-        assert ends(agent, 30), f"agent {agent} outlived the killed `mohlog run`"
-    finally:
-        if agent and running(agent):          # (the failure above: leave no stray agent)
-            os.kill(agent, signal.SIGKILL)
+    assert ends_after_killing(proc, agent, 30), f"agent {agent} outlived `mohlog run`"
 
 
 @pytest.mark.privileged

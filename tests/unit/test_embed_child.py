@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import ends, running
+from tests.procs import ends, ends_after_killing, killed_on_error, running
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -135,15 +135,8 @@ def test_child_ends_when_its_hub_is_killed() -> None:
             "time.sleep(600)\n")
     owner = subprocess.Popen([sys.executable, "-c", code, str(ROOT)], stdout=subprocess.PIPE,
                              text=True)
-    try:
+    with killed_on_error(owner):
         assert owner.stdout is not None
         child = int(owner.stdout.readline())
         assert running(child)
-    finally:
-        owner.kill()
-        owner.wait()
-    try:
-        assert ends(child, 20), f"embedding child {child} outlived its owner"
-    finally:
-        if running(child):             # (the failure above: leave no orphan behind)
-            os.kill(child, 9)
+    assert ends_after_killing(owner, child, 20), f"embedding child {child} outlived its owner"
