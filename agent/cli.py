@@ -78,7 +78,8 @@ def run(cfg) -> int:  # noqa: ANN001 - AgentConfig
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
     if parent.watch_from_env(done.set):     # under `mohlog run`: stop when it is gone
-        log.agent.info("agent stops with its parent (pid %s)", os.environ[parent.PARENT_ENV])
+        log.agent.info("agent started by pid %s: it stops when that process is gone",
+                       os.environ[parent.PARENT_ENV])
     agent.start()
     print(json.dumps({"agent": "running", "hub": cfg.hub,
                       "metrics": cfg.metrics_listen or None}), file=sys.stderr, flush=True)
