@@ -64,6 +64,22 @@ def agent_command(url: str, data: Path, token_file: Path, extra: str) -> list[st
     return cmd + extra.split()
 
 
+def agent_metrics(extra: str, settings: Path) -> str:
+    """HOST:PORT of the local agent's /metrics: its --metrics-listen in ``extra``, else
+    ``metrics_listen`` in its settings file (DATA/agent.json), else its default."""
+    from agent.config import AgentConfig
+    words = extra.split()
+    for i, w in enumerate(words):
+        if w == "--metrics-listen" and i + 1 < len(words):
+            return words[i + 1]
+        if w.startswith("--metrics-listen="):
+            return w.split("=", 1)[1]
+    try:
+        return str(json.loads(settings.read_text())["metrics_listen"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return AgentConfig.metrics_listen
+
+
 async def run(args: argparse.Namespace) -> int:
     from server.cli import serve
     from server.config import load
@@ -87,7 +103,8 @@ async def run(args: argparse.Namespace) -> int:
         # killed with -9, this process could not stop the agent: it stops when we are gone
         agent = subprocess.Popen(agent_command(url, data, token_file, args.agent_args),
                                  env={**os.environ, parent.PARENT_ENV: str(os.getpid())})
-        print(f"mohlog run: local agent pid {agent.pid} (metrics http://127.0.0.1:7481/metrics)",
+        metrics = agent_metrics(args.agent_args, data / "agent.json")
+        print(f"mohlog run: local agent pid {agent.pid} (metrics http://{metrics}/metrics)",
               file=sys.stderr, flush=True)
     elif not args.no_agent:
         print("mohlog run: the agent is not installed; hub only", file=sys.stderr)

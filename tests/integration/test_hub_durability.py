@@ -230,6 +230,7 @@ def test_agent_of_mohlog_run_stops_when_run_is_killed(tmp_path: Path) -> None:
             line = proc.stderr.readline()
             if "mohlog run: local agent pid" in line:
                 agent = int(line.split("pid")[1].split()[0])
+                assert f"metrics http://127.0.0.1:{metrics}/metrics" in line
         assert agent and running(agent)
         deadline = time.monotonic() + 30          # the agent is up: its metrics answer
         while time.monotonic() < deadline:
