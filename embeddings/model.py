@@ -86,9 +86,10 @@ def _unidle_when(done: threading.Event, hurry: Any, seconds: float) -> None:
             return
 
 
-def _set_policy(name: str) -> bool:
+def _set_policy(name: str, tid: int = 0) -> bool:
+    """Scheduling policy ``name`` for thread ``tid`` (0: the calling one); whether it took."""
     try:
-        os.sched_setscheduler(0, getattr(os, name), os.sched_param(0))
+        os.sched_setscheduler(tid, getattr(os, name), os.sched_param(0))
     except (AttributeError, OSError):
         return False
     return True
@@ -96,18 +97,11 @@ def _set_policy(name: str) -> bool:
 
 def _set_policy_all(name: str) -> bool:
     """``name`` for every thread of this process; whether any took it."""
-    ok = False
     try:
         tids = [int(t) for t in os.listdir("/proc/self/task")]
     except OSError:
         return _set_policy(name)
-    for tid in tids:
-        try:
-            os.sched_setscheduler(tid, getattr(os, name), os.sched_param(0))
-            ok = True
-        except (AttributeError, OSError):
-            pass
-    return ok
+    return any([_set_policy(name, tid) for tid in tids])   # (a list: every thread is set)
 
 
 _POLICY = ["SCHED_OTHER"]
