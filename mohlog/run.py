@@ -65,18 +65,18 @@ def agent_command(url: str, data: Path, token_file: Path, extra: str) -> list[st
 
 
 def agent_metrics(extra: str, settings: Path) -> str:
-    """HOST:PORT of the local agent's /metrics: its --metrics-listen in ``extra``, else
-    ``metrics_listen`` in its settings file (DATA/agent.json), else its default."""
+    """HOST:PORT of the local agent's /metrics as the agent resolves it (its own flag
+    parser and settings loader): --metrics-listen in ``extra``, else the settings file
+    (--config in ``extra``, else DATA/agent.json), else the default."""
+    from agent.cli import parser
     from agent.config import AgentConfig
-    words = extra.split()
-    for i, w in enumerate(words):
-        if w == "--metrics-listen" and i + 1 < len(words):
-            return words[i + 1]
-        if w.startswith("--metrics-listen="):
-            return w.split("=", 1)[1]
+    from agent.config import load as load_agent
+    from mohlog.errors import MohlogError
     try:
-        return str(json.loads(settings.read_text())["metrics_listen"])
-    except (OSError, ValueError, KeyError, TypeError):
+        flags, _ = parser().parse_known_args(extra.split())
+        return load_agent(flags.config or settings,
+                          {"metrics_listen": flags.metrics_listen}).metrics_listen
+    except (MohlogError, SystemExit):   # the agent itself says what is wrong
         return AgentConfig.metrics_listen
 
 
