@@ -44,6 +44,10 @@ class AgentConfig:
     files: list[str] = field(default_factory=list)
     # Component of lines read from files.
     files_component: str = "APPLICATION"
+    # Take the time, level, host, process and pid of file lines from their headers
+    # (syslog, ISO-8601, Apache, nginx, logcat... see mohlog/lines.py); False keeps each
+    # line whole, stamped when read.
+    files_parse: bool = True
     # Syslog listen addresses over UDP ("HOST:PORT"), RFC 3164 and 5424.
     syslog_udp: list[str] = field(default_factory=list)
     # Syslog listen addresses over TCP (octet counting or newline framing).

@@ -51,7 +51,8 @@ class Agent:
             out.append(KmsgSource(KmsgConfig(state_file=str(self.state / "kmsg.json"))))
         if cfg.files:
             from agent.sources.files import FilesSource
-            out.append(FilesSource(cfg.files, self.state / "files.json", cfg.files_component))
+            out.append(FilesSource(cfg.files, self.state / "files.json", cfg.files_component,
+                                   parse=cfg.files_parse))
         if cfg.syslog_udp or cfg.syslog_tcp:
             from agent.sources.syslog import SyslogSource
             out.append(SyslogSource(cfg.syslog_udp, cfg.syslog_tcp))

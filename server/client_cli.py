@@ -16,6 +16,7 @@ import orjson
 import zstandard
 
 from mohlog.errors import MohlogError
+from mohlog.lines import LineParser
 from mohlog.model import new_id
 from server.client import DEFAULT_HUB, Client, HubError, find_token
 
@@ -66,7 +67,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def entries(path: Path, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+    """The entries of a file: NDJSON lines as they are; plain lines with the time,
+    level, host, process and pid their header gives (mohlog.lines), the flags' values
+    for what it does not, unless ``--raw``."""
     host = args.host or os.uname().nodename
+    lines = LineParser()
     with open(path, "rb") if str(path) != "-" else sys.stdin.buffer as f:
         for n, raw in enumerate(f, 1):
             line = raw.rstrip(b"\r\n")
@@ -79,9 +84,13 @@ def entries(path: Path, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
                     raise MohlogError(f"{path}:{n}: invalid JSON: {err}") from err
                 yield doc
             else:
-                yield {"level": args.level, "component": args.component, "source": "file",
-                       "host": host, "process": path.name, "message": line.decode(
-                           "utf-8", "replace"), "metadata": {"file": str(path), "line": n}}
+                text = line.decode("utf-8", "replace")
+                doc = {"level": args.level, "component": args.component, "source": "file",
+                       "host": host, "process": path.name, "message": text,
+                       "metadata": {"file": str(path), "line": n}}
+                if not args.raw:
+                    doc.update(lines.fields(text))
+                yield doc
 
 
 def ingest_file(c: Client, path: Path, args: argparse.Namespace) -> int:
@@ -224,9 +233,13 @@ def parser(cmd: str) -> argparse.ArgumentParser:
     common(p)
     if cmd == "ingest":
         p.add_argument("files", nargs="+", help="plain-text or NDJSON files ('-': stdin)")
-        p.add_argument("--level", default="INFO", help="level of plain lines")
+        p.add_argument("--level", default="INFO",
+                       help="level of plain lines that do not name one")
         p.add_argument("--component", default="APPLICATION", help="component of plain lines")
-        p.add_argument("--host", help="host of plain lines (default: this machine)")
+        p.add_argument("--host", help="host of plain lines that do not name one "
+                       "(default: this machine)")
+        p.add_argument("--raw", action="store_true",
+                       help="keep plain lines whole, stamped when received (no header parsing)")
         p.add_argument("--batch", type=int, default=5000, help="records per request")
     elif cmd in ("search", "tail", "export"):
         if cmd != "tail":

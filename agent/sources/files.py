@@ -1,6 +1,7 @@
 """Tail log files and globs: new lines become entries; rotation (rename + new file) and
 truncation are followed; (inode, offset) per path is kept in a state file so a restart
-resumes where it stopped (nothing twice, nothing missed)."""
+resumes where it stopped (nothing twice, nothing missed). A line's time, level, host,
+process and pid come from its header when it has one (mohlog.lines)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 import orjson
 
 from agent.sources.base import Emit, Source
+from mohlog.lines import LineParser
 from mohlog.model import new_id
 
 
@@ -20,13 +22,15 @@ class FilesSource(Source):
     name = "files"
 
     def __init__(self, patterns: list[str], state_file: Path, component: str = "APPLICATION",
-                 poll_s: float = 0.2, max_line: int = 1 << 20) -> None:
+                 poll_s: float = 0.2, max_line: int = 1 << 20, parse: bool = True) -> None:
         super().__init__()
         self.patterns, self.state_file, self.component = patterns, state_file, component
         self.poll_s, self.max_line = poll_s, max_line
         self.pos: dict[str, tuple[int, int]] = self._load()
         self._partial: dict[str, bytes] = {}
         self._host = os.uname().nodename
+        self.parse = parse
+        self._parsers: dict[str, LineParser] = {}
 
     def _load(self) -> dict[str, tuple[int, int]]:
         try:
@@ -104,7 +108,18 @@ class FilesSource(Source):
         now = time.time_ns()
         name = os.path.basename(path)
         self.counters["lines"] += len(lines)
-        return [{"id": new_id(), "timestamp": now, "level": "INFO", "component": self.component,
+        parser = self._parsers.get(path) if self.parse else None
+        if parser is None and self.parse:
+            parser = self._parsers[path] = LineParser()
+        out = []
+        for ln in lines:
+            if not ln.strip():
+                continue
+            text = ln.decode("utf-8", "replace").rstrip("\r")
+            e = {"id": new_id(), "timestamp": now, "level": "INFO", "component": self.component,
                  "source": "file", "host": self._host, "pid": 0, "tid": 0, "process": name,
-                 "message": ln.decode("utf-8", "replace").rstrip("\r"),
-                 "metadata": {"file": path}, "context": {}} for ln in lines if ln.strip()]
+                 "message": text, "metadata": {"file": path}, "context": {}}
+            if parser is not None:
+                e.update(parser.fields(text))
+            out.append(e)
+        return out

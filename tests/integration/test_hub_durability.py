@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import collections
 import os
 import signal
@@ -165,6 +166,48 @@ def test_cli_token_ingest_search(hub: Hub, tmp_path: Path) -> None:
     assert denied.returncode == 1 and "403" in denied.stderr
     assert cli("token", "revoke", "shipper").returncode == 0
     assert "shipper" not in cli("token", "list").stdout
+
+
+def test_cli_ingest_takes_the_fields_of_line_headers(hub: Hub, tmp_path: Path) -> None:
+    """Plain lines keep the time, host, process, pid and level their headers give; lines
+    without one (a traceback) keep the time of the line before; --raw keeps lines whole."""
+    env = {**os.environ, "MOHLOG_HUB": hub.url, "MOHLOG_TOKEN": hub.token,
+           "PYTHONPATH": str(ROOT)}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        out = subprocess.run([*CLI, *args], env=env, capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out
+
+    def found(*args: str) -> list[dict]:
+        return [orjson.loads(x) for x in cli("search", *args, "--json").stdout.splitlines()]
+
+    logs = ROOT / "tests" / "data" / "logs"
+    cli("ingest", str(logs / "auth.log"), str(logs / "worker.log"), "--host", "fallback")
+    sshd = sorted(found("-f", "process=sshd"), key=lambda r: r["timestamp"])
+    at = calendar.timegm((2026, 11, 30, 21, 14, 15)) * 10**9      # 22:14:15+01:00
+    assert [(r["host"], r["pid"], r["timestamp"] - at) for r in sshd] == [
+        ("bastion", 4242, 3_000_000), ("bastion", 4242, 2_120_000_000)]
+    assert sshd[0]["message"].startswith("Failed password for invalid user admin")
+    assert sshd[1]["level"] == "ERROR" and sshd[0]["level"] == "INFO"
+    window = found("--start", "2026-11-30T21:14:00Z", "--end", "2026-11-30T21:16:00Z")
+    assert sorted(r["process"] for r in window) == ["CRON", "sshd", "sshd"]
+    worker = sorted(found("-f", "process=worker.log"), key=lambda r: r["metadata"]["line"])
+    t0 = int(time.mktime((2026, 11, 30, 21, 0, 0, 0, 0, -1))) * 10**9
+    assert [(r["timestamp"] - t0, r["level"], r["host"]) for r in worker] == [
+        (250_000_000, "ERROR", "fallback"), (250_000_000, "INFO", "fallback"),
+        (250_000_000, "INFO", "fallback"), (250_000_000, "INFO", "fallback"),
+        (1_000_000_000, "INFO", "fallback")]
+    assert worker[0]["message"] == "ERROR worker: job 17 failed"
+    assert sorted(r["process"] for r in found("-f", "level>=ERROR")) == ["sshd", "worker.log"]
+    raw = tmp_path / "raw.log"
+    line = (logs / "auth.log").read_text().splitlines()[0]
+    raw.write_text(line + "\n")
+    before = time.time_ns()
+    cli("ingest", "--raw", str(raw))
+    got = found("-f", "process=raw.log")
+    assert [r["message"] for r in got] == [line] and got[0]["timestamp"] >= before
 
 
 def test_tls(make_hub, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ clients: `logger` and Python's SysLogHandler)."""
 
 from __future__ import annotations
 
+import calendar
 import logging
 import logging.handlers
 import os
@@ -46,6 +47,29 @@ def test_tail_rotation_truncation_restart(tmp_path: Path) -> None:
     log.write_text("new\n")                        # truncation (copytruncate style)
     assert _messages(again, log) == ["new"]
     assert again.counters["truncations"] == 1
+
+
+def test_tailed_lines_take_their_header_fields(tmp_path: Path) -> None:
+    logs = Path(__file__).resolve().parents[1] / "data" / "logs"
+    log = tmp_path / "auth.log"
+    shutil.copy(logs / "auth.log", log)
+    with open(log, "a") as f:
+        f.write("no header here\n")
+    src = FilesSource([str(log)], tmp_path / "pos.json")
+    got = src.poll(str(log))
+    assert [(e["host"], e["process"], e["pid"], e["level"]) for e in got] == [
+        ("bastion", "sshd", 4242, "INFO"), ("bastion", "sshd", 4242, "ERROR"),
+        ("bastion", "CRON", 5001, "INFO"), ("bastion", "sudo", 5100, "INFO"),
+        (os.uname().nodename, "auth.log", 0, "INFO")]
+    at = calendar.timegm((2026, 11, 30, 21, 14, 15)) * 10**9      # 22:14:15+01:00
+    assert [e["timestamp"] - at for e in got] == [3_000_000, 2_120_000_000, 46_000_000_000,
+                                                  135_500_000_000, 135_500_000_000]
+    assert got[0]["message"].startswith("Failed password for invalid user admin from")
+    assert got[-1]["message"] == "no header here"
+    before = time.time_ns()
+    raw = FilesSource([str(log)], tmp_path / "pos2.json", parse=False).poll(str(log))
+    assert [e["message"] for e in raw] == log.read_text().splitlines()
+    assert {e["process"] for e in raw} == {"auth.log"} and raw[0]["timestamp"] >= before
 
 
 def test_syslog_parsing_both_rfcs() -> None:
