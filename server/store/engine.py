@@ -880,22 +880,28 @@ class Store:
         wal_bytes = sum(p.stat().st_size for p in (self.dir / "wal").glob("*.log"))
         raw = sum(s.raw_bytes for s in segs)
         stored = sum(s.bytes for s in segs)
-        idx = (self.dir / "templates.json")
+        index = _file_bytes([self.dir / "templates.json"] + [
+            side for s in segs for side in (rollup_path(self.seg_dir / s.path),
+                                            words.path_for(self.seg_dir / s.path))])
+        spans = [(s.min_ts, s.max_ts) for s in segs] + [
+            (mm["min"].as_py(), mm["max"].as_py()) for mm in (
+                pc.min_max(t["timestamp"]) for t in tail if t.num_rows)]
         return {
             "records": sum(s.rows for s in segs) + mem_rows,
             "records_in_memory": mem_rows,
             "by_level": dict(counts["level"]), "by_component": dict(counts["component"]),
             "by_host": dict(counts["host"]),
             "raw_bytes": raw, "stored_bytes": stored,
-            "index_bytes": idx.stat().st_size if idx.exists() else 0,
+            "index_bytes": index,
             "wal_bytes": wal_bytes,
-            "compression_ratio": round(raw / stored, 2) if stored else None,
+            # NDJSON bytes of the records in segments / their segments with their indexes
+            "compression_ratio": round(raw / (stored + index), 2) if stored else None,
             "ingest_rate": self.rate(10.0),
             "segments": len(segs), "corrupt_segments": list(self._corrupt),
             "partitions": sorted({s.partition for s in segs}),
             "templates": len(self.miner.templates()),
-            "oldest": min((s.min_ts for s in segs), default=None),
-            "newest": max((s.max_ts for s in segs), default=None),
+            "oldest": min((a for a, _ in spans), default=None),
+            "newest": max((b for _, b in spans), default=None),
         }
 
     # ---- retention and archive -----------------------------------------------
@@ -990,6 +996,17 @@ class Store:
             self._manifest.save(self.dir / "manifest.json")
         path.unlink()
         return {"restored": name, "records": sum(s.rows for s in segs)}
+
+
+def _file_bytes(paths: list[Path]) -> int:
+    """Total size of the files of ``paths`` that exist."""
+    total = 0
+    for p in paths:
+        try:
+            total += p.stat().st_size
+        except OSError:
+            pass
+    return total
 
 
 def _add_counts(into: dict[str, Counter], more: dict[str, Counter]) -> None:

@@ -201,12 +201,30 @@ def test_export_formats(hub: Hub) -> None:
     assert hub.request("GET", "/api/v1/export?format=xml")[0] == 400
 
 
-def test_stats_templates_metrics(hub: Hub) -> None:
+def test_stats_templates_metrics(make_hub) -> None:
+    first, last = entry(0)["timestamp"], entry(89)["timestamp"]
+    mem = make_hub("mem", flush_interval_s=3600)
+    mem.ingest([entry(i) for i in range(90)])
+    _, st = mem.request("GET", "/api/v1/stats")           # all of them still in memory
+    assert (st["records_in_memory"], st["segments"]) == (90, 0)
+    assert (st["oldest"], st["newest"]) == (first, last)
+    mem.stop()
+    hub = make_hub()
     hub.ingest([entry(i) for i in range(90)])
-    time.sleep(1.5)
+    deadline = time.time() + 30
+    while hub.request("GET", "/api/v1/stats")[1]["records_in_memory"] and \
+            time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)                                  # the segment's indexes beside it
     _, st = hub.request("GET", "/api/v1/stats")
     assert st["records"] == 90 and st["by_host"] == {"h0": 30, "h1": 30, "h2": 30}
     assert st["segments"] >= 1 and st["stored_bytes"] > 0
+    assert (st["oldest"], st["newest"]) == (first, last)
+    segs = hub.data / "segments"
+    index = sum(p.stat().st_size for p in segs.rglob("*.arrow")) + \
+        (hub.data / "templates.json").stat().st_size
+    assert st["index_bytes"] == index
+    assert st["compression_ratio"] == round(st["raw_bytes"] / (st["stored_bytes"] + index), 2)
     _, tp = hub.request("GET", "/api/v1/templates")
     assert tp["templates"][0]["count"] == 90
     assert "<*>" in tp["templates"][0]["template"]
