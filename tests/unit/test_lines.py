@@ -197,6 +197,7 @@ def _expected(name: str, r: dict[str, str]) -> tuple[tuple[int, ...], str | None
     return ((int(mo), int(d), *hms(r["Time"])), lines.LEVEL_NAMES[r["Level"]], None)
 
 
+@pytest.mark.data
 @pytest.mark.parametrize("name", ["Android", "Apache", "HDFS", "Linux", "OpenSSH", "Spark",
                                   "Zookeeper"])
 def test_loghub_lines_match_their_structured_fields(name: str) -> None:
