@@ -48,6 +48,11 @@ class AgentConfig:
     # (syslog, ISO-8601, Apache, nginx, logcat... see mohlog/lines.py); False keeps each
     # line whole, stamped when read.
     files_parse: bool = True
+    # Read the systemd journal (what services log; kernel messages excluded) when
+    # journalctl exists: from its end on the first start, then from the saved cursor.
+    journal: bool = True
+    # Journal namespace to read ("" = the system journal; see systemd-journald@.service).
+    journal_namespace: str = ""
     # Syslog listen addresses over UDP ("HOST:PORT"), RFC 3164 and 5424.
     syslog_udp: list[str] = field(default_factory=list)
     # Syslog listen addresses over TCP (octet counting or newline framing).

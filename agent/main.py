@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,12 @@ class Agent:
             from agent.sources.files import FilesSource
             out.append(FilesSource(cfg.files, self.state / "files.json", cfg.files_component,
                                    parse=cfg.files_parse))
+        if cfg.journal and shutil.which("journalctl"):
+            from agent.sources.journal import JournalSource
+            out.append(JournalSource(self.state / "journal.json", cfg.journal_namespace,
+                                     cfg.exclude_pids))
+        elif cfg.journal:
+            log.agent.info("no journalctl: the journal is not read")
         if cfg.syslog_udp or cfg.syslog_tcp:
             from agent.sources.syslog import SyslogSource
             out.append(SyslogSource(cfg.syslog_udp, cfg.syslog_tcp))

@@ -53,7 +53,7 @@ def test_agent_ships_files_syslog_sdk_through_a_hub_outage(tmp_path: Path) -> No
     cfg = tmp_path / "agent.json"
     cfg.write_text(json.dumps({"files": [str(app_log)], "sdk_socket": str(sock),
                                "syslog_udp": [f"127.0.0.1:{sport}"], "ebpf": False,
-                               "batch_max_delay_s": 0.2}))
+                               "journal": False, "batch_max_delay_s": 0.2}))
     token = tmp_path / "token"
     token.write_text(hub.token)
     agent = subprocess.Popen(

@@ -129,3 +129,25 @@ def test_syslog_udp_and_tcp_from_real_clients() -> None:
     assert "from python 7" in by["pyapp"]["message"] or any(
         "from python 7" in e["message"] for e in got)
     assert os.getpid() > 0
+
+
+def test_journal_record_to_entry() -> None:
+    """Fields of journalctl -o json records (as journalctl prints them) → entries."""
+    from agent.sources.journal import to_entry
+    e = to_entry({"__REALTIME_TIMESTAMP": "1796181449202749",
+                  "_SOURCE_REALTIME_TIMESTAMP": "1796181449200001", "PRIORITY": "5",
+                  "SYSLOG_FACILITY": "4", "SYSLOG_IDENTIFIER": "sshd", "_COMM": "sshd",
+                  "_PID": "812", "_HOSTNAME": "web1", "_SYSTEMD_UNIT": "ssh.service",
+                  "_TRANSPORT": "syslog", "MESSAGE": "Failed password for root"}, "me")
+    assert (e["timestamp"], e["level"], e["process"], e["pid"], e["host"]) == (
+        1796181449200001000, "SECURITY", "sshd", 812, "web1")
+    assert e["metadata"] == {"unit": "ssh.service", "transport": "syslog", "priority": 5,
+                             "facility": 4}
+    e = to_entry({"__REALTIME_TIMESTAMP": "1796181449202749", "_COMM": "app",
+                  "SYSLOG_PID": "9", "MESSAGE": [104, 105, 255], "_EXE": "/usr/bin/app",
+                  "_TRANSPORT": "stdout"}, "me")
+    assert (e["timestamp"], e["level"], e["process"], e["pid"], e["host"], e["message"]) == (
+        1796181449202749000, "INFO", "app", 9, "me", "hi\ufffd")
+    assert e["metadata"]["exe"] == "/usr/bin/app"
+    e = to_entry({"__REALTIME_TIMESTAMP": "1", "PRIORITY": "x", "MESSAGE": None}, "me")
+    assert (e["level"], e["message"], e["process"], e["pid"]) == ("INFO", "", "", 0)
