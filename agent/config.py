@@ -48,6 +48,9 @@ class AgentConfig:
     # (syslog, ISO-8601, Apache, nginx, logcat... see mohlog/lines.py); False keeps each
     # line whole, stamped when read.
     files_parse: bool = True
+    # With files_parse: lines without a header (a traceback) join the entry of the line
+    # with one before them; an entry is shipped when the next header comes or 1 s later.
+    files_multiline: bool = True
     # Read the systemd journal (what services log; kernel messages excluded) when
     # journalctl exists: from its end on the first start, then from the saved cursor.
     journal: bool = True

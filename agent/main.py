@@ -53,7 +53,7 @@ class Agent:
         if cfg.files:
             from agent.sources.files import FilesSource
             out.append(FilesSource(cfg.files, self.state / "files.json", cfg.files_component,
-                                   parse=cfg.files_parse))
+                                   parse=cfg.files_parse, multiline=cfg.files_multiline))
         if cfg.journal and shutil.which("journalctl"):
             from agent.sources.journal import JournalSource
             out.append(JournalSource(self.state / "journal.json", cfg.journal_namespace,

@@ -27,6 +27,9 @@ header (after the tag for syslog forms, the whole line for access logs). A level
 from the format (syslog has none in files) or else from the first words of the message:
 ``ERROR``, ``[error]``, ``warn:``, ``<INFO>``, ``level=error``. Lines that match no header
 keep the defaults they are given: the time they were read, the level asked for.
+
+``Records`` groups a file's lines into entries: the lines without a header after a line
+with one (a traceback) are part of its entry.
 """
 
 from __future__ import annotations
@@ -126,6 +129,65 @@ class LineParser:
                     return out
         level = level_of(line)
         return {"level": level} if level else {}
+
+
+class Records:
+    """The lines of one file grouped into records. A line with a header starts a record;
+    the lines after it without one (a traceback, a wrapped message, blank lines between)
+    are added to its message, up to ``max_lines`` lines or ``max_bytes``. A line without a
+    header and no record before it is a record of its own (``LineParser.fields``), so a
+    file without headers gives one record per line. Each record comes as (fields, raw
+    bytes of its lines, the ``tag`` of its first line): a tailer saves its position before
+    the bytes of the record it holds, ``mohlog ingest`` tags lines with their numbers."""
+
+    def __init__(self, parser: LineParser | None = None, max_lines: int = 1000,
+                 max_bytes: int = 1 << 20) -> None:
+        self.parser = parser or LineParser()
+        self.max_lines, self.max_bytes = max_lines, max_bytes
+        self._head: dict[str, Any] | None = None
+        self._tag: Any = None
+        self._more: list[str] = []
+        self.pending_bytes = 0      # raw bytes of the record held
+        self.since = 0.0            # time.monotonic() when it started
+
+    def add(self, line: str, raw_bytes: int, tag: Any = None
+            ) -> list[tuple[dict[str, Any], int, Any]]:
+        """The records ``line`` (of ``raw_bytes`` bytes in the file) completes."""
+        fields = self.parser.parse(line) if line.strip() else {}
+        if "format" not in fields:
+            if self._head is None:
+                return [(self._alone(line, fields), raw_bytes, tag)] if line.strip() else []
+            if len(self._more) + 1 < self.max_lines and \
+                    self.pending_bytes + raw_bytes <= self.max_bytes:
+                self._more.append(line)
+                self.pending_bytes += raw_bytes
+                return []
+            return [*self.flush(), (self._alone(line, fields), raw_bytes, tag)]
+        out = self.flush()
+        fields.pop("format")
+        self.parser.last_ts = fields["timestamp"]
+        self._head, self._tag = fields, tag
+        self.pending_bytes, self.since = raw_bytes, time.monotonic()
+        return out
+
+    def _alone(self, line: str, fields: dict[str, Any]) -> dict[str, Any]:
+        fields.setdefault("message", line)
+        if self.parser.last_ts is not None:
+            fields["timestamp"] = self.parser.last_ts
+        return fields
+
+    def flush(self) -> list[tuple[dict[str, Any], int, Any]]:
+        """The record held, if any (its lines end it)."""
+        if self._head is None:
+            return []
+        head = self._head
+        while self._more and not self._more[-1].strip():
+            self._more.pop()                      # blank lines after it: not part of it
+        if self._more:
+            head["message"] = "\n".join([head["message"], *self._more])
+        out = [(head, self.pending_bytes, self._tag)]
+        self._head, self._tag, self._more, self.pending_bytes = None, None, [], 0
+        return out
 
 
 def parse_line(line: str, now_ns: Callable[[], int] = time.time_ns) -> dict[str, Any]:

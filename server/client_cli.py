@@ -16,7 +16,7 @@ import orjson
 import zstandard
 
 from mohlog.errors import MohlogError
-from mohlog.lines import LineParser
+from mohlog.lines import Records
 from mohlog.model import new_id
 from server.client import DEFAULT_HUB, Client, HubError, find_token
 
@@ -69,28 +69,42 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def entries(path: Path, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
     """The entries of a file: NDJSON lines as they are; plain lines with the time,
     level, host, process and pid their header gives (mohlog.lines), the flags' values
-    for what it does not, unless ``--raw``."""
+    for what it does not, and the lines without a header after one (a traceback) in its
+    entry; with ``--raw`` one entry per plain line, as it is. A line starting with ``{``
+    that is not JSON is an error in a file of JSON lines, text in a file of plain ones."""
     host = args.host or os.uname().nodename
-    lines = LineParser()
+    records = Records()
+    plain_seen = False
+
+    def plain(fields: dict[str, Any], n: int) -> dict[str, Any]:
+        doc = {"level": args.level, "component": args.component, "source": "file",
+               "host": host, "process": path.name, "message": "",
+               "metadata": {"file": str(path), "line": n}}
+        doc.update(fields)
+        return doc
+
     with open(path, "rb") if str(path) != "-" else sys.stdin.buffer as f:
         for n, raw in enumerate(f, 1):
             line = raw.rstrip(b"\r\n")
-            if not line.strip():
-                continue
             if line.lstrip().startswith(b"{"):
                 try:
                     doc = orjson.loads(line)
                 except orjson.JSONDecodeError as err:
-                    raise MohlogError(f"{path}:{n}: invalid JSON: {err}") from err
-                yield doc
-            else:
-                text = line.decode("utf-8", "replace")
-                doc = {"level": args.level, "component": args.component, "source": "file",
-                       "host": host, "process": path.name, "message": text,
-                       "metadata": {"file": str(path), "line": n}}
-                if not args.raw:
-                    doc.update(lines.fields(text))
-                yield doc
+                    if not plain_seen:
+                        raise MohlogError(f"{path}:{n}: invalid JSON: {err}") from err
+                else:
+                    if isinstance(doc, dict):
+                        yield from (plain(r, at) for r, _, at in records.flush())
+                        yield doc
+                        continue
+            text = line.decode("utf-8", "replace")
+            plain_seen = plain_seen or bool(line.strip())
+            if args.raw:
+                if line.strip():
+                    yield plain({"message": text}, n)
+                continue
+            yield from (plain(r, at) for r, _, at in records.add(text, len(raw), n))
+        yield from (plain(r, at) for r, _, at in records.flush())
 
 
 def ingest_file(c: Client, path: Path, args: argparse.Namespace) -> int:

@@ -1,7 +1,13 @@
 """Tail log files and globs: new lines become entries; rotation (rename + new file) and
 truncation are followed; (inode, offset) per path is kept in a state file so a restart
-resumes where it stopped (nothing twice, nothing missed). A line's time, level, host,
-process and pid come from its header when it has one (mohlog.lines)."""
+resumes where it stopped (nothing twice, nothing missed).
+
+A line's time, level, host, process and pid come from its header when it has one
+(mohlog.lines), and the lines after it without one (a traceback) join its entry
+(``multiline``): an entry is handed on when the next header comes, after ``multiline_wait_s``
+without one, or when the file is rotated. The saved position is that of the first byte
+not handed on (before a partial last line and the entry held), so a restart reads them
+again instead of losing them."""
 
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ from typing import Any
 import orjson
 
 from agent.sources.base import Emit, Source
-from mohlog.lines import LineParser
+from mohlog.lines import LineParser, Records
 from mohlog.model import new_id
 
 
@@ -22,15 +28,19 @@ class FilesSource(Source):
     name = "files"
 
     def __init__(self, patterns: list[str], state_file: Path, component: str = "APPLICATION",
-                 poll_s: float = 0.2, max_line: int = 1 << 20, parse: bool = True) -> None:
+                 poll_s: float = 0.2, max_line: int = 1 << 20, parse: bool = True,
+                 multiline: bool = True, multiline_wait_s: float = 1.0) -> None:
         super().__init__()
         self.patterns, self.state_file, self.component = patterns, state_file, component
         self.poll_s, self.max_line = poll_s, max_line
-        self.pos: dict[str, tuple[int, int]] = self._load()
+        self.pos: dict[str, tuple[int, int]] = self._load()   # (inode, offset read up to)
         self._partial: dict[str, bytes] = {}
+        self._partial_bytes: dict[str, int] = {}
         self._host = os.uname().nodename
-        self.parse = parse
+        self.parse, self.multiline = parse, multiline and parse
+        self.multiline_wait_s = multiline_wait_s
         self._parsers: dict[str, LineParser] = {}
+        self._records: dict[str, Records] = {}
 
     def _load(self) -> dict[str, tuple[int, int]]:
         try:
@@ -40,8 +50,14 @@ class FilesSource(Source):
 
     def _save(self) -> None:
         tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_bytes(orjson.dumps(self.pos))
+        tmp.write_bytes(orjson.dumps({path: (ino, max(0, off - self.held(path)))
+                                      for path, (ino, off) in self.pos.items()}))
         os.replace(tmp, self.state_file)
+
+    def held(self, path: str) -> int:
+        """Bytes of ``path`` read but not handed on: a partial last line, the entry held."""
+        rec = self._records.get(path)
+        return self._partial_bytes.get(path, 0) + (rec.pending_bytes if rec else 0)
 
     def paths(self) -> list[str]:
         out: list[str] = []
@@ -76,6 +92,8 @@ class FilesSource(Source):
         if st.st_size < off:  # truncated
             off = 0
             self._partial.pop(path, None)
+            self._partial_bytes.pop(path, None)
+            out += self._flush(path)
             self.counters["truncations"] += 1
         if st.st_size > off:
             with open(path, "rb") as f:
@@ -83,10 +101,15 @@ class FilesSource(Source):
                 data = f.read(64 << 20)
             off += len(data)
             out += self._lines(path, data)
+        rec = self._records.get(path)
+        if rec is not None and rec.pending_bytes and \
+                time.monotonic() - rec.since >= self.multiline_wait_s:
+            out += self._flush(path)
         self.pos[path] = (ino, off)
         return out
 
     def _rest_of_rotated(self, path: str, ino: int, off: int) -> list[dict[str, Any]]:
+        """The end of the rotated file (if still reachable), and what was held of it."""
         for cand in glob.glob(path + "*"):
             try:
                 if os.stat(cand).st_ino == ino and cand != path:
@@ -95,31 +118,51 @@ class FilesSource(Source):
                         return self._lines(path, f.read(64 << 20), final=True)
             except OSError:
                 continue
-        return []
+        return self._lines(path, b"", final=True)
 
     def _lines(self, path: str, data: bytes, final: bool = False) -> list[dict[str, Any]]:
-        data = self._partial.pop(path, b"") + data
+        old = self._partial.pop(path, b"")
+        dropped = self._partial_bytes.pop(path, 0) - len(old)   # cut off a too long line
+        data = old + data
         lines = data.split(b"\n")
         rest = lines.pop()
         if rest and not final:
             self._partial[path] = rest[: self.max_line]
+            self._partial_bytes[path] = len(rest) + (dropped if not lines else 0)
         elif rest:
             lines.append(rest)
-        now = time.time_ns()
-        name = os.path.basename(path)
         self.counters["lines"] += len(lines)
+        out = []
+        if self.multiline:
+            rec = self._records.get(path)
+            if rec is None:
+                rec = self._records[path] = Records()
+            for i, ln in enumerate(lines):
+                size = len(ln) + 1 + (dropped if i == 0 else 0)
+                for fields, _, _ in rec.add(ln.decode("utf-8", "replace").rstrip("\r"), size):
+                    out.append(self._entry(path, fields))
+            if final:
+                out += self._flush(path)
+            return out
         parser = self._parsers.get(path) if self.parse else None
         if parser is None and self.parse:
             parser = self._parsers[path] = LineParser()
-        out = []
         for ln in lines:
-            if not ln.strip():
-                continue
-            text = ln.decode("utf-8", "replace").rstrip("\r")
-            e = {"id": new_id(), "timestamp": now, "level": "INFO", "component": self.component,
-                 "source": "file", "host": self._host, "pid": 0, "tid": 0, "process": name,
-                 "message": text, "metadata": {"file": path}, "context": {}}
-            if parser is not None:
-                e.update(parser.fields(text))
-            out.append(e)
+            if ln.strip():
+                text = ln.decode("utf-8", "replace").rstrip("\r")
+                out.append(self._entry(path, parser.fields(text) if parser else
+                                       {"message": text}))
         return out
+
+    def _flush(self, path: str) -> list[dict[str, Any]]:
+        """The entry held for ``path`` (its lines end it)."""
+        rec = self._records.get(path)
+        return [self._entry(path, fields) for fields, _, _ in rec.flush()] if rec else []
+
+    def _entry(self, path: str, fields: dict[str, Any]) -> dict[str, Any]:
+        e = {"id": new_id(), "timestamp": time.time_ns(), "level": "INFO",
+             "component": self.component, "source": "file", "host": self._host, "pid": 0,
+             "tid": 0, "process": os.path.basename(path), "message": "",
+             "metadata": {"file": path}, "context": {}}
+        e.update(fields)
+        return e

@@ -170,7 +170,7 @@ def test_cli_token_ingest_search(hub: Hub, tmp_path: Path) -> None:
 
 def test_cli_ingest_takes_the_fields_of_line_headers(hub: Hub, tmp_path: Path) -> None:
     """Plain lines keep the time, host, process, pid and level their headers give; lines
-    without one (a traceback) keep the time of the line before; --raw keeps lines whole."""
+    without one (a traceback) join the entry of the line before; --raw keeps lines whole."""
     env = {**os.environ, "MOHLOG_HUB": hub.url, "MOHLOG_TOKEN": hub.token,
            "PYTHONPATH": str(ROOT)}
 
@@ -193,13 +193,16 @@ def test_cli_ingest_takes_the_fields_of_line_headers(hub: Hub, tmp_path: Path) -
     assert sshd[1]["level"] == "ERROR" and sshd[0]["level"] == "INFO"
     window = found("--start", "2026-11-30T21:14:00Z", "--end", "2026-11-30T21:16:00Z")
     assert sorted(r["process"] for r in window) == ["CRON", "sshd", "sshd"]
-    worker = sorted(found("-f", "process=worker.log"), key=lambda r: r["metadata"]["line"])
+    worker = sorted(found("-f", "process=worker.log"), key=lambda r: r["timestamp"])
     t0 = int(time.mktime((2026, 11, 30, 21, 0, 0, 0, 0, -1))) * 10**9
-    assert [(r["timestamp"] - t0, r["level"], r["host"]) for r in worker] == [
-        (250_000_000, "ERROR", "fallback"), (250_000_000, "INFO", "fallback"),
-        (250_000_000, "INFO", "fallback"), (250_000_000, "INFO", "fallback"),
-        (1_000_000_000, "INFO", "fallback")]
-    assert worker[0]["message"] == "ERROR worker: job 17 failed"
+    assert [(r["timestamp"] - t0, r["level"], r["host"], r["metadata"]["line"])
+            for r in worker] == [(250_000_000, "ERROR", "fallback", 1),
+                                 (1_000_000_000, "INFO", "fallback", 5)]
+    assert worker[0]["message"] == "ERROR worker: job 17 failed\n" \
+        "Traceback (most recent call last):\n" \
+        '  File "worker.py", line 3, in run\n' \
+        "ValueError: bad input"                 # the traceback in the entry of its line
+    assert [r["message"] for r in found('"ValueError: bad input"')] == [worker[0]["message"]]
     assert sorted(r["process"] for r in found("-f", "level>=ERROR")) == ["sshd", "worker.log"]
     raw = tmp_path / "raw.log"
     line = (logs / "auth.log").read_text().splitlines()[0]

@@ -53,23 +53,59 @@ def test_tailed_lines_take_their_header_fields(tmp_path: Path) -> None:
     logs = Path(__file__).resolve().parents[1] / "data" / "logs"
     log = tmp_path / "auth.log"
     shutil.copy(logs / "auth.log", log)
-    with open(log, "a") as f:
-        f.write("no header here\n")
-    src = FilesSource([str(log)], tmp_path / "pos.json")
-    got = src.poll(str(log))
+    src = FilesSource([str(log)], tmp_path / "pos.json", multiline_wait_s=0.3)
+    got = src.poll(str(log))        # the last entry waits for lines that could join it
+    time.sleep(0.4)
+    got += src.poll(str(log))
     assert [(e["host"], e["process"], e["pid"], e["level"]) for e in got] == [
         ("bastion", "sshd", 4242, "INFO"), ("bastion", "sshd", 4242, "ERROR"),
-        ("bastion", "CRON", 5001, "INFO"), ("bastion", "sudo", 5100, "INFO"),
-        (os.uname().nodename, "auth.log", 0, "INFO")]
+        ("bastion", "CRON", 5001, "INFO"), ("bastion", "sudo", 5100, "INFO")]
     at = calendar.timegm((2026, 11, 30, 21, 14, 15)) * 10**9      # 22:14:15+01:00
     assert [e["timestamp"] - at for e in got] == [3_000_000, 2_120_000_000, 46_000_000_000,
-                                                  135_500_000_000, 135_500_000_000]
+                                                  135_500_000_000]
     assert got[0]["message"].startswith("Failed password for invalid user admin from")
-    assert got[-1]["message"] == "no header here"
     before = time.time_ns()
     raw = FilesSource([str(log)], tmp_path / "pos2.json", parse=False).poll(str(log))
     assert [e["message"] for e in raw] == log.read_text().splitlines()
     assert {e["process"] for e in raw} == {"auth.log"} and raw[0]["timestamp"] >= before
+    plain = tmp_path / "plain.log"                 # no headers: one entry per line, at once
+    plain.write_text("alpha\n  beta\ngamma\n")
+    assert _messages(FilesSource([str(plain)], tmp_path / "pos3.json"), plain) == [
+        "alpha", "  beta", "gamma"]
+
+
+def test_tailed_traceback_joins_its_line_and_survives_a_restart(tmp_path: Path) -> None:
+    log, state = tmp_path / "worker.log", tmp_path / "pos.json"
+    head = "2026-11-30 21:00:00,250 ERROR worker: job 17 failed\n"
+    trace = 'Traceback (most recent call last):\n  File "w.py", line 3, in run\n'
+    log.write_text(head + trace)
+    src = FilesSource([str(log)], state, multiline_wait_s=30)
+    assert src.poll(str(log)) == []                 # held: more of it may come
+    with open(log, "a") as f:
+        f.write("ValueError: bad in")                 # and a partial line
+    assert src.poll(str(log)) == []
+    src._save()                                     # stopped here: nothing handed on
+    again = FilesSource([str(log)], state, multiline_wait_s=30)
+    with open(log, "a") as f:
+        f.write("put\n\n2026-11-30 21:00:01,000 INFO worker: job 18 done\n")
+    got = again.poll(str(log))
+    assert [e["message"] for e in got] == [
+        "ERROR worker: job 17 failed\n" + trace + "ValueError: bad input"]
+    assert got[0]["level"] == "ERROR"
+    again._save()
+    third = FilesSource([str(log)], state, multiline_wait_s=0)
+    assert [e["message"] for e in third.poll(str(log))] == ["INFO worker: job 18 done"]
+    third._save()
+    third.multiline_wait_s = 30
+    with open(log, "a") as f:
+        f.write("2026-11-30 21:00:02,000 WARNING worker: job 19 slow\n")
+    assert third.poll(str(log)) == []
+    log.rename(tmp_path / "worker.log.1")           # rotation hands on what was held
+    log.write_text("2026-11-30 21:00:03,000 INFO worker: job 20 done\n")
+    assert [e["message"] for e in third.poll(str(log))] == ["WARNING worker: job 19 slow"]
+    third._save()
+    fourth = FilesSource([str(log)], state, multiline_wait_s=0)
+    assert [e["message"] for e in fourth.poll(str(log))] == ["INFO worker: job 20 done"]
 
 
 def test_syslog_parsing_both_rfcs() -> None:

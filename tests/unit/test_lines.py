@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mohlog import lines
-from mohlog.lines import LineParser, level_of, parse_line
+from mohlog.lines import LineParser, Records, level_of, parse_line
 
 LOGHUB = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "loghub"
 NOW = calendar.timegm((2026, 12, 2, 3, 0, 0)) * 10**9     # 2026-12-02T03:00:00Z
@@ -128,6 +128,29 @@ def test_fields_carry_the_time_to_lines_without_a_header() -> None:
     assert first["level"] == "ERROR" and "format" not in first
     assert trace == {"timestamp": first["timestamp"],
                      "message": "\tat com.example.Worker.run(Worker.java:42)"}
+
+
+def test_records_join_lines_without_a_header() -> None:
+    rec = Records(LineParser(lambda: NOW), max_lines=5)
+    out = []
+    lines = ["orphan before any header", "2026-12-01 10:00:00 ERROR boom", "Traceback:",
+             "", "  frame 1", "", "2026-12-01 10:00:01 INFO next", "a", "b", "c", "d", "e"]
+    held = []
+    for n, line in enumerate(lines, 1):
+        out += rec.add(line, len(line) + 1, n)
+        held.append(rec.pending_bytes)
+    assert held[8] == sum(len(x) + 1 for x in lines[6:9])       # "INFO next", a, b held
+    out += rec.flush()
+    t = local(2026, 12, 1, 10, 0, 0)
+    assert [(f["message"], f.get("timestamp"), f.get("level"), size, tag)
+            for f, size, tag in out] == [
+        ("orphan before any header", None, None, 25, 1),
+        ("ERROR boom\nTraceback:\n\n  frame 1", t, "ERROR",
+         sum(len(x) + 1 for x in lines[1:6]), 2),        # blank lines inside kept, after not
+        ("INFO next\na\nb\nc\nd", t + 10**9, "INFO",
+         sum(len(x) + 1 for x in lines[6:11]), 7),
+        ("e", t + 10**9, None, 2, 12)]                    # past max_lines: a line of its own
+    assert rec.flush() == [] and rec.pending_bytes == 0
 
 
 def test_naive_times_are_local_time(monkeypatch: pytest.MonkeyPatch) -> None:
