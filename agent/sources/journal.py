@@ -32,6 +32,7 @@ import os
 import selectors
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -39,10 +40,10 @@ from typing import Any
 import orjson
 
 from agent.sources.base import Emit, Source
+from agent.sources.kmsg import LEVELS
 from mohlog import log
 from mohlog.model import new_id
 
-LEVELS = ("CRITICAL", "CRITICAL", "CRITICAL", "ERROR", "WARNING", "INFO", "INFO", "DEBUG")
 TRANSPORTS = ("journal", "syslog", "stdout")
 
 
@@ -115,7 +116,8 @@ class JournalSource(Source):
             log.agent.warning("cannot save the journal cursor to %s: %s", self.state_file, err)
 
     def command(self) -> list[str]:
-        cmd = [self.journalctl, "-o", "json", "-f", "--no-pager"]
+        # --all: fields over 4 KiB (long messages) are printed, not null
+        cmd = [self.journalctl, "-o", "json", "-f", "--all", "--no-pager"]
         if self.namespace:
             cmd.append(f"--namespace={self.namespace}")
         cmd += ["--after-cursor", self.cursor] if self.cursor else ["-n", "0"]
@@ -126,16 +128,18 @@ class JournalSource(Source):
     def run_forever(self, emit: Emit) -> None:
         wait = 1.0
         while not self.stopping.is_set():
+            errors = tempfile.TemporaryFile()     # read once it ends: it never fills a pipe
             try:
                 self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE,
-                                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+                                             stderr=errors, stdin=subprocess.DEVNULL)
             except OSError as err:
+                errors.close()
                 log.agent.error("journal source: cannot run journalctl: %s", err)
                 self.counters["start_errors"] += 1
                 self.stopping.wait(30.0)
                 continue
             got = self._follow(self.proc, emit)
-            err = self._end(self.proc)
+            err = self._end(self.proc, errors)
             self.save()
             if self.stopping.is_set():
                 break
@@ -182,6 +186,8 @@ class JournalSource(Source):
             try:
                 doc = orjson.loads(line)
             except orjson.JSONDecodeError:
+                doc = None
+            if not isinstance(doc, dict):
                 self.counters["invalid"] += 1
                 continue
             cursor = doc.get("__CURSOR")
@@ -194,16 +200,20 @@ class JournalSource(Source):
         self.counters["entries"] += len(out)
         return out
 
-    def _end(self, proc: subprocess.Popen[bytes]) -> str:
+    def _end(self, proc: subprocess.Popen[bytes], errors: Any) -> str:
         """Stop journalctl (if still running); the end of what it wrote on stderr."""
         if proc.poll() is None:
             proc.terminate()
         try:
-            _, err = proc.communicate(timeout=5)
+            proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             proc.kill()
-            _, err = proc.communicate()
-        return err.decode("utf-8", "replace").strip()[-500:]
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        with errors:
+            errors.seek(0)
+            return errors.read().decode("utf-8", "replace").strip()[-500:]
 
     def stop(self, timeout: float = 5.0) -> None:
         self.stopping.set()

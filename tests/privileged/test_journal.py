@@ -174,3 +174,27 @@ def test_agent_ships_the_journal_and_its_journalctl_ends_with_it(namespace: str,
         if agent.poll() is None:
             agent.kill()
         hub.stop()
+
+
+def test_journalctl_killed_is_started_again_from_the_cursor(namespace: str,
+                                                            tmp_path: Path) -> None:
+    tag = uuid.uuid4().hex[:8]
+    src, sink = JournalSource(tmp_path / "journal.json", namespace), Collector()
+    src.start(sink)
+    try:
+        ready(namespace, sink, tag)
+        write(namespace, [{"MESSAGE": f"before {tag} {i}"} for i in range(3)])
+        assert len(sink.wait(lambda e: e["message"].startswith("before"), count=3)) == 3
+        first = src.proc
+        assert first is not None
+        first.kill()                                   # journalctl dies
+        write(namespace, [{"MESSAGE": f"after {tag} {i}"} for i in range(3)])
+        got = sink.wait(lambda e: e["message"].startswith("after"), count=3, timeout=20)
+        time.sleep(0.5)
+        assert src.proc is not first and src.counters["restarts"] == 1
+        msgs = [e["message"] for e in sink.find(lambda e: tag in e["message"] and
+                                                 not e["message"].startswith("ready"))]
+        assert msgs == [f"before {tag} {i}" for i in range(3)] + \
+            [f"after {tag} {i}" for i in range(3)], got
+    finally:
+        src.stop()
