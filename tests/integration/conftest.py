@@ -138,6 +138,21 @@ def hub(make_hub: Any) -> Hub:
     return make_hub()
 
 
+def start_agent(hub: Hub, work: Path, settings: dict[str, Any], *flags: str
+                ) -> subprocess.Popen:
+    """A real agent process (eBPF off) shipping to ``hub``: its settings in
+    ``work/agent.json``, an admin token file, its state in ``work/state``."""
+    cfg = work / "agent.json"
+    cfg.write_text(json.dumps({"ebpf": False, "batch_max_delay_s": 0.2, **settings}))
+    token = work / "token"
+    token.write_text(hub.token)
+    return subprocess.Popen(
+        [sys.executable, "-m", "mohlog.cli", "agent", "--hub", hub.url, "--token-file",
+         str(token), "--state-dir", str(work / "state"), "--config", str(cfg), *flags,
+         "--no-ebpf"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stderr=subprocess.DEVNULL)
+
+
 def entry(i: int, **kw: Any) -> dict:
     base = {"id": f"e{i:08d}", "timestamp": 1_700_000_000_000_000_000 + i * 1000,
             "level": "INFO", "component": "APPLICATION", "host": f"h{i % 3}",

@@ -3,7 +3,6 @@ including a hub outage: everything arrives exactly once, in order per source."""
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import ROOT, Hub
+from tests.integration.conftest import ROOT, Hub, start_agent
 
 pytestmark = pytest.mark.integration
 
@@ -50,17 +49,10 @@ def test_agent_ships_files_syslog_sdk_through_a_hub_outage(tmp_path: Path) -> No
     app_log, sock = tmp_path / "app.log", tmp_path / "sdk.sock"
     app_log.write_text("".join(f"line {i}\n" for i in range(100)))
     mport, sport = _port(), _port()
-    cfg = tmp_path / "agent.json"
-    cfg.write_text(json.dumps({"files": [str(app_log)], "sdk_socket": str(sock),
-                               "syslog_udp": [f"127.0.0.1:{sport}"], "ebpf": False,
-                               "journal": False, "batch_max_delay_s": 0.2}))
-    token = tmp_path / "token"
-    token.write_text(hub.token)
-    agent = subprocess.Popen(
-        [sys.executable, "-m", "mohlog.cli", "agent", "--hub", hub.url, "--token-file",
-         str(token), "--state-dir", str(tmp_path / "state"), "--config", str(cfg),
-         "--metrics-listen", f"127.0.0.1:{mport}", "--no-ebpf"], cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.DEVNULL)
+    agent = start_agent(hub, tmp_path, {"files": [str(app_log)], "sdk_socket": str(sock),
+                                        "syslog_udp": [f"127.0.0.1:{sport}"],
+                                        "journal": False},
+                        "--metrics-listen", f"127.0.0.1:{mport}")
     try:
         _wait(lambda: _count(hub, "f=source=file") == 100)
         hub.stop()

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from agent.sources.journal import JournalSource
-from tests.integration.conftest import ROOT, Hub
+from tests.integration.conftest import Hub, start_agent
 from tests.privileged.ebpf_helpers import Collector
 from tests.procs import ends_after_killing, killed_on_error
 
@@ -145,16 +145,8 @@ def test_journal_fields_and_resume_at_the_cursor(namespace: str, tmp_path: Path)
 def test_agent_ships_the_journal_and_its_journalctl_ends_with_it(namespace: str,
                                                                   tmp_path: Path) -> None:
     hub = Hub(tmp_path / "hub", {}).start()
-    cfg = tmp_path / "agent.json"
-    cfg.write_text(json.dumps({"ebpf": False, "kmsg": False, "sdk_socket": "",
-                               "journal_namespace": namespace, "batch_max_delay_s": 0.2}))
-    token = tmp_path / "token"
-    token.write_text(hub.token)
-    agent = subprocess.Popen(
-        [sys.executable, "-m", "mohlog.cli", "agent", "--hub", hub.url, "--token-file",
-         str(token), "--state-dir", str(tmp_path / "state"), "--config", str(cfg),
-         "--no-ebpf"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stderr=subprocess.DEVNULL)
+    agent = start_agent(hub, tmp_path, {"kmsg": False, "sdk_socket": "",
+                                        "journal_namespace": namespace})
     tag = uuid.uuid4().hex[:8]
     try:
         with killed_on_error(agent):
