@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import bz2
 import datetime as dt
+import gzip
+import io
 import json
+import lzma
 import os
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 import zstandard
@@ -66,6 +71,41 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+_MAGIC = ((b"\x1f\x8b", "gzip"), (b"\x28\xb5\x2f\xfd", "zstd"), (b"\xfd7zXZ\x00", "xz"),
+          (b"BZh", "bzip2"))
+_SUFFIXES = (".gz", ".zst", ".xz", ".bz2")
+
+
+@contextmanager
+def open_log(path: Path) -> Iterator[IO[bytes]]:
+    """The bytes of a log file ('-': stdin), decompressed when it is gzip, zstd, xz or
+    bzip2 (told by its first bytes: rotated logs are often ``auth.log.2.gz``)."""
+    raw: Any = sys.stdin.buffer if str(path) == "-" else open(path, "rb")
+    try:
+        head = raw.peek(8)[:8] if hasattr(raw, "peek") else b""
+        kind = next((k for magic, k in _MAGIC if head.startswith(magic)), None)
+        if kind == "gzip":
+            yield gzip.GzipFile(fileobj=raw)
+        elif kind == "zstd":
+            yield io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(
+                raw, read_across_frames=True))
+        elif kind == "xz":
+            yield lzma.LZMAFile(raw)
+        elif kind == "bzip2":
+            yield bz2.BZ2File(raw)
+        else:
+            yield raw
+    except (EOFError, lzma.LZMAError, zstandard.ZstdError, gzip.BadGzipFile) as err:
+        raise MohlogError(f"{path}: corrupt {kind} data: {err}") from err
+    except OSError as err:
+        if kind is None:
+            raise
+        raise MohlogError(f"{path}: corrupt {kind} data: {err}") from err
+    finally:
+        if raw is not sys.stdin.buffer:
+            raw.close()
+
+
 def entries(path: Path, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
     """The entries of a file: NDJSON lines as they are; plain lines with the time,
     level, host, process and pid their header gives (mohlog.lines), the flags' values
@@ -75,15 +115,16 @@ def entries(path: Path, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
     host = args.host or os.uname().nodename
     records = Records()
     plain_seen = False
+    name = path.name[:-len(path.suffix)] if path.suffix in _SUFFIXES else path.name
 
     def plain(fields: dict[str, Any], n: int) -> dict[str, Any]:
         doc = {"level": args.level, "component": args.component, "source": "file",
-               "host": host, "process": path.name, "message": "",
+               "host": host, "process": name, "message": "",
                "metadata": {"file": str(path), "line": n}}
         doc.update(fields)
         return doc
 
-    with open(path, "rb") if str(path) != "-" else sys.stdin.buffer as f:
+    with open_log(path) as f:
         for n, raw in enumerate(f, 1):
             line = raw.rstrip(b"\r\n")
             if line.lstrip().startswith(b"{"):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import bz2
 import calendar
 import collections
+import gzip
+import lzma
 import os
 import signal
 import socket
@@ -16,6 +19,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import zstandard
 
 from tests.integration.conftest import ROOT, Hub, entry
 from tests.procs import ends_after_killing, killed_on_error, running
@@ -211,6 +215,31 @@ def test_cli_ingest_takes_the_fields_of_line_headers(hub: Hub, tmp_path: Path) -
     cli("ingest", "--raw", str(raw))
     got = found("-f", "process=raw.log")
     assert [r["message"] for r in got] == [line] and got[0]["timestamp"] >= before
+
+
+def test_cli_ingests_compressed_rotated_logs(hub: Hub, tmp_path: Path) -> None:
+    """gzip, zstd, xz and bzip2 files (told by their first bytes) are read decompressed;
+    a truncated one is a clear error."""
+    env = {**os.environ, "MOHLOG_HUB": hub.url, "MOHLOG_TOKEN": hub.token,
+           "PYTHONPATH": str(ROOT)}
+    text = (ROOT / "tests" / "data" / "logs" / "worker.log").read_bytes()
+    files = {"worker.log.1.gz": gzip.compress(text), "worker.log.2.zst":
+             zstandard.ZstdCompressor().compress(text), "worker.log.3.xz": lzma.compress(text),
+             "worker.log.4.bz2": bz2.compress(text), "worker.log.5": text}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    out = subprocess.run([*CLI, "ingest", *(str(tmp_path / n) for n in files)], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "ingested 10 records" in out.stderr, out.stderr
+    got = subprocess.run([*CLI, "search", '"job 17 failed"', "--json"], env=env,
+                         capture_output=True, text=True, timeout=60).stdout.splitlines()
+    assert sorted(orjson.loads(x)["process"] for x in got) == [
+        f"worker.log.{i}" for i in range(1, 6)]
+    assert {orjson.loads(x)["message"].count("\n") for x in got} == {3}
+    (tmp_path / "cut.log.gz").write_bytes(gzip.compress(text * 50)[:-40])
+    out = subprocess.run([*CLI, "ingest", str(tmp_path / "cut.log.gz")], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "corrupt gzip data" in out.stderr, out.stderr
 
 
 def test_tls(make_hub, tmp_path: Path) -> None:
