@@ -63,12 +63,33 @@ def query_params(args: argparse.Namespace) -> dict[str, Any]:
 
 # ---- ingest ------------------------------------------------------------------
 def cmd_ingest(args: argparse.Namespace) -> int:
+    paths = log_files(args.files)
     c = client(args)
     total = 0
-    for path in args.files:
-        total += ingest_file(c, Path(path), args)
+    for path in paths:
+        try:
+            total += ingest_file(c, path, args)
+        except OSError as err:
+            raise MohlogError(f"{path}: {err.strerror or err} (ingested before it: "
+                              f"{total} records)") from err
     print(f"ingested {total} records", file=sys.stderr)
     return 0
+
+
+def log_files(names: list[str]) -> list[Path]:
+    """The files to ingest: each name (a file, a pipe such as ``<(zcat x)``), or the
+    regular files directly in a directory (sorted); a missing one is an error before
+    anything is sent."""
+    out: list[Path] = []
+    for name in names:
+        path = Path(name)
+        if path.is_dir():
+            out += sorted(p for p in path.iterdir() if p.is_file())
+        elif name == "-" or path.exists():
+            out.append(path)
+        else:
+            raise MohlogError(f"{name}: no such file")
+    return out
 
 
 _MAGIC = ((b"\x1f\x8b", "gzip"), (b"\x28\xb5\x2f\xfd", "zstd"), (b"\xfd7zXZ\x00", "xz"),
@@ -149,7 +170,7 @@ def entries(path: Path, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
 
 
 def ingest_file(c: Client, path: Path, args: argparse.Namespace) -> int:
-    size = path.stat().st_size if str(path) != "-" else 0
+    size = path.stat().st_size if path.is_file() else 0
     cctx = zstandard.ZstdCompressor(level=3)
     sent, batch, t0 = 0, [], time.monotonic()
     for doc in entries(path, args):

@@ -218,17 +218,23 @@ def test_cli_ingest_takes_the_fields_of_line_headers(hub: Hub, tmp_path: Path) -
 
 
 def test_cli_ingests_compressed_rotated_logs(hub: Hub, tmp_path: Path) -> None:
-    """gzip, zstd, xz and bzip2 files (told by their first bytes) are read decompressed;
-    a truncated one is a clear error."""
+    """gzip, zstd, xz and bzip2 files (told by their first bytes) are read decompressed,
+    a directory's files all; a missing or truncated one is a clear error."""
     env = {**os.environ, "MOHLOG_HUB": hub.url, "MOHLOG_TOKEN": hub.token,
            "PYTHONPATH": str(ROOT)}
     text = (ROOT / "tests" / "data" / "logs" / "worker.log").read_bytes()
     files = {"worker.log.1.gz": gzip.compress(text), "worker.log.2.zst":
              zstandard.ZstdCompressor().compress(text), "worker.log.3.xz": lzma.compress(text),
              "worker.log.4.bz2": bz2.compress(text), "worker.log.5": text}
+    rotated = tmp_path / "rotated"
+    rotated.mkdir()
     for name, data in files.items():
-        (tmp_path / name).write_bytes(data)
-    out = subprocess.run([*CLI, "ingest", *(str(tmp_path / n) for n in files)], env=env,
+        (rotated / name).write_bytes(data)
+    out = subprocess.run([*CLI, "ingest", str(tmp_path / "missing.log"), str(rotated)],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "missing.log: no such file" in out.stderr, out.stderr
+    assert hub.all_ids("") == []                    # nothing sent before the error
+    out = subprocess.run([*CLI, "ingest", str(rotated)], env=env,   # a directory: its files
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "ingested 10 records" in out.stderr, out.stderr
     got = subprocess.run([*CLI, "search", '"job 17 failed"', "--json"], env=env,
