@@ -217,14 +217,15 @@ def cmd_search(args: argparse.Namespace) -> int:
     c = client(args)
     if args.semantic:
         return _semantic(c, args)
+    # --all: every match, --limit records per request; else the first --limit
     params = {**query_params(args), "limit": min(args.limit, 10_000)}
     shown = 0
-    while shown < args.limit:
+    while args.all or shown < args.limit:
         page = c.get("/api/v1/logs", params)
-        for r in page["records"][: args.limit - shown]:
+        for r in page["records"][: None if args.all else args.limit - shown]:
             print(json.dumps(r) if args.json else fmt_record(r))
             shown += 1
-        if not page["next_cursor"] or not args.all:
+        if not page["next_cursor"] or not (args.all or shown < args.limit):
             break
         params["cursor"] = page["next_cursor"]
     return 0
@@ -304,6 +305,16 @@ def cmd_archive(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number ≥ 1")
+    return n
+
+
 def parser(cmd: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"mohlog {cmd}")
     common(p)
@@ -325,8 +336,10 @@ def parser(cmd: str) -> argparse.ArgumentParser:
         filters(p)
         p.add_argument("--json", action="store_true", help="one JSON record per line")
         if cmd == "search":
-            p.add_argument("--limit", type=int, default=100)
-            p.add_argument("--all", action="store_true", help="follow the cursor to the end")
+            p.add_argument("--limit", type=_positive, default=100,
+                           help="records shown (with --all: fetched per request)")
+            p.add_argument("--all", action="store_true",
+                           help="every match, following the cursor to the end")
             p.add_argument("--semantic", metavar="TEXT", help="semantic search (natural language)")
             p.add_argument("-k", type=int, default=10, help="templates for --semantic")
         if cmd == "export":

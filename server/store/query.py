@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from mohlog.errors import InvalidInput
-from mohlog.model import LEVEL_RANK
+from mohlog.model import COMPONENTS, LEVEL_RANK, LEVELS
 
 OPS = ("<=", ">=", "!=", "=", "<", ">", " contains ", " regex ")
 FIELDS = ("id", "timestamp", "level", "component", "source", "host", "pid", "tid", "process",
@@ -152,6 +152,12 @@ def parse_filter(spec: str) -> Filter:
 def check_filter(f: Filter) -> Filter:
     if f.field in ("level", "component"):
         f = Filter(f.field, f.op, f.value.upper())
+        valid = LEVELS if f.field == "level" else COMPONENTS
+        numeric = f.field == "level" and f.op in ("<", "<=", ">", ">=") and \
+            f.value.lstrip("-").isdigit()
+        if f.op not in ("contains", "regex") and f.value not in valid and not numeric:
+            raise InvalidInput(f"unknown {f.field} {f.value!r}", field=f.field,
+                               valid=list(valid))
     if f.field not in FIELDS and not f.field.startswith("metadata."):
         raise InvalidInput(f"unknown field {f.field!r}", valid=[*FIELDS, "metadata.<key>"])
     if f.op == "regex":

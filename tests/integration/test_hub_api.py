@@ -164,6 +164,16 @@ def test_field_filters_and_text(hub: Hub) -> None:
     status, err = hub.request("GET", "/api/v1/logs?f=nosuch=1")
     assert status == 400 and "valid" in err["error"]
     assert hub.request("GET", "/api/v1/logs?q=/([/")[0] == 400
+    got = hub.search("f=level>=6&limit=1000")["records"]        # a rank (6: ERROR) and up
+    assert len(got) == 200
+    for bad in ("level>=NOPE", "level=warn", "component!=KERNELS"):
+        status, err = hub.request("GET", f"/api/v1/logs?f={bad}")
+        assert status == 400 and err["error"]["message"].startswith("unknown "), err
+        assert "APPLICATION" in err["error"]["valid"] or "ERROR" in err["error"]["valid"]
+    status, err = hub.request("GET", "/api/v1/logs?f=level=NOPE")
+    assert err["error"]["valid"] == ["TRACE", "DEBUG", "INFO", "AI_INFERENCE", "PERFORMANCE",
+                                     "WARNING", "ERROR", "CRITICAL", "SECURITY"]
+    assert len(hub.search("f=level+contains+ERR&limit=1000")["records"]) == 100
 
 
 def test_structured_queries(hub: Hub) -> None:

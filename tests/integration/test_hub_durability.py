@@ -165,6 +165,12 @@ def test_cli_token_ingest_search(hub: Hub, tmp_path: Path) -> None:
         "worker 286 finished job 2002"]
     out = cli("search", "-f", "process=x.ndjson", "--json")
     assert out.stdout == ""
+    out = cli("search", "worker", "--all", "--limit", "40", "--json")   # 8 requests of 40
+    assert sorted(orjson.loads(x)["message"] for x in out.stdout.splitlines()) == sorted(
+        f"worker {i} finished job {i * 7}" for i in range(300))
+    assert len(cli("search", "worker", "--limit", "120").stdout.splitlines()) == 120
+    bad = cli("search", "worker", "--limit", "0")
+    assert bad.returncode == 2 and "not a whole number" in bad.stderr
     assert "ndjson line here" in cli("search", "ndjson").stdout
     denied = cli("search", "x", MOHLOG_TOKEN=ingest_token)
     assert denied.returncode == 1 and "403" in denied.stderr
