@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from mohlog import log, parent
+from mohlog.errors import MohlogError
 
 
 def default_data() -> Path:
@@ -144,3 +145,9 @@ def main(argv: list[str]) -> int:
         return asyncio.run(run(args))
     except KeyboardInterrupt:
         return 0
+    except MohlogError as err:           # the data directory in use, bad settings
+        print(f"mohlog run: {err.message}", file=sys.stderr)
+        return 2
+    except OSError as err:               # the address in use
+        print(f"mohlog run: {err}", file=sys.stderr)
+        return 1

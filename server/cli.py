@@ -15,7 +15,7 @@ from mohlog import log
 from mohlog.errors import MohlogError
 from server.app import init
 from server.config import DEFAULT_DATA, DEFAULT_LISTEN, HubConfig, load
-from server.keys import TOKENS
+from server.keys import STORE, TOKENS
 
 
 def parser() -> argparse.ArgumentParser:
@@ -51,6 +51,7 @@ def ssl_context(cfg: HubConfig) -> ssl.SSLContext | None:
 async def serve(cfg: HubConfig, ready: asyncio.Event | None = None,
                 stop: asyncio.Event | None = None) -> None:
     app = init(cfg)
+    app[STORE].lock()       # before anything of the data directory is written
     admin = app[TOKENS].ensure_admin()
     ctx = ssl_context(cfg)
     # auto_decompress off: the store decodes zstd/gzip itself, bounded by max_body_bytes.

@@ -31,7 +31,7 @@ from server.store import filters, words
 from server.store import params as paramsmod
 from server.store.cache import SizedLRU
 from server.store.config import StoreConfig
-from server.store.fsutil import fsync_dir
+from server.store.fsutil import DirLock, fsync_dir
 from server.store.metrics import StoreMetrics
 from server.store.params import unpacked
 from server.store.query import LogQuery, decode_cursor, encode_cursor
@@ -133,6 +133,7 @@ class Store:
     def __init__(self, cfg: StoreConfig, registry: Any = None) -> None:
         self.cfg = cfg
         self.dir = Path(cfg.data_dir)
+        self._dir_lock = DirLock(self.dir)
         self.seg_dir = self.dir / "segments"
         self.archive_dir = self.dir / "archive"
         self.metrics = StoreMetrics(registry)
@@ -170,7 +171,12 @@ class Store:
     async def open(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self._open_sync)
 
+    def lock(self) -> None:
+        """Take the data directory for this process (InUse if another one holds it)."""
+        self._dir_lock.acquire()
+
     def _open_sync(self) -> None:
+        self.lock()                     # first: nothing of the directory touched before
         for d in (self.dir, self.seg_dir, self.archive_dir):
             d.mkdir(parents=True, exist_ok=True)
         for tmp in self.seg_dir.rglob(".tmp-*"):
@@ -252,6 +258,7 @@ class Store:
         with self._lock:
             if self.miner.state_path:
                 self.miner.save()
+        self._dir_lock.release()
 
     # ---- ingest -------------------------------------------------------------
     def parse(self, body: bytes, content_encoding: str | None = None,

@@ -254,6 +254,26 @@ def test_cli_ingests_compressed_rotated_logs(hub: Hub, tmp_path: Path) -> None:
     assert out.returncode == 1 and "corrupt gzip data" in out.stderr, out.stderr
 
 
+def test_a_second_hub_on_the_same_data_is_refused(make_hub, tmp_path: Path) -> None:
+    """Two hubs on one data directory would replay and remove each other's files: the
+    second stops at once, saying which process holds it; a hub killed with -9 holds
+    nothing (the kernel drops the lock)."""
+    first = make_hub()
+    first.ingest([entry(i) for i in range(50)])
+    for cmd in (["hub", "--data", str(first.data), "--listen", "127.0.0.1:0"],
+                ["run", "--data", str(first.data), "--listen", "127.0.0.1:0", "--no-agent"]):
+        out = subprocess.run([*CLI, *cmd, "--no-embeddings"] if cmd[0] == "hub" else
+                             [*CLI, *cmd], capture_output=True, text=True, timeout=60,
+                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert out.returncode == 2, out.stderr
+        assert f"data directory {first.data} is in use by another hub (pid " \
+            f"{first.proc.pid})" in out.stderr, out.stderr
+    assert len(first.all_ids("")) == 50          # the first one untouched, still serving
+    first.stop(signal.SIGKILL)
+    again = make_hub()                           # same data: starts
+    assert len(again.all_ids("")) == 50
+
+
 def test_tls(make_hub, tmp_path: Path) -> None:
     cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",

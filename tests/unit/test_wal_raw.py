@@ -54,6 +54,7 @@ def test_store_replays_raw_records_after_a_crash(tmp_path: Path) -> None:
         await st.append(b, "once")
         ids = sorted(b.table["id"].to_pylist())
         st.wal.stop()                     # no flush: the records live only in the WAL
+        st._dir_lock.release()            # and the crash: the kernel drops its lock
         again = Store(StoreConfig(data_dir=tmp_path, flush_interval_s=3600))
         await again.open()
         got = sorted(again.matching(again_q())["id"].to_pylist())
