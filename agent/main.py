@@ -14,6 +14,7 @@ from agent.sinks.hub import HubSink
 from agent.sources.base import Source
 from agent.spool import Spool
 from mohlog import log
+from mohlog.dirlock import DirLock
 from mohlog.errors import MohlogError
 
 
@@ -22,6 +23,9 @@ class Agent:
         self.cfg = cfg
         self.state = Path(cfg.state_dir)
         self.state.mkdir(parents=True, exist_ok=True)
+        # first: two agents on one state directory would both replay its spool
+        self._dir_lock = DirLock(self.state, "agent")
+        self._dir_lock.acquire()
         self.spool = Spool(self.state / "spool", cfg.spool_max_bytes)
         self.sink = HubSink(cfg.hub, cfg.read_token(), self.spool, cfg.hub_timeout_s)
         self.pipeline = Pipeline(cfg, self.sink.submit, self._enrichers())
@@ -98,6 +102,7 @@ class Agent:
         self.pipeline.stop()
         self.sink.wait_idle(timeout)
         self.sink.stop()
+        self._dir_lock.release()
 
     def probe_stats(self) -> dict[str, dict[str, Any]]:
         return self.ebpf.stats()["probes"] if self.ebpf is not None else {}

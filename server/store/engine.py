@@ -25,13 +25,14 @@ import pyarrow.parquet as pq
 
 from embeddings.miner import TemplateMiner
 from mohlog import log
+from mohlog.dirlock import DirLock
 from mohlog.errors import Busy, InvalidInput, NotFound
 from server.store import batch as batchmod
 from server.store import filters, words
 from server.store import params as paramsmod
 from server.store.cache import SizedLRU
 from server.store.config import StoreConfig
-from server.store.fsutil import DirLock, fsync_dir
+from server.store.fsutil import fsync_dir
 from server.store.metrics import StoreMetrics
 from server.store.params import unpacked
 from server.store.query import LogQuery, decode_cursor, encode_cursor

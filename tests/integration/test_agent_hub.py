@@ -90,3 +90,38 @@ def _records(hub: Hub, q: str) -> list[dict]:
         cursor = page["next_cursor"]
         if not cursor:
             return recs
+
+
+def test_a_second_agent_on_the_same_state_is_refused(tmp_path: Path) -> None:
+    hub = Hub(tmp_path / "hub", {}).start()
+    first = start_agent(hub, tmp_path, {"journal": False, "sdk_socket": ""})
+    try:
+        state = tmp_path / "state"
+        deadline = time.monotonic() + 30
+        while not (state / "lock").exists() or not (state / "lock").read_text().strip():
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        second = subprocess.run(
+            [sys.executable, "-m", "mohlog.cli", "agent", "--hub", hub.url, "--token-file",
+             str(tmp_path / "token"), "--state-dir", str(state), "--no-ebpf"], cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+            timeout=60)
+        assert second.returncode == 2
+        assert f"state directory {state} is in use by another agent (pid {first.pid})" in \
+            second.stderr, second.stderr
+        assert first.poll() is None
+        first.kill()
+        first.wait()
+        again = start_agent(hub, tmp_path, {"journal": False, "sdk_socket": ""})
+        try:
+            deadline = time.monotonic() + 30
+            while (state / "lock").read_text().strip() != str(again.pid):
+                assert again.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+        finally:
+            again.terminate()
+            assert again.wait(30) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+        hub.stop()
