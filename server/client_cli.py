@@ -319,7 +319,8 @@ def parser(cmd: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"mohlog {cmd}")
     common(p)
     if cmd == "ingest":
-        p.add_argument("files", nargs="+", help="plain-text or NDJSON files ('-': stdin)")
+        p.add_argument("files", nargs="+", help="plain-text or NDJSON files, maybe gzip/zstd/"
+                       "xz/bzip2-compressed, or directories of them ('-': stdin)")
         p.add_argument("--level", default="INFO",
                        help="level of plain lines that do not name one")
         p.add_argument("--component", default="APPLICATION", help="component of plain lines")
@@ -327,7 +328,7 @@ def parser(cmd: str) -> argparse.ArgumentParser:
                        "(default: this machine)")
         p.add_argument("--raw", action="store_true",
                        help="keep plain lines whole, stamped when received (no header parsing)")
-        p.add_argument("--batch", type=int, default=5000, help="records per request")
+        p.add_argument("--batch", type=_positive, default=5000, help="records per request")
     elif cmd in ("search", "tail", "export"):
         if cmd != "tail":
             p.add_argument("q", nargs="?", help='words, "a phrase", /regex/')
