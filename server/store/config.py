@@ -39,6 +39,11 @@ class StoreConfig:
     max_keys: int = 1_000_000
     # Seconds between retention passes of the background task.
     retention_interval_s: float = 60.0
+    # A time partition holding this many small segments has them merged into one (a
+    # low-rate agent makes a segment per flush_interval_s); 0 never merges.
+    compact_segments: int = 8
+    # Segments of fewer records than this are small (merged up to flush_rows records).
+    compact_small_rows: int = 100_000
     # Mine message templates (store template id + parameters); False stores raw messages
     # as a single parameter of an empty template.
     templates: bool = True

@@ -146,6 +146,10 @@ class Store:
         self._tail_n = 0                # rows in self._chunks
         self._segments: list[SegmentInfo] = []
         self._corrupt: list[dict] = []
+        self._compacting: Future[int] | None = None
+        self._compacted_at = time.monotonic()   # first look one flush interval after
+        self._unmergeable: set[str] = set()     # a merge of theirs failed: left alone
+        self._doomed: list[tuple[float, list[str]]] = []   # merged away: (when, paths)
         self._manifest = Manifest([])
         self._keys: OrderedDict[str, int] = OrderedDict()
         self._inflight: dict[str, Future] = {}
@@ -186,6 +190,7 @@ class Store:
             self.miner.load()
         self._manifest = Manifest.load(self.dir / "manifest.json")
         self._taken = self._manifest.wal_upto
+        self._remove_orphans()
         self._load_segments()
         self._load_keys()
         replayed = 0
@@ -220,6 +225,19 @@ class Store:
                 self.reader.metadata(s)
         except Exception:  # noqa: BLE001 - only a head start: queries load it anyway
             log.store.warning("warming the store up failed", exc_info=True)
+
+    def _remove_orphans(self) -> None:
+        """Delete segment files the manifest does not name: those a merge replaced when
+        the hub stopped before deleting them, or a merge or restore cut short."""
+        named = {s.path for s in self._manifest.segments}
+        gone = 0
+        for f in self.seg_dir.glob("*/*"):
+            stem = f.name.split(".", 1)[0]
+            if stem.isdigit() and f"{f.parent.name}/{stem}.parquet" not in named:
+                f.unlink(missing_ok=True)
+                gone += 1
+        if gone:
+            log.store.info("removed %d segment files no segment of the manifest names", gone)
 
     def _load_segments(self) -> None:
         good = []
@@ -401,7 +419,10 @@ class Store:
                 if time.monotonic() - last_retention > self.cfg.retention_interval_s:
                     last_retention = time.monotonic()
                     self._drain()           # retention never races a segment write
+                    self._wait_compaction()  # nor a merge
                     self.enforce_retention()
+                self._start_compaction()
+                self._reap()
             except Exception:  # noqa: BLE001 - keep the loop alive, say why
                 log.store.exception("background flush/retention failed; will retry")
                 self._stop.wait(2.0)
@@ -409,6 +430,8 @@ class Store:
             self.flush()
         except Exception:  # noqa: BLE001
             log.store.exception("final flush failed; records stay in the WAL")
+        self._wait_compaction()
+        self._reap(grace_s=0.0)             # no query is left to read them
 
     def _should_flush(self) -> bool:
         with self._lock:
@@ -434,6 +457,128 @@ class Store:
             fut, self._writing = self._writing, None
         if fut is not None:
             fut.result()
+
+    # ---- merging small segments --------------------------------------------
+    def _start_compaction(self) -> None:
+        """Hand a merge to the writer thread (after the segment writes queued before it:
+        one writer, so merges never race them) when a partition has enough small
+        segments and no merge is in flight."""
+        if not self.cfg.compact_segments or (self._compacting is not None and
+                                             not self._compacting.done()):
+            return
+        if self._compacting is not None:
+            self._wait_compaction()
+        now = time.monotonic()
+        if now - self._compacted_at < max(1.0, self.cfg.flush_interval_s):
+            return                          # looked at most once per flush interval
+        self._compacted_at = now
+        if self._mergeable():
+            self._compacting = self._writer.submit(self.compact)
+
+    def _wait_compaction(self) -> None:
+        fut, self._compacting = self._compacting, None
+        if fut is not None:
+            try:
+                fut.result()
+            except Exception:  # noqa: BLE001 - said where it failed; tried again later
+                log.store.exception("merging small segments failed; they stay as they are")
+
+    def _mergeable(self) -> list[list[SegmentInfo]]:
+        """Groups of small segments to merge: per partition with ``compact_segments`` of
+        them or more, oldest first, up to ``flush_rows`` records a group."""
+        small: dict[str, list[SegmentInfo]] = {}
+        with self._lock:
+            for seg in self._segments:
+                if seg.rows < self.cfg.compact_small_rows and \
+                        seg.path not in self._unmergeable:
+                    small.setdefault(seg.partition, []).append(seg)
+        groups = []
+        for segs in small.values():
+            if len(segs) < max(2, self.cfg.compact_segments):
+                continue
+            group: list[SegmentInfo] = []
+            for seg in sorted(segs, key=lambda x: x.path):
+                if group and sum(g.rows for g in group) + seg.rows > self.cfg.flush_rows:
+                    break
+                group.append(seg)
+            if len(group) >= 2:
+                groups.append(group)
+        return groups
+
+    def compact(self) -> int:
+        """Merge the small segments of the partitions that have enough of them (see
+        ``_mergeable``); the number of segments merged away. Runs on the writer thread."""
+        merged = 0
+        for group in self._mergeable():
+            try:
+                merged += self._merge(group)
+            except Exception:  # noqa: BLE001 - said once; those segments stay apart
+                log.store.exception("merging %d segments of %s failed; they stay as they are",
+                                    len(group), group[0].partition)
+                self._unmergeable.update(seg.path for seg in group)
+        return merged
+
+    def _merge(self, group: list[SegmentInfo]) -> int:
+        """One segment from ``group`` (same partition): written beside them, then the
+        manifest names it instead of them; their files go once no query can still be
+        reading them (``_reap``). A crash before the manifest leaves the new files
+        unnamed, after it the old ones: either is removed at the next open."""
+        tables = []
+        for seg in group:
+            path = self.seg_dir / seg.path
+            if not verify(path, seg.xxh64):
+                log.store.error("segment %s is corrupt: not merged", seg.path)
+                self._unmergeable.add(seg.path)
+                return 0
+            tables.append(unpacked(pq.read_table(path)).select(list(SEG_COLUMNS)))
+        table = pa.concat_tables(tables)
+        order = sort_order(table)
+        if order is not None:
+            table = table.take(pa.array(order))
+        messages = self.miner.render_many(table["template_id"].to_numpy(),
+                                          table["params"].combine_chunks())
+        part = group[0].partition
+        info = self._write_segment(Staged(part, table, pa.chunked_array([messages]), None),
+                                   sum(seg.raw_bytes for seg in group))
+        paths = {seg.path for seg in group}
+        with self._lock:
+            if not paths <= {seg.path for seg in self._segments}:
+                gone = info                 # retention took some meanwhile: keep theirs
+            else:
+                gone = None
+                self._segments = [x for x in self._segments if x.path not in paths] + [info]
+                self._manifest.segments = [x for x in self._manifest.segments
+                                           if x.path not in paths] + [info]
+                self._manifest.save(self.dir / "manifest.json")
+                self._doomed.append((time.monotonic(), sorted(paths)))
+        if gone is not None:
+            self._delete_files([gone.path])
+            return 0
+        for path in paths:
+            self.reader.forget(path)
+            self._rollups.pop(path)
+            self._words.pop(path)
+        self.metrics.segments.set(len(self._segments))
+        self.metrics.stored_bytes.set(self.stored_bytes())
+        log.store.info("merged %d small segments of %s into %s (%d records)", len(group),
+                       part, info.path, info.rows)
+        return len(group)
+
+    def _reap(self, grace_s: float = 60.0) -> None:
+        """Delete the files of merged-away segments once ``grace_s`` has passed (a query
+        that took its segment list before the merge may still be reading them)."""
+        now = time.monotonic()
+        with self._lock:
+            due = [paths for t, paths in self._doomed if now - t >= grace_s]
+            self._doomed = [(t, paths) for t, paths in self._doomed if now - t < grace_s]
+        for paths in due:
+            self._delete_files(paths)
+
+    def _delete_files(self, paths: list[str]) -> None:
+        for rel in paths:
+            seg = self.seg_dir / rel
+            for f in (seg, rollup_path(seg), words.path_for(seg)):
+                f.unlink(missing_ok=True)
 
     def _start_flush(self) -> Future[int] | None:
         """Stage the chunks the WAL holds now (this thread) and hand them to the writer."""
