@@ -227,17 +227,21 @@ class Store:
             log.store.warning("warming the store up failed", exc_info=True)
 
     def _remove_orphans(self) -> None:
-        """Delete segment files the manifest does not name: those a merge replaced when
-        the hub stopped before deleting them, or a merge or restore cut short."""
+        """Delete the files of segments the manifest does not name though it numbered
+        them (below its next number): those a merge replaced when the hub stopped before
+        deleting them, or a restore cut short. Files numbered past it (a write cut short)
+        are overwritten by the next segment of their number; with no manifest nothing is
+        removed (the files stay for whoever recovers them)."""
         named = {s.path for s in self._manifest.segments}
         gone = 0
         for f in self.seg_dir.glob("*/*"):
             stem = f.name.split(".", 1)[0]
-            if stem.isdigit() and f"{f.parent.name}/{stem}.parquet" not in named:
+            if stem.isdigit() and int(stem) < self._manifest.next_segment and \
+                    f"{f.parent.name}/{stem}.parquet" not in named:
                 f.unlink(missing_ok=True)
                 gone += 1
         if gone:
-            log.store.info("removed %d segment files no segment of the manifest names", gone)
+            log.store.info("removed %d files of segments the manifest no longer names", gone)
 
     def _load_segments(self) -> None:
         good = []

@@ -102,19 +102,36 @@ def test_a_crash_on_either_side_of_the_manifest_keeps_every_record_once(tmp_path
     assert old < _files(tmp_path)
     part = st._segments[0].partition
     stray = tmp_path / "segments" / part / "0000099999.parquet"
-    stray.write_bytes(b"a merge cut short before the manifest named it")
+    stray.write_bytes(b"a write cut short: numbered past the manifest, overwritten later")
     again = _store(tmp_path)
     loop.run_until_complete(again.open())
     try:
         assert _files(tmp_path) == {f"{again._segments[0].path}",
                                     again._segments[0].path.replace(".parquet", ".rollup.arrow"),
-                                    again._segments[0].path.replace(".parquet", ".words.arrow")}
+                                    again._segments[0].path.replace(".parquet", ".words.arrow"),
+                                    f"{part}/{stray.name}"}
         assert not again._corrupt
         _answers(again, recs)
         assert again.stats()["records"] == 800
     finally:
         loop.run_until_complete(again.close())
         loop.close()
+
+
+def test_without_a_manifest_no_segment_file_is_removed(tmp_path: Path) -> None:
+    recs = entries(400)
+    loop = asyncio.new_event_loop()
+    st = _store(tmp_path)
+    loop.run_until_complete(st.open())
+    _fill(st, loop, recs, 2)
+    loop.run_until_complete(st.close())
+    files = _files(tmp_path)
+    (tmp_path / "manifest.json").unlink()           # lost: the files are all there is
+    again = _store(tmp_path)
+    loop.run_until_complete(again.open())
+    loop.run_until_complete(again.close())
+    loop.close()
+    assert _files(tmp_path) == files and len(files) == 6
 
 
 def test_background_merges_small_segments(tmp_path: Path) -> None:
