@@ -15,7 +15,8 @@ logs of shipping are not shipped.
 Position: the cursor of the last entry handed on is kept in the state file; a restart
 resumes just after it (nothing twice, nothing missed while the agent was down). The first
 start begins at the end of the journal. If journalctl exits, it is started again from the
-cursor (1 s, doubling to 30 s, between tries).
+cursor (1 s, doubling to 30 s, between tries); a cursor it cannot seek to (a journal made
+anew) is dropped and reading starts at the end.
 
 Fields: time = ``_SOURCE_REALTIME_TIMESTAMP`` (when the program logged) else
 ``__REALTIME_TIMESTAMP``; level from ``PRIORITY`` as for syslog (0-2 CRITICAL, 3 ERROR,
@@ -140,9 +141,16 @@ class JournalSource(Source):
                 continue
             got = self._follow(self.proc, emit)
             err = self._end(self.proc, errors)
-            self.save()
             if self.stopping.is_set():
                 break
+            if not got and self.cursor and "cursor" in err.lower():
+                # a cursor journalctl cannot seek to (a journal made anew): from the end
+                log.agent.warning("journal cursor not usable (%s): reading from the end", err)
+                self.cursor = None
+                self.state_file.unlink(missing_ok=True)
+                self.counters["cursor_resets"] += 1
+                continue
+            self.save()
             self.counters["restarts"] += 1
             log.agent.warning("journalctl exited (%s): %s; again in %.0f s",
                               self.proc.returncode, err or "no message", wait)

@@ -190,3 +190,17 @@ def test_journalctl_killed_is_started_again_from_the_cursor(namespace: str,
             [f"after {tag} {i}" for i in range(3)], got
     finally:
         src.stop()
+
+
+def test_a_cursor_journalctl_cannot_seek_to_is_dropped(namespace: str, tmp_path: Path) -> None:
+    state = tmp_path / "journal.json"
+    state.write_text(json.dumps({"cursor": "s=not-a-cursor"}))    # a journal made anew
+    tag = uuid.uuid4().hex[:8]
+    src, sink = JournalSource(state, namespace), Collector()
+    src.start(sink)
+    try:
+        ready(namespace, sink, tag)                 # reads again, from the end
+        assert src.counters["cursor_resets"] == 1 and src.counters["restarts"] == 0
+    finally:
+        src.stop()
+    assert json.loads(state.read_text())["cursor"] != "s=not-a-cursor"
