@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from mohlog import log, parent
+from mohlog.dirlock import DirLock
 from mohlog.errors import MohlogError
 
 
@@ -72,7 +73,6 @@ def agent_metrics(extra: str, settings: Path) -> str:
     from agent.cli import parser
     from agent.config import AgentConfig
     from agent.config import load as load_agent
-    from mohlog.errors import MohlogError
     try:
         flags, _ = parser().parse_known_args(extra.split())
         return load_agent(flags.config or settings,
@@ -87,6 +87,9 @@ async def run(args: argparse.Namespace) -> int:
     data = args.data or default_data()
     data.mkdir(parents=True, exist_ok=True)
     cfg = load(None, {"data": data, "listen": args.listen})
+    probe = DirLock(data)           # another hub on it: stop before writing its tokens
+    probe.acquire()
+    probe.release()
     token_file = None if args.no_agent else agent_token(data)
     ready, stop = asyncio.Event(), asyncio.Event()
     hub = asyncio.create_task(serve(cfg, ready, stop))
