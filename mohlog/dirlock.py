@@ -10,7 +10,7 @@ from mohlog.errors import MohlogError
 
 
 class InUse(MohlogError):
-    """The data directory is held by another process."""
+    """The directory is held by another process."""
     status = 409
     code = "in_use"
 
@@ -27,10 +27,6 @@ class DirLock:
         self.path = directory / "lock"
         self.holder = holder
         self._fd: int | None = None
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
 
     def acquire(self) -> None:
         if self._fd is not None:
