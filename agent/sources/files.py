@@ -81,8 +81,9 @@ class FilesSource(Source):
     def poll(self, path: str) -> list[dict[str, Any]]:
         try:
             st = os.stat(path)
-        except OSError:
-            return []
+        except OSError:                 # deleted: what was held of it is handed on
+            held = path in self._partial or self.held(path)
+            return self._lines(path, b"", final=True) if held else []
         ino, off = self.pos.get(path, (st.st_ino, 0))
         out: list[dict[str, Any]] = []
         if ino != st.st_ino:  # rotated: finish the old file (if still reachable), then new

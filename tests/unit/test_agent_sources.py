@@ -108,6 +108,17 @@ def test_tailed_traceback_joins_its_line_and_survives_a_restart(tmp_path: Path) 
     assert [e["message"] for e in fourth.poll(str(log))] == ["INFO worker: job 20 done"]
 
 
+def test_a_deleted_file_hands_on_what_was_held(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    log.write_text("2026-11-30 21:00:00 ERROR boom\n  at frame 1\npartial line")
+    src = FilesSource([str(log)], tmp_path / "pos.json", multiline_wait_s=30)
+    assert src.poll(str(log)) == []
+    log.unlink()
+    assert [e["message"] for e in src.poll(str(log))] == [
+        "ERROR boom\n  at frame 1\npartial line"]
+    assert src.poll(str(log)) == []
+
+
 def test_syslog_parsing_both_rfcs() -> None:
     e = parse(b"<34>Oct 11 22:14:15 mymachine su[231]: 'su root' failed for lonvick")
     assert (e["host"], e["process"], e["pid"], e["level"]) == ("mymachine", "su", 231,
