@@ -301,7 +301,8 @@ def cmd_archive(args: argparse.Namespace) -> int:
         if not args.name:
             raise MohlogError("archive restore needs an archive name (see archive list)")
         res = c.request("POST", f"/api/v1/archive/{args.name}/restore")
-        print(f"restored {res['restored']}: {res['records']} records")
+        print(f"restored {res['restored']}: {res['records']} records (left alone by "
+              f"retention until {res.get('kept_until', '?')})")
     return 0
 
 

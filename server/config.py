@@ -36,6 +36,10 @@ class HubConfig:
     flush_interval_s: float = 5.0
     # Time partition span in seconds.
     partition_s: int = 3600
+    # Seconds a restored partition is left alone by retention.
+    restore_keep_s: float = 7 * 86400
+    # Small segments in a partition that get merged into one (0: never merge).
+    compact_segments: int = 8
     # Start the embedding service (semantic search) when its packages are installed.
     embeddings: bool = True
     # While ingest runs above this many records/s, loading the embedding model (seconds of
@@ -57,7 +61,9 @@ class HubConfig:
         return StoreConfig(self.data, retention_age_s=self.retention_age_s,
                            retention_bytes=self.retention_bytes,
                            max_batch_bytes=self.max_body_bytes, flush_rows=self.flush_rows,
-                           flush_interval_s=self.flush_interval_s, partition_s=self.partition_s)
+                           flush_interval_s=self.flush_interval_s, partition_s=self.partition_s,
+                           restore_keep_s=self.restore_keep_s,
+                           compact_segments=self.compact_segments)
 
 
 def load(path: Path | None, overrides: dict[str, Any]) -> HubConfig:

@@ -39,6 +39,9 @@ class StoreConfig:
     max_keys: int = 1_000_000
     # Seconds between retention passes of the background task.
     retention_interval_s: float = 60.0
+    # Seconds a restored partition is left alone by retention (then archived again if
+    # it is still expired).
+    restore_keep_s: float = 7 * 86400
     # A time partition holding this many small segments has them merged into one (a
     # low-rate agent makes a segment per flush_interval_s); 0 never merges.
     compact_segments: int = 8

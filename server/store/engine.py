@@ -1069,14 +1069,16 @@ class Store:
             with self._lock:
                 parts = _partitions(self._segments)
                 total = sum(s.bytes for s in self._segments)
-            if not parts:
+                kept = self._kept()
+            candidates = [p for p in parts if p not in kept]   # restored ones wait
+            if not candidates:
                 break
-            oldest = min(parts)
+            oldest = min(candidates)
             newest_ts = max(s.max_ts for s in parts[oldest])
             too_old = (self.cfg.retention_age_s is not None
                        and newest_ts < now - self.cfg.retention_age_s * 1_000_000_000)
             too_big = (self.cfg.retention_bytes is not None and total > self.cfg.retention_bytes
-                       and len(parts) > 1)
+                       and oldest != max(parts))    # never the newest partition
             if not (too_old or too_big):
                 break
             archived.append(self._archive(oldest, parts[oldest]))
@@ -1145,14 +1147,26 @@ class Store:
                         with tar.extractfile(side.name) as src, \
                                 open(side, "wb") as out:  # type: ignore[union-attr]
                             shutil.copyfileobj(src, out)
+        until = time.time() + self.cfg.restore_keep_s
         with self._lock:
             known = {s.path for s in self._segments}
             new = [s for s in segs if s.path not in known]
             self._segments = self._segments + new
             self._manifest.segments.extend(new)
+            self._kept()
+            for part in {s.partition for s in segs}:   # not archived again at once
+                self._manifest.kept[part] = until
             self._manifest.save(self.dir / "manifest.json")
         path.unlink()
-        return {"restored": name, "records": sum(s.rows for s in segs)}
+        return {"restored": name, "records": sum(s.rows for s in segs),
+                "kept_until": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until))}
+
+    def _kept(self) -> set[str]:
+        """Restored partitions retention still leaves alone (under the lock; the ones
+        whose time is up are forgotten)."""
+        now = time.time()
+        self._manifest.kept = {p: t for p, t in self._manifest.kept.items() if t > now}
+        return set(self._manifest.kept)
 
 
 def _file_bytes(paths: list[Path]) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -210,10 +210,12 @@ class Manifest:
     segments: list[SegmentInfo]
     wal_upto: int = 0
     next_segment: int = 1
+    # restored partitions retention leaves alone: partition -> until (unix seconds)
+    kept: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {"segments": [asdict(s) for s in self.segments], "wal_upto": self.wal_upto,
-                "next_segment": self.next_segment}
+                "next_segment": self.next_segment, "kept": self.kept}
 
     @classmethod
     def load(cls, path: Path) -> Manifest:
@@ -221,7 +223,7 @@ class Manifest:
             return cls([])
         data = orjson.loads(path.read_bytes())
         return cls([SegmentInfo(**s) for s in data["segments"]], data.get("wal_upto", 0),
-                   data.get("next_segment", 1))
+                   data.get("next_segment", 1), dict(data.get("kept", {})))
 
     def save(self, path: Path) -> None:
         write_json_atomic(path, self.to_json())

@@ -123,7 +123,8 @@ def test_corrupt_segment_is_reported_skipped_and_the_rest_served(hub: Hub) -> No
 
 
 def test_retention_archives_and_cli_restores(make_hub) -> None:
-    hub = make_hub(retention_age_s=86_400)
+    settings = {"retention_age_s": 86_400, "restore_keep_s": 10}
+    hub = make_hub(**settings)
     old = time.time_ns() - 3 * 86_400 * 10**9
     hub.ingest([entry(i, timestamp=old + i) for i in range(50)])
     hub.ingest([entry(i, timestamp=time.time_ns()) for i in range(50, 80)])
@@ -137,10 +138,22 @@ def test_retention_archives_and_cli_restores(make_hub) -> None:
                          timeout=60)
     assert out.returncode == 0 and "50 records" in out.stdout, out.stderr
     name = out.stdout.split()[0]
+    restored = time.monotonic()
     out = subprocess.run([*CLI, "archive", "restore", name], env=env, capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0 and "50 records" in out.stdout, out.stderr
+    assert "left alone by retention until" in out.stdout
     assert len(hub.all_ids("")) == 80
+    # still expired, but restored: retention leaves it for restore_keep_s, across a restart
+    assert hub.request("POST", "/api/v1/retention")[1]["archived"] == []
+    hub.stop()
+    hub = make_hub(**settings)
+    assert hub.request("POST", "/api/v1/retention")[1]["archived"] == []
+    assert len(hub.all_ids("")) == 80
+    assert time.monotonic() - restored < 10, "the checks above took too long to mean much"
+    time.sleep(max(0.0, restored + 10.5 - time.monotonic()))
+    assert len(hub.request("POST", "/api/v1/retention")[1]["archived"]) == 1   # time is up
+    assert len(hub.all_ids("")) == 30
 
 
 def test_cli_token_ingest_search(hub: Hub, tmp_path: Path) -> None:
