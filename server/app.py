@@ -148,6 +148,9 @@ async def tail(request: web.Request) -> web.StreamResponse:
             except TimeoutError:
                 await resp.write(b": keep-alive\n\n")
                 continue
+            if recs is None:                # the hub is stopping: end the stream
+                await resp.write_eof()
+                break
             await resp.write(b"".join(b"data: " + orjson.dumps(r) + b"\n\n" for r in recs))
     except (ConnectionResetError, asyncio.CancelledError):
         pass
@@ -248,6 +251,11 @@ async def token_revoke(request: web.Request) -> web.Response:
     return jsonify(request.app[TOKENS].revoke(request.match_info["ident"]))
 
 
+async def end_tails(app: web.Application) -> None:
+    """On shutdown: live tails end now (else the hub waits for their clients to go)."""
+    app[STORE].end_subscriptions()
+
+
 async def store_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[STORE].open()
     yield
@@ -267,6 +275,7 @@ def init(cfg: HubConfig) -> web.Application:
     app[STORE] = Store(cfg.store_config(), registry)
     app[TOKENS] = TokenStore(cfg.data)
     app.add_routes(routes)
+    app.on_shutdown.append(end_tails)
     app.cleanup_ctx.append(store_ctx)
     _extra_modules(app, cfg)
     return app

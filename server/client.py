@@ -100,12 +100,17 @@ class Client:
         return self.request("POST", "/api/v1/logs", body=body, headers=headers)
 
     def sse(self, path: str, params: Any = None) -> Iterator[dict[str, Any]]:
+        """The events of a server-sent event stream, opened now (a tail is subscribed
+        when this returns); the iterator ends when the hub closes the stream."""
         resp = self.request("GET", path, params, stream=True)
-        with resp:
-            for raw in resp:
-                line = raw.decode().rstrip("\n")
-                if line.startswith("data: "):
-                    yield json.loads(line[6:])
+
+        def events() -> Iterator[dict[str, Any]]:
+            with resp:
+                for raw in resp:
+                    line = raw.decode().rstrip("\n")
+                    if line.startswith("data: "):
+                        yield json.loads(line[6:])
+        return events()
 
 
 def _hub_error(err: urllib.error.HTTPError) -> HubError:

@@ -6,6 +6,7 @@ import argparse
 import bz2
 import datetime as dt
 import gzip
+import http.client
 import io
 import json
 import lzma
@@ -245,14 +246,63 @@ def _semantic(c: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
+    """New matching records as they come. When the hub goes away (a restart), the tail
+    says so, connects again (1 s, doubling to 10 s, between tries) and first prints the
+    matching records stored meanwhile (from the newest time it printed), then goes on."""
     c = client(args)
     c.timeout = 3600 * 24
+    params = query_params(args)
+    newest: list[Any] = [None, set()]       # the newest time printed, the ids printed at it
+    wait = 1.0
     try:
-        for r in c.sse("/api/v1/tail", query_params(args)):
-            print(json.dumps(r) if args.json else fmt_record(r), flush=True)
+        while True:
+            try:
+                stream = c.sse("/api/v1/tail", params)     # subscribed from here on
+                wait = 1.0
+                printed = set() if newest[0] is None else _tail_gap(c, params, newest, args)
+                for r in stream:
+                    if r["id"] not in printed:  # else the gap's fetch printed it already
+                        _tail_print(r, newest, args)
+                err = "the hub closed the stream"
+            except HubError as e:
+                if e.status and e.status < 500:
+                    raise                       # refused (token, query): not a lost link
+                err = e.message
+            except (OSError, http.client.HTTPException, ValueError) as e:
+                err = str(e) or type(e).__name__
+            print(f"mohlog tail: {err}; connecting again in {wait:.0f} s", file=sys.stderr,
+                  flush=True)
+            time.sleep(wait)
+            wait = min(10.0, wait * 2)
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _tail_print(r: dict[str, Any], newest: list[Any], args: argparse.Namespace) -> None:
+    print(json.dumps(r) if args.json else fmt_record(r), flush=True)
+    if newest[0] is None or r["timestamp"] > newest[0]:
+        newest[0], newest[1] = r["timestamp"], {r["id"]}
+    elif r["timestamp"] == newest[0]:
+        newest[1].add(r["id"])
+
+
+def _tail_gap(c: Client, params: dict[str, Any], newest: list[Any],
+              args: argparse.Namespace) -> set[str]:
+    """Print the matching records stored from the newest time printed on (what a tail
+    missed while it was away), oldest first, but those printed already; their ids (the
+    stream may bring some of them again)."""
+    q = {**params, "start": str(newest[0]), "sort": "asc", "limit": 1000}
+    out: set[str] = set()
+    while True:
+        page = c.get("/api/v1/logs", q)
+        for r in page["records"]:
+            out.add(r["id"])
+            if not (r["timestamp"] == newest[0] and r["id"] in newest[1]):
+                _tail_print(r, newest, args)
+        if not page["next_cursor"]:
+            return out
+        q["cursor"] = page["next_cursor"]
 
 
 def cmd_stats(args: argparse.Namespace) -> int:

@@ -108,7 +108,7 @@ class Subscription:
 
     def __init__(self, store: Store, q: LogQuery, maxsize: int = 1000) -> None:
         self.store, self.query = store, q
-        self.queue: asyncio.Queue[list[dict]] = asyncio.Queue(maxsize)
+        self.queue: asyncio.Queue[list[dict] | None] = asyncio.Queue(maxsize)  # None: ended
         self.loop = asyncio.get_running_loop()
         self.dropped = 0
 
@@ -122,10 +122,22 @@ class Subscription:
         return self
 
     async def __anext__(self) -> list[dict]:
-        return await self.queue.get()
+        recs = await self.queue.get()
+        if recs is None:
+            raise StopAsyncIteration
+        return recs
 
     def close(self) -> None:
         self.store._subs.discard(self)
+
+    def end(self) -> None:
+        """Tell the reader the stream is over (``None`` on the queue: the hub stops)."""
+        while True:
+            try:
+                self.queue.put_nowait(None)
+                return
+            except asyncio.QueueFull:
+                self.queue.get_nowait()      # a record list dropped to make room
 
 
 class Store:
@@ -394,6 +406,11 @@ class Store:
         sub = Subscription(self, q)
         self._subs.add(sub)
         return sub
+
+    def end_subscriptions(self) -> None:
+        """End every live tail (the hub is stopping: their readers return at once)."""
+        for sub in list(self._subs):
+            sub.end()
 
     def _publish(self, table: pa.Table) -> None:
         for sub in list(self._subs):

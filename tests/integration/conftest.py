@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -136,6 +137,12 @@ def make_hub(tmp_path: Path) -> Iterator[Any]:
 @pytest.fixture
 def hub(make_hub: Any) -> Hub:
     return make_hub()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def start_agent(hub: Hub, work: Path, settings: dict[str, Any], *flags: str

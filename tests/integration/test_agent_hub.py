@@ -13,15 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import ROOT, Hub, start_agent
+from tests.integration.conftest import ROOT, Hub, free_port, start_agent
 
 pytestmark = pytest.mark.integration
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _metric(port: int, name: str) -> float:
@@ -45,10 +39,10 @@ def _count(hub: Hub, q: str) -> int:
 
 
 def test_agent_ships_files_syslog_sdk_through_a_hub_outage(tmp_path: Path) -> None:
-    hub = Hub(tmp_path / "hub", {}, listen=f"127.0.0.1:{_port()}").start()
+    hub = Hub(tmp_path / "hub", {}, listen=f"127.0.0.1:{free_port()}").start()
     app_log, sock = tmp_path / "app.log", tmp_path / "sdk.sock"
     app_log.write_text("".join(f"line {i}\n" for i in range(100)))
-    mport, sport = _port(), _port()
+    mport, sport = free_port(), free_port()
     agent = start_agent(hub, tmp_path, {"files": [str(app_log)], "sdk_socket": str(sock),
                                         "syslog_udp": [f"127.0.0.1:{sport}"],
                                         "journal": False},
