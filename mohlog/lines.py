@@ -95,6 +95,15 @@ _LEVEL_WORD = re.compile(r"(?:[\[<(]?(?P<w>[A-Za-z]{3,9})[\]>)]?:?|"
                          r"(?:level|lvl|severity)=\"?(?P<kv>[A-Za-z]{3,9})\"?,?)$")
 
 
+COMPRESSION_MAGIC = ((b"\x1f\x8b", "gzip"), (b"\x28\xb5\x2f\xfd", "zstd"),
+                     (b"\xfd7zXZ\x00", "xz"), (b"BZh", "bzip2"))
+
+
+def compression_of(head: bytes) -> str | None:
+    """The compression a file's first bytes name (gzip, zstd, xz, bzip2), or None."""
+    return next((kind for magic, kind in COMPRESSION_MAGIC if head.startswith(magic)), None)
+
+
 class LineParser:
     """Parses lines; ``now_ns`` gives the year of year-less forms (default: the clock at
     each call)."""

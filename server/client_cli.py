@@ -22,7 +22,7 @@ import orjson
 import zstandard
 
 from mohlog.errors import MohlogError
-from mohlog.lines import Records
+from mohlog.lines import Records, compression_of
 from mohlog.model import new_id
 from server.client import DEFAULT_HUB, Client, HubError, find_token
 
@@ -93,8 +93,6 @@ def log_files(names: list[str]) -> list[Path]:
     return out
 
 
-_MAGIC = ((b"\x1f\x8b", "gzip"), (b"\x28\xb5\x2f\xfd", "zstd"), (b"\xfd7zXZ\x00", "xz"),
-          (b"BZh", "bzip2"))
 _SUFFIXES = (".gz", ".zst", ".xz", ".bz2")
 
 
@@ -105,7 +103,7 @@ def open_log(path: Path) -> Iterator[IO[bytes]]:
     raw: Any = sys.stdin.buffer if str(path) == "-" else open(path, "rb")
     try:
         head = raw.peek(8)[:8] if hasattr(raw, "peek") else b""
-        kind = next((k for magic, k in _MAGIC if head.startswith(magic)), None)
+        kind = compression_of(head)
         if kind == "gzip":
             yield gzip.GzipFile(fileobj=raw)
         elif kind == "zstd":

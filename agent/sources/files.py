@@ -20,7 +20,8 @@ from typing import Any
 import orjson
 
 from agent.sources.base import Emit, Source
-from mohlog.lines import LineParser, Records
+from mohlog import log
+from mohlog.lines import LineParser, Records, compression_of
 from mohlog.model import new_id
 
 
@@ -100,6 +101,14 @@ class FilesSource(Source):
             with open(path, "rb") as f:
                 f.seek(off)
                 data = f.read(64 << 20)
+            if off == 0 and compression_of(data[:8]):
+                # a compressed rotated file a glob caught (syslog.2.gz): not text, and
+                # its lines were read before it was rotated
+                if self.counters["compressed_skipped"] < 100:
+                    log.agent.info("files: %s is compressed: skipped", path)
+                self.counters["compressed_skipped"] += 1
+                self.pos[path] = (ino, st.st_size)
+                return out
             off += len(data)
             out += self._lines(path, data)
         rec = self._records.get(path)

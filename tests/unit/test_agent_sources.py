@@ -119,6 +119,16 @@ def test_a_deleted_file_hands_on_what_was_held(tmp_path: Path) -> None:
     assert src.poll(str(log)) == []
 
 
+def test_compressed_rotated_files_a_glob_catches_are_skipped(tmp_path: Path) -> None:
+    import gzip
+    (tmp_path / "syslog").write_text("Dec  1 10:00:00 h app: live line\n")
+    (tmp_path / "syslog.2.gz").write_bytes(gzip.compress(b"Nov 30 10:00:00 h app: old\n"))
+    src = FilesSource([str(tmp_path / "syslog*")], tmp_path / "pos.json", multiline_wait_s=0)
+    got = [e["message"] for p in src.paths() for e in src.poll(p)]
+    assert got == ["live line"] and src.counters["compressed_skipped"] == 1
+    assert [e for p in src.paths() for e in src.poll(p)] == []    # and not read later
+
+
 def test_syslog_parsing_both_rfcs() -> None:
     e = parse(b"<34>Oct 11 22:14:15 mymachine su[231]: 'su root' failed for lonvick")
     assert (e["host"], e["process"], e["pid"], e["level"]) == ("mymachine", "su", 231,
