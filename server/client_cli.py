@@ -21,6 +21,7 @@ from typing import IO, Any
 import orjson
 import zstandard
 
+from mohlog import journal
 from mohlog.errors import MohlogError
 from mohlog.lines import Records, compression_of
 from mohlog.model import new_id
@@ -127,7 +128,8 @@ def open_log(path: Path) -> Iterator[IO[bytes]]:
 
 
 def entries(path: Path, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
-    """The entries of a file: NDJSON lines as they are; plain lines with the time,
+    """The entries of a file: NDJSON lines as they are (journal records, as
+    ``journalctl -o json`` prints them, made entries: mohlog.journal); plain lines with the time,
     level, host, process and pid their header gives (mohlog.lines), the flags' values
     for what it does not, and the lines without a header after one (a traceback) in its
     entry; with ``--raw`` one entry per plain line, as it is. A line starting with ``{``
@@ -156,7 +158,7 @@ def entries(path: Path, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
                 else:
                     if isinstance(doc, dict):
                         yield from (plain(r, at) for r, _, at in records.flush())
-                        yield doc
+                        yield journal.to_entry(doc, host) if journal.is_record(doc) else doc
                         continue
             text = line.decode("utf-8", "replace")
             plain_seen = plain_seen or bool(line.strip())

@@ -18,12 +18,7 @@ start begins at the end of the journal. If journalctl exits, it is started again
 cursor (1 s, doubling to 30 s, between tries); a cursor it cannot seek to (a journal made
 anew) is dropped and reading starts at the end.
 
-Fields: time = ``_SOURCE_REALTIME_TIMESTAMP`` (when the program logged) else
-``__REALTIME_TIMESTAMP``; level from ``PRIORITY`` as for syslog (0-2 CRITICAL, 3 ERROR,
-4 WARNING, 5-6 INFO, 7 DEBUG; auth and authpriv at priority ≤ 5 → SECURITY); process =
-``SYSLOG_IDENTIFIER`` else ``_COMM``; pid = ``_PID`` else ``SYSLOG_PID``; tid = ``TID``;
-host = ``_HOSTNAME``; metadata: unit, transport, priority, facility, and ``message_id``
-and ``exe`` when present.
+Fields: see mohlog/journal.py.
 """
 
 from __future__ import annotations
@@ -41,49 +36,10 @@ from typing import Any
 import orjson
 
 from agent.sources.base import Emit, Source
-from agent.sources.kmsg import LEVELS
 from mohlog import log
-from mohlog.model import new_id
+from mohlog.journal import as_int, to_entry
 
 TRANSPORTS = ("journal", "syslog", "stdout")
-
-
-def to_entry(doc: dict[str, Any], host: str) -> dict[str, Any]:
-    """The entry of one journal record (``journalctl -o json``)."""
-    msg = doc.get("MESSAGE")
-    if isinstance(msg, list):               # not valid UTF-8: an array of bytes
-        msg = bytes(msg).decode("utf-8", "replace")
-    pri = _int(doc.get("PRIORITY"), 6) & 7
-    fac = _int(doc.get("SYSLOG_FACILITY"), 3)
-    usec = _int(doc.get("_SOURCE_REALTIME_TIMESTAMP"), 0) or \
-        _int(doc.get("__REALTIME_TIMESTAMP"), 0)
-    meta: dict[str, Any] = {"unit": doc.get("_SYSTEMD_UNIT") or doc.get("_SYSTEMD_USER_UNIT"),
-                            "transport": doc.get("_TRANSPORT"), "priority": pri,
-                            "facility": fac}
-    for key, name in (("MESSAGE_ID", "message_id"), ("_EXE", "exe")):
-        if isinstance(doc.get(key), str):
-            meta[name] = doc[key]
-    pid = _int(doc.get("_PID"), 0) or _int(doc.get("SYSLOG_PID"), 0)
-    return {"id": new_id(), "timestamp": usec * 1000,
-            "level": "SECURITY" if fac in (4, 10) and pri <= 5 else LEVELS[pri],
-            "source": "journal", "component": "APPLICATION",
-            "host": _str(doc.get("_HOSTNAME")) or host, "pid": pid,
-            "tid": _int(doc.get("TID"), 0),
-            "process": _str(doc.get("SYSLOG_IDENTIFIER")) or _str(doc.get("_COMM")),
-            "message": msg if isinstance(msg, str) else "", "metadata": meta, "context": {}}
-
-
-def _int(v: Any, default: int) -> int:
-    try:
-        return int(v)
-    except (TypeError, ValueError):
-        return default
-
-
-def _str(v: Any) -> str:
-    if isinstance(v, list):
-        return bytes(v).decode("utf-8", "replace")
-    return v if isinstance(v, str) else ""
 
 
 class JournalSource(Source):
@@ -201,7 +157,7 @@ class JournalSource(Source):
             cursor = doc.get("__CURSOR")
             if isinstance(cursor, str):
                 self.cursor = cursor
-            if _int(doc.get("_PID"), 0) in self.exclude:
+            if as_int(doc.get("_PID"), 0) in self.exclude:
                 self.counters["excluded"] += 1
                 continue
             out.append(to_entry(doc, self.host))

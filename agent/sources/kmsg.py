@@ -27,11 +27,12 @@ from typing import Any
 
 from agent.sources.base import Emit, Source
 from mohlog import log
+from mohlog.journal import SYSLOG_LEVELS
 from mohlog.model import new_id
 
 KMSG = "/dev/kmsg"
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
-LEVELS = ("CRITICAL", "CRITICAL", "CRITICAL", "ERROR", "WARNING", "INFO", "INFO", "DEBUG")
+LEVELS = SYSLOG_LEVELS
 PRIORITY_NAMES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
 FACILITIES = ("kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp",
               "cron", "authpriv", "ftp", "ntp", "audit", "alert", "clock", "local0",

@@ -227,6 +227,14 @@ def test_cli_ingest_takes_the_fields_of_line_headers(hub: Hub, tmp_path: Path) -
         "ValueError: bad input"                 # the traceback in the entry of its line
     assert [r["message"] for r in found('"ValueError: bad input"')] == [worker[0]["message"]]
     assert sorted(r["process"] for r in found("-f", "level>=ERROR")) == ["sshd", "worker.log"]
+    cli("ingest", str(logs / "journal.json"))       # journalctl -o json | mohlog ingest -
+    journal = sorted(found("-f", "source=journal"), key=lambda r: r["timestamp"])
+    assert [(r["process"], r["level"], r["host"], r["pid"], r["metadata"]["unit"])
+            for r in journal] == [("backup.sh", "ERROR", "bastion", 777, "backup.service"),
+                                  ("sshd", "SECURITY", "bastion", 4242, "ssh.service"),
+                                  ("app", "INFO", "bastion", 901, None)]
+    assert journal[0]["timestamp"] == 1796181449200001000       # when the program logged
+    assert journal[2]["message"] == "binary \ufffd tail"
     raw = tmp_path / "raw.log"
     line = (logs / "auth.log").read_text().splitlines()[0]
     raw.write_text(line + "\n")
