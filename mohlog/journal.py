@@ -13,11 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mohlog.model import new_id
-
-# syslog severity 0..7 → level
-SYSLOG_LEVELS = ("CRITICAL", "CRITICAL", "CRITICAL", "ERROR", "WARNING", "INFO", "INFO",
-                 "DEBUG")
+from mohlog.model import new_id, syslog_level
 
 
 def is_record(doc: dict[str, Any]) -> bool:
@@ -42,7 +38,7 @@ def to_entry(doc: dict[str, Any], host: str) -> dict[str, Any]:
             meta[name] = doc[key]
     pid = as_int(doc.get("_PID"), 0) or as_int(doc.get("SYSLOG_PID"), 0)
     return {"id": new_id(), "timestamp": usec * 1000,
-            "level": "SECURITY" if fac in (4, 10) and pri <= 5 else SYSLOG_LEVELS[pri],
+            "level": syslog_level(pri, fac),
             "source": "journal", "component": "APPLICATION",
             "host": _str(doc.get("_HOSTNAME")) or host, "pid": pid,
             "tid": as_int(doc.get("TID"), 0),

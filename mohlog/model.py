@@ -53,6 +53,15 @@ LEVEL_RANK: dict[str, int] = {name: rank for rank, name in enumerate(LEVELS)}
 LEVEL_CODE = LEVEL_RANK  # stored as a small integer column
 COMPONENT_CODE: dict[str, int] = {name: code for code, name in enumerate(COMPONENTS)}
 NEVER_DROP = frozenset({"CRITICAL", "SECURITY"})
+# syslog severity 0 (emerg) .. 7 (debug) → level
+SYSLOG_LEVELS = ("CRITICAL", "CRITICAL", "CRITICAL", "ERROR", "WARNING", "INFO", "INFO",
+                 "DEBUG")
+
+
+def syslog_level(severity: int, facility: int) -> str:
+    """The level of a syslog message (syslog, the journal): by severity, and SECURITY
+    for auth and authpriv (facilities 4 and 10) at notice or above."""
+    return "SECURITY" if facility in (4, 10) and severity <= 5 else SYSLOG_LEVELS[severity & 7]
 
 FIELDS: tuple[str, ...] = (
     "id", "timestamp", "level", "source", "component", "host",

@@ -27,12 +27,10 @@ from typing import Any
 
 from agent.sources.base import Emit, Source
 from mohlog import log
-from mohlog.journal import SYSLOG_LEVELS
-from mohlog.model import new_id
+from mohlog.model import SYSLOG_LEVELS, new_id
 
 KMSG = "/dev/kmsg"
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
-LEVELS = SYSLOG_LEVELS
 PRIORITY_NAMES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
 FACILITIES = ("kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp",
               "cron", "authpriv", "ftp", "ntp", "audit", "alert", "clock", "local0",
@@ -88,7 +86,7 @@ def to_entry(rec: KmsgRecord, host: str, mono_offset: int, source: str = "kmsg")
         meta["continued"] = True
     meta.update({k.lower(): v for k, v in rec.fields.items()})
     return {"id": new_id(), "timestamp": rec.usec * 1000 + mono_offset,
-            "level": LEVELS[rec.priority], "source": source, "component": "KERNEL",
+            "level": SYSLOG_LEVELS[rec.priority], "source": source, "component": "KERNEL",
             "host": host, "pid": pid, "tid": pid, "process": process, "message": rec.text,
             "metadata": meta, "context": {}}
 

@@ -15,14 +15,13 @@ from datetime import datetime
 from typing import Any
 
 from agent.sources.base import Emit, Source
-from mohlog.model import new_id
+from mohlog.model import new_id, syslog_level
 
 _PRI = re.compile(rb"^<(\d{1,3})>")
 _5424 = re.compile(r"^1 (\S+) (\S+) (\S+) (\S+) (\S+) (-|(?:\[.*?\])+) ?(.*)$", re.S)
 _3164 = re.compile(r"^([A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d) (\S+) ([^:\[\s]+)(?:\[(\d+)\])?:"
                    r" ?(.*)$", re.S)
 _TAG = re.compile(r"^([^:\[\s]{1,48})(?:\[(\d+)\])?: ?(.*)$", re.S)
-_LEVEL = ["CRITICAL", "CRITICAL", "CRITICAL", "ERROR", "WARNING", "INFO", "INFO", "DEBUG"]
 
 
 def parse(raw: bytes, peer: str = "") -> dict[str, Any]:
@@ -31,7 +30,7 @@ def parse(raw: bytes, peer: str = "") -> dict[str, Any]:
     pri = int(m.group(1)) if m else 13
     text = raw[m.end():].decode("utf-8", "replace") if m else raw.decode("utf-8", "replace")
     fac, sev = pri >> 3, pri & 7
-    level = "SECURITY" if fac in (4, 10) and sev <= 5 else _LEVEL[sev]
+    level = syslog_level(sev, fac)
     e: dict[str, Any] = {"id": new_id(), "timestamp": time.time_ns(), "level": level,
                          "component": "APPLICATION", "source": "syslog", "host": peer,
                          "pid": 0, "tid": 0, "process": "", "message": text.strip(),
