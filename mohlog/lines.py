@@ -87,7 +87,6 @@ _FORMATS: list[tuple[str, re.Pattern[str]]] = [
                           r"|(?P<m2>\d\d)(?P<d2>\d\d) (?P<H2>\d\d)(?P<M2>\d\d)(?P<S2>\d\d)"
                           r" (?P<pid>\d+)) (?P<msg>.*)", re.S)),
 ]
-FORMATS = tuple(dict.fromkeys(name for name, _ in _FORMATS))
 _YEARLESS = ("bsd", "logcat")
 _UNSEEN: Any = object()
 
@@ -113,12 +112,13 @@ class LineParser:
         self.last_ts: int | None = None
         self._seconds: dict[tuple[Any, ...], int | None] = {}
 
-    def fields(self, line: str) -> dict[str, Any]:
+    def fields(self, line: str, parsed: dict[str, Any] | None = None) -> dict[str, Any]:
         """The entry fields of one line of a file: ``message`` (the rest after the
         header), the ``timestamp`` of its header or else of the last line that had one
         (a stack trace's lines keep the time of the line they follow; none before the
-        first), and level, host, process, pid, tid when the line gives them."""
-        out = self.parse(line)
+        first), and level, host, process, pid, tid when the line gives them. ``parsed``:
+        what ``parse(line)`` gave, when the caller has it."""
+        out = self.parse(line) if parsed is None else parsed
         out.pop("format", None)
         out.setdefault("message", line)
         if "timestamp" in out:
@@ -162,28 +162,21 @@ class Records:
     def add(self, line: str, raw_bytes: int, tag: Any = None
             ) -> list[tuple[dict[str, Any], int, Any]]:
         """The records ``line`` (of ``raw_bytes`` bytes in the file) completes."""
-        fields = self.parser.parse(line) if line.strip() else {}
-        if "format" not in fields:
+        parsed = self.parser.parse(line) if line.strip() else {}
+        if "format" not in parsed:
             if self._head is None:
-                return [(self._alone(line, fields), raw_bytes, tag)] if line.strip() else []
+                return [(self.parser.fields(line, parsed), raw_bytes, tag)] \
+                    if line.strip() else []
             if len(self._more) + 1 < self.max_lines and \
                     self.pending_bytes + raw_bytes <= self.max_bytes:
                 self._more.append(line)
                 self.pending_bytes += raw_bytes
                 return []
-            return [*self.flush(), (self._alone(line, fields), raw_bytes, tag)]
+            return [*self.flush(), (self.parser.fields(line, parsed), raw_bytes, tag)]
         out = self.flush()
-        fields.pop("format")
-        self.parser.last_ts = fields["timestamp"]
-        self._head, self._tag = fields, tag
+        self._head, self._tag = self.parser.fields(line, parsed), tag
         self.pending_bytes, self.since = raw_bytes, time.monotonic()
         return out
-
-    def _alone(self, line: str, fields: dict[str, Any]) -> dict[str, Any]:
-        fields.setdefault("message", line)
-        if self.parser.last_ts is not None:
-            fields["timestamp"] = self.parser.last_ts
-        return fields
 
     def flush(self) -> list[tuple[dict[str, Any], int, Any]]:
         """The record held, if any (its lines end it)."""
@@ -197,11 +190,6 @@ class Records:
         out = [(head, self.pending_bytes, self._tag)]
         self._head, self._tag, self._more, self.pending_bytes = None, None, [], 0
         return out
-
-
-def parse_line(line: str, now_ns: Callable[[], int] = time.time_ns) -> dict[str, Any]:
-    """``LineParser(now_ns).parse(line)``."""
-    return LineParser(now_ns).parse(line)
 
 
 def level_of(msg: str) -> str | None:

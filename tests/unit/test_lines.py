@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mohlog import lines
-from mohlog.lines import LineParser, Records, level_of, parse_line
+from mohlog.lines import LineParser, Records, level_of
 
 LOGHUB = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "loghub"
 NOW = calendar.timegm((2026, 12, 2, 3, 0, 0)) * 10**9     # 2026-12-02T03:00:00Z
@@ -28,7 +28,7 @@ def local(*fields: int, ns: int = 0) -> int:
 
 
 def parse(line: str) -> dict:
-    return parse_line(line, lambda: NOW)
+    return LineParser(lambda: NOW).parse(line)
 
 
 def test_rsyslog_rfc3339() -> None:
