@@ -8,6 +8,7 @@ import datetime as dt
 import gzip
 import http.client
 import io
+import itertools
 import json
 import lzma
 import os
@@ -102,6 +103,7 @@ def open_log(path: Path) -> Iterator[IO[bytes]]:
     """The bytes of a log file ('-': stdin), decompressed when it is gzip, zstd, xz or
     bzip2 (told by its first bytes: rotated logs are often ``auth.log.2.gz``)."""
     raw: Any = sys.stdin.buffer if str(path) == "-" else open(path, "rb")
+    kind = None
     try:
         head = raw.peek(8)[:8] if hasattr(raw, "peek") else b""
         kind = compression_of(head)
@@ -116,10 +118,8 @@ def open_log(path: Path) -> Iterator[IO[bytes]]:
             yield bz2.BZ2File(raw)
         else:
             yield raw
-    except (EOFError, lzma.LZMAError, zstandard.ZstdError, gzip.BadGzipFile) as err:
-        raise MohlogError(f"{path}: corrupt {kind} data: {err}") from err
-    except OSError as err:
-        if kind is None:
+    except (EOFError, OSError, lzma.LZMAError, zstandard.ZstdError) as err:
+        if kind is None:                # a plain file's read error: the caller names it
             raise
         raise MohlogError(f"{path}: corrupt {kind} data: {err}") from err
     finally:
@@ -219,17 +219,22 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.semantic:
         return _semantic(c, args)
     # --all: every match, --limit records per request; else the first --limit
-    params = {**query_params(args), "limit": min(args.limit, 10_000)}
-    shown = 0
-    while args.all or shown < args.limit:
-        page = c.get("/api/v1/logs", params)
-        for r in page["records"][: None if args.all else args.limit - shown]:
-            print(json.dumps(r) if args.json else fmt_record(r))
-            shown += 1
-        if not page["next_cursor"] or not (args.all or shown < args.limit):
-            break
-        params["cursor"] = page["next_cursor"]
+    recs = _records(c, {**query_params(args), "limit": min(args.limit, 10_000)})
+    for r in recs if args.all else itertools.islice(recs, args.limit):
+        print(json.dumps(r) if args.json else fmt_record(r))
     return 0
+
+
+def _records(c: Client, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every record a query matches, oldest or newest first as it asks, following the
+    cursor (``params["limit"]`` a request; a request only when the one before is used)."""
+    q = dict(params)
+    while True:
+        page = c.get("/api/v1/logs", q)
+        yield from page["records"]
+        if not page["next_cursor"]:
+            return
+        q["cursor"] = page["next_cursor"]
 
 
 def _semantic(c: Client, args: argparse.Namespace) -> int:
@@ -252,17 +257,17 @@ def cmd_tail(args: argparse.Namespace) -> int:
     c = client(args)
     c.timeout = 3600 * 24
     params = query_params(args)
-    newest: list[Any] = [None, set()]       # the newest time printed, the ids printed at it
+    shown = _Shown(args)
     wait = 1.0
     try:
         while True:
             try:
                 stream = c.sse("/api/v1/tail", params)     # subscribed from here on
                 wait = 1.0
-                printed = set() if newest[0] is None else _tail_gap(c, params, newest, args)
+                gap = set() if shown.newest is None else shown.gap(c, params)
                 for r in stream:
-                    if r["id"] not in printed:  # else the gap's fetch printed it already
-                        _tail_print(r, newest, args)
+                    if r["id"] not in gap:      # else the gap's fetch printed it already
+                        shown.show(r)
                 err = "the hub closed the stream"
             except HubError as e:
                 if e.status and e.status < 500:
@@ -279,30 +284,32 @@ def cmd_tail(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tail_print(r: dict[str, Any], newest: list[Any], args: argparse.Namespace) -> None:
-    print(json.dumps(r) if args.json else fmt_record(r), flush=True)
-    if newest[0] is None or r["timestamp"] > newest[0]:
-        newest[0], newest[1] = r["timestamp"], {r["id"]}
-    elif r["timestamp"] == newest[0]:
-        newest[1].add(r["id"])
+class _Shown:
+    """What a tail printed: the newest time, and the ids printed at that time."""
 
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.newest: int | None = None
+        self.at_newest: set[str] = set()
 
-def _tail_gap(c: Client, params: dict[str, Any], newest: list[Any],
-              args: argparse.Namespace) -> set[str]:
-    """Print the matching records stored from the newest time printed on (what a tail
-    missed while it was away), oldest first, but those printed already; their ids (the
-    stream may bring some of them again)."""
-    q = {**params, "start": str(newest[0]), "sort": "asc", "limit": 1000}
-    out: set[str] = set()
-    while True:
-        page = c.get("/api/v1/logs", q)
-        for r in page["records"]:
+    def show(self, r: dict[str, Any]) -> None:
+        print(json.dumps(r) if self.args.json else fmt_record(r), flush=True)
+        if self.newest is None or r["timestamp"] > self.newest:
+            self.newest, self.at_newest = r["timestamp"], {r["id"]}
+        elif r["timestamp"] == self.newest:
+            self.at_newest.add(r["id"])
+
+    def gap(self, c: Client, params: dict[str, Any]) -> set[str]:
+        """Print the matching records stored from the newest time printed on (what the
+        tail missed while it was away), oldest first, but those printed already; their
+        ids (the stream may bring some of them again)."""
+        out: set[str] = set()
+        since, before = self.newest, set(self.at_newest)
+        for r in _records(c, {**params, "start": str(since), "sort": "asc", "limit": 1000}):
             out.add(r["id"])
-            if not (r["timestamp"] == newest[0] and r["id"] in newest[1]):
-                _tail_print(r, newest, args)
-        if not page["next_cursor"]:
-            return out
-        q["cursor"] = page["next_cursor"]
+            if not (r["timestamp"] == since and r["id"] in before):
+                self.show(r)
+        return out
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
