@@ -99,9 +99,10 @@ class FilesSource(Source):
             self.counters["truncations"] += 1
         if st.st_size > off:
             with open(path, "rb") as f:
+                compressed = off == 0 and compression_of(f.read(8)) is not None
                 f.seek(off)
-                data = f.read(64 << 20)
-            if off == 0 and compression_of(data[:8]):
+                data = b"" if compressed else f.read(64 << 20)
+            if compressed:
                 # a compressed rotated file a glob caught (syslog.2.gz): not text, and
                 # its lines were read before it was rotated
                 if self.counters["compressed_skipped"] < 100:
