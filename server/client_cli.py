@@ -14,6 +14,7 @@ import lzma
 import os
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -352,15 +353,30 @@ def cmd_token(args: argparse.Namespace) -> int:
 def cmd_archive(args: argparse.Namespace) -> int:
     c = client(args)
     if args.action == "list":
-        for a in c.get("/api/v1/archive")["archives"]:
-            print(f"{a['name']}  {a['records']} records  {a['bytes']} bytes")
+        archives = c.get("/api/v1/archive")["archives"]
+        for a in archives:
+            if "error" in a:
+                print(f"{a['name']}  {a['error']}")
+                continue
+            print(f"{a['name']:<20} {_utc(a['min_ts'])} .. {_utc(a['max_ts'])}  "
+                  f"{a['records']} records  {a['bytes']} bytes")
+        if not archives:
+            print("no archives (partitions go to the archive when retention expires them)",
+                  file=sys.stderr)
     else:
         if not args.name:
-            raise MohlogError("archive restore needs an archive name (see archive list)")
-        res = c.request("POST", f"/api/v1/archive/{args.name}/restore")
-        print(f"restored {res['restored']}: {res['records']} records (left alone by "
-              f"retention until {res.get('kept_until', '?')})")
+            raise MohlogError("archive restore needs a partition or an archive name "
+                              "(see archive list)")
+        res = c.request("POST", "/api/v1/archive/"
+                        f"{urllib.parse.quote(args.name, safe='')}/restore")
+        what = ", ".join(res.get("archives") or [res["restored"]])
+        print(f"restored {what}: {res['records']} records (left alone by retention until "
+              f"{res.get('kept_until', '?')})")
     return 0
+
+
+def _utc(ts: int) -> str:
+    return dt.datetime.fromtimestamp(ts / 1e9, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _positive(text: str) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import os
 import shutil
 import tarfile
 import threading
@@ -154,6 +155,7 @@ class Store:
         self.wal = Wal(self.dir / "wal", self.metrics.fsync_seconds.observe)
         self._lock = threading.RLock()
         self._flush_lock = threading.Lock()
+        self._restore_lock = threading.Lock()
         self._chunks: list[Chunk] = []
         self._tail_n = 0                # rows in self._chunks
         self._segments: list[SegmentInfo] = []
@@ -740,7 +742,6 @@ class Store:
         with open(path, "a") as f:
             f.write(lines)
             f.flush()
-            import os
             os.fsync(f.fileno())
         if path.stat().st_size > 200 * self.cfg.max_keys:
             self._compact_keys(path)
@@ -1102,8 +1103,8 @@ class Store:
         return {"archived": archived}
 
     def _archive(self, part: str, segs: list[SegmentInfo]) -> str:
-        name = f"{part}.tar"
-        dest = self.archive_dir / name
+        dest = self._archive_dest(part, {s.path for s in segs})
+        name = dest.name
         tmp = dest.with_suffix(".tmp")
         with tarfile.open(tmp, "w") as tar:
             info = orjson.dumps([s.__dict__ for s in segs])
@@ -1115,7 +1116,6 @@ class Store:
                     if side.exists():
                         tar.add(side, arcname=side.name)
         with open(tmp, "rb") as f:
-            import os
             os.fsync(f.fileno())
         tmp.replace(dest)
         fsync_dir(self.archive_dir)
@@ -1133,41 +1133,104 @@ class Store:
                        sum(s.rows for s in segs))
         return name
 
+    def _archive_dest(self, part: str, paths: set[str]) -> Path:
+        """The archive file for segments ``paths`` of partition ``part``: ``PART.tar``, or
+        ``PART.N.tar`` when the partition was archived before (records of its hour came
+        later): an archive is never replaced, but by one of the same segments (a retention
+        pass cut short after writing it)."""
+        dest = self.archive_dir / f"{part}.tar"
+        n = 2
+        while dest.exists():
+            try:
+                if {s["path"] for s in _archived_segments(dest)} == paths:
+                    return dest
+            except (OSError, tarfile.TarError, KeyError, ValueError):
+                pass                                  # unreadable: kept as it is
+            dest = self.archive_dir / f"{part}.{n}.tar"
+            n += 1
+        return dest
+
     def archive_list(self) -> list[dict[str, Any]]:
         out = []
-        for p in sorted(self.archive_dir.glob("*.tar")):
-            with tarfile.open(p) as tar:
-                segs = orjson.loads(tar.extractfile("segments.json").read())  # type: ignore[union-attr]
-            out.append({"name": p.name, "bytes": p.stat().st_size,
+        for p in sorted(self.archive_dir.glob("*.tar"), key=_archive_order):
+            try:
+                segs = _archived_segments(p)
+            except (OSError, tarfile.TarError, KeyError, ValueError) as err:
+                out.append({"name": p.name, "partition": p.name.split(".")[0],
+                            "bytes": p.stat().st_size, "error": f"unreadable: {err}"})
+                continue
+            out.append({"name": p.name, "partition": p.name.split(".")[0],
+                        "bytes": p.stat().st_size,
                         "records": sum(s["rows"] for s in segs),
                         "min_ts": min(s["min_ts"] for s in segs),
                         "max_ts": max(s["max_ts"] for s in segs)})
         return out
 
+    def _archives_named(self, name: str) -> list[Path]:
+        """The archives ``name`` means: an archive's file name, or a partition (all of its
+        archives, oldest first)."""
+        base = Path(name).name
+        if base.endswith(".tar"):
+            path = self.archive_dir / base
+            return [path] if path.is_file() else []
+        return sorted((p for p in self.archive_dir.glob(f"{base}*.tar")
+                       if p.name.split(".")[0] == base), key=_archive_order)
+
     def archive_restore(self, name: str) -> dict[str, Any]:
-        path = self.archive_dir / Path(name).name
-        if not path.exists() or path.suffix != ".tar":
-            raise NotFound(f"no archive {name!r}", valid=[a["name"] for a in self.archive_list()])
-        with tarfile.open(path) as tar:
-            segs = [SegmentInfo(**s) for s in
-                    orjson.loads(tar.extractfile("segments.json").read())]  # type: ignore[union-attr]
-            for s in segs:
-                member = tar.getmember(Path(s.path).name)
-                dest = self.seg_dir / s.path
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                with tar.extractfile(member) as src, open(dest, "wb") as out:  # type: ignore[union-attr]
-                    shutil.copyfileobj(src, out)
-                if not verify(dest, s.xxh64):
-                    raise InvalidInput(f"archive {name}: segment {s.path} fails its checksum")
-                for side in (rollup_path(dest), words.path_for(dest)):
-                    if side.name in tar.getnames():
-                        with tar.extractfile(side.name) as src, \
-                                open(side, "wb") as out:  # type: ignore[union-attr]
-                            shutil.copyfileobj(src, out)
+        """Bring back the archives ``name`` means (one archive, or every archive of a
+        partition): their segments are written (fsynced, checksums verified) before the
+        manifest names them, and an archive is removed only after that."""
+        with self._restore_lock:
+            paths = self._archives_named(name)
+            if not paths:
+                raise NotFound(f"no archive {name!r}",
+                               valid=sorted({a["partition"] for a in self.archive_list()}
+                                            | {a["name"] for a in self.archive_list()}))
+            records, names = 0, []
+            for path in paths:
+                records += self._restore_one(path)
+                names.append(path.name)
+        return {"restored": names[0] if len(names) == 1 else name, "archives": names,
+                "records": records,
+                "kept_until": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                            time.gmtime(time.time() + self.cfg.restore_keep_s))}
+
+    def _restore_one(self, path: Path) -> int:
+        try:
+            segs = [SegmentInfo(**s) for s in _archived_segments(path)]
+        except (OSError, tarfile.TarError, KeyError, ValueError, TypeError) as err:
+            raise InvalidInput(f"archive {path.name} is unreadable: {err}") from err
+        with self._lock:
+            known = {s.path for s in self._segments}
+        new = [s for s in segs if s.path not in known]     # (restored before a crash)
+        written: list[Path] = []
+        try:
+            with tarfile.open(path) as tar:
+                names = set(tar.getnames())
+                for s in new:
+                    dest = self.seg_dir / s.path
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    sides = [side for side in (rollup_path(dest), words.path_for(dest))
+                             if side.name in names]
+                    for member, out in ((Path(s.path).name, dest),
+                                        *((side.name, side) for side in sides)):
+                        written.append(out)
+                        _extract_durably(tar, member, out)
+                    if not verify(dest, s.xxh64):
+                        raise InvalidInput(f"archive {path.name}: segment {s.path} fails "
+                                           "its checksum")
+                for d in {(self.seg_dir / s.path).parent for s in new}:
+                    fsync_dir(d)
+        except (OSError, tarfile.TarError, KeyError) as err:
+            _unlink_all(written)
+            raise InvalidInput(f"archive {path.name} cannot be restored: {err}") from err
+        except BaseException:
+            _unlink_all(written)
+            raise
         until = time.time() + self.cfg.restore_keep_s
         with self._lock:
             known = {s.path for s in self._segments}
-            new = [s for s in segs if s.path not in known]
+            new = [s for s in new if s.path not in known]
             self._segments = self._segments + new
             self._manifest.segments.extend(new)
             self._kept()
@@ -1175,8 +1238,9 @@ class Store:
                 self._manifest.kept[part] = until
             self._manifest.save(self.dir / "manifest.json")
         path.unlink()
-        return {"restored": name, "records": sum(s.rows for s in segs),
-                "kept_until": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(until))}
+        fsync_dir(self.archive_dir)
+        log.store.info("archive %s restored (%d records)", path.name, sum(s.rows for s in segs))
+        return sum(s.rows for s in segs)
 
     def _kept(self) -> set[str]:
         """Restored partitions retention still leaves alone (under the lock; the ones
@@ -1184,6 +1248,37 @@ class Store:
         now = time.time()
         self._manifest.kept = {p: t for p, t in self._manifest.kept.items() if t > now}
         return set(self._manifest.kept)
+
+
+def _archived_segments(path: Path) -> list[dict[str, Any]]:
+    """The segments an archive holds (its ``segments.json``)."""
+    with tarfile.open(path) as tar:
+        member = tar.extractfile("segments.json")
+        if member is None:
+            raise KeyError("segments.json")
+        return orjson.loads(member.read())
+
+
+def _archive_order(path: Path) -> tuple[str, int]:
+    """``PART.tar`` before ``PART.2.tar`` before ``PART.10.tar``."""
+    parts = path.name.split(".")
+    return parts[0], int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else 1
+
+
+def _extract_durably(tar: tarfile.TarFile, member: str, out: Path) -> None:
+    """Write a member of ``tar`` to ``out`` and fsync it."""
+    src = tar.extractfile(member)
+    if src is None:
+        raise KeyError(member)
+    with src, open(out, "wb") as f:
+        shutil.copyfileobj(src, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _unlink_all(paths: list[Path]) -> None:
+    for p in paths:
+        p.unlink(missing_ok=True)
 
 
 def _file_bytes(paths: list[Path]) -> int:

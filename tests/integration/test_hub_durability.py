@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 import urllib.error
@@ -132,28 +133,62 @@ def test_retention_archives_and_cli_restores(make_hub) -> None:
     status, res = hub.request("POST", "/api/v1/retention")
     assert status == 200 and len(res["archived"]) == 1
     assert len(hub.all_ids("")) == 30
+    # a record of the archived hour arriving later goes to a second archive of the
+    # partition: the first one is not replaced
+    hub.ingest([entry(80, timestamp=old + 100)])
+    time.sleep(1.5)
+    again = hub.request("POST", "/api/v1/retention")[1]["archived"]
+    part = res["archived"][0].removesuffix(".tar")
+    assert again == [f"{part}.2.tar"]
     env = {**os.environ, "MOHLOG_HUB": hub.url, "MOHLOG_TOKEN": hub.token,
            "PYTHONPATH": str(ROOT)}
     out = subprocess.run([*CLI, "archive", "list"], env=env, capture_output=True, text=True,
                          timeout=60)
-    assert out.returncode == 0 and "50 records" in out.stdout, out.stderr
-    name = out.stdout.split()[0]
+    assert out.returncode == 0, out.stderr
+    listed = [ln.split() for ln in out.stdout.splitlines()]
+    assert [(x[0], x[4]) for x in listed] == [(f"{part}.tar", "50"), (f"{part}.2.tar", "1")]
     restored = time.monotonic()
-    out = subprocess.run([*CLI, "archive", "restore", name], env=env, capture_output=True,
-                         text=True, timeout=60)
-    assert out.returncode == 0 and "50 records" in out.stdout, out.stderr
+    out = subprocess.run([*CLI, "archive", "restore", part], env=env, capture_output=True,
+                         text=True, timeout=60)          # a partition: all of its archives
+    assert out.returncode == 0 and "51 records" in out.stdout, out.stderr
     assert "left alone by retention until" in out.stdout
-    assert len(hub.all_ids("")) == 80
+    assert len(hub.all_ids("")) == 81
+    assert not list((hub.data / "archive").glob("*.tar"))
     # still expired, but restored: retention leaves it for restore_keep_s, across a restart
     assert hub.request("POST", "/api/v1/retention")[1]["archived"] == []
     hub.stop()
     hub = make_hub(**settings)
     assert hub.request("POST", "/api/v1/retention")[1]["archived"] == []
-    assert len(hub.all_ids("")) == 80
+    assert len(hub.all_ids("")) == 81
     assert time.monotonic() - restored < 10, "the checks above took too long to mean much"
     time.sleep(max(0.0, restored + 10.5 - time.monotonic()))
-    assert len(hub.request("POST", "/api/v1/retention")[1]["archived"]) == 1   # time is up
+    assert hub.request("POST", "/api/v1/retention")[1]["archived"] == [f"{part}.tar"]
     assert len(hub.all_ids("")) == 30
+
+
+def test_a_corrupt_archive_is_refused_and_kept(make_hub) -> None:
+    """A segment failing its checksum: the restore is refused, nothing of it is left in
+    the store, and the archive stays for another try."""
+    hub = make_hub(retention_age_s=86_400)
+    old = time.time_ns() - 3 * 86_400 * 10**9
+    hub.ingest([entry(i, timestamp=old + i, message=f"archived record {i}")
+                for i in range(200)])
+    time.sleep(1.5)
+    name = hub.request("POST", "/api/v1/retention")[1]["archived"][0]
+    tar = hub.data / "archive" / name
+    with tarfile.open(tar) as t:
+        seg = next(m for m in t.getmembers() if m.name.endswith(".parquet"))
+    data = bytearray(tar.read_bytes())
+    data[seg.offset_data + seg.size // 2] ^= 0xFF    # inside the segment
+    tar.write_bytes(bytes(data))
+    before = sorted(p.relative_to(hub.data) for p in (hub.data / "segments").rglob("*"))
+    status, res = hub.request("POST", f"/api/v1/archive/{name}/restore")
+    assert status == 400 and "checksum" in res["error"]["message"], res
+    assert sorted(p.relative_to(hub.data) for p in (hub.data / "segments").rglob("*")
+                  if p.is_file()) == [p for p in before if (hub.data / p).is_file()]
+    assert tar.exists() and hub.all_ids("") == []
+    status, res = hub.request("POST", "/api/v1/archive/nope/restore")
+    assert status == 404 and name in res["error"]["valid"]
 
 
 def test_cli_token_ingest_search(hub: Hub, tmp_path: Path) -> None:
