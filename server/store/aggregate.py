@@ -22,16 +22,26 @@ _INTERVAL = re.compile(r"^(\d+)(ms|s|m|h|d)$")
 _NS = {"ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9, "d": 86400 * 10**9}
 
 
+SPEC_KEYS = ("type", "start", "end", "q", "case", "filters", "group_by", "metrics",
+             "interval", "sort", "limit", "cursor")
+
+
 def spec_query(spec: dict[str, Any]) -> LogQuery:
-    """The LogQuery part of a structured query."""
+    """The LogQuery part of a structured query (its ``sort`` and ``limit`` are those of a
+    search: an aggregation orders and cuts its rows itself, see ``_finish``)."""
     if not isinstance(spec, dict):
         raise InvalidInput("query must be a JSON object")
+    unknown = sorted(set(spec) - set(SPEC_KEYS))
+    if unknown:       # a misspelt key ("aggregations", "group") would be silently ignored
+        raise InvalidInput(f"unknown key {unknown[0]!r} in the query", valid=list(SPEC_KEYS))
+    search = spec.get("type", "search") == "search"
     q = LogQuery(start=parse_time(spec.get("start")), end=parse_time(spec.get("end")),
                  text=spec.get("q"), case=bool(spec.get("case", False)),
-                 cursor=spec.get("cursor"), sort=str(spec.get("sort", "desc")))
+                 cursor=spec.get("cursor"),
+                 sort=str(spec.get("sort", "desc")) if search else "desc")
     if q.sort not in ("asc", "desc"):
         raise InvalidInput("sort must be asc or desc", valid=["asc", "desc"])
-    q.limit = _limit(spec.get("limit", 100))
+    q.limit = _limit(spec.get("limit", 100) if search else spec.get("limit", 100_000))
     flt = spec.get("filters") or []
     if isinstance(flt, dict):
         q.filters = [check_filter(Filter(k, "=", str(v))) for k, v in flt.items()]
@@ -135,9 +145,44 @@ def _aggregate(store: Store, q: LogQuery, spec: dict[str, Any], bucket: int | No
         rows = _fetch(con.execute(sql))
     finally:
         con.close()
-    out: dict[str, Any] = {"type": spec.get("type"), "rows": rows[: max(q.limit, 1) * 100]}
+    return _finish(rows, spec, q, [n.strip('"') for n in grp], [n for n, _ in metrics], bucket)
+
+
+def _finish(rows: list[dict[str, Any]], spec: dict[str, Any], q: LogQuery, keys: list[str],
+            metrics: list[str], bucket: int | None) -> dict[str, Any]:
+    """Rows in the order ``sort`` asks — ``"asc"``/``"desc"`` on the group keys (bucket
+    first; ascending by default), or an output column, ``"-count"`` for descending, or a
+    list of them — cut to ``limit`` (all rows, up to 100000, by default)."""
+    order = _order(spec.get("sort"), keys, metrics)
+    for col, desc in reversed(order):          # stable sorts, last key first
+        present = [r for r in rows if r.get(col) is not None]
+        missing = [r for r in rows if r.get(col) is None]   # (nulls last either way)
+        present.sort(key=lambda r, c=col: r[c], reverse=desc)
+        rows = present + missing
+    out: dict[str, Any] = {"type": spec.get("type"), "rows": rows[: q.limit]}
+    if len(rows) > q.limit:
+        out["rows_total"] = len(rows)
     if bucket:
         out["interval_ns"] = bucket
+    return out
+
+
+def _order(sort: Any, keys: list[str], metrics: list[str]) -> list[tuple[str, bool]]:
+    """(column, descending) pairs of an aggregation's ``sort``."""
+    if sort is None:
+        return []                   # the rows come in key order (ascending) already
+    if sort in ("asc", "desc"):
+        return [(k, sort == "desc") for k in keys]
+    cols = [*keys, *metrics]
+    out = []
+    for item in (sort if isinstance(sort, list) else [sort]):
+        name = str(item)
+        desc = name.startswith("-")
+        if name.lstrip("-") not in cols:
+            raise InvalidInput(f"cannot sort by {name!r}: an aggregation sorts by its output "
+                               "columns (-name for descending), or asc/desc on its keys",
+                               valid=["asc", "desc", *cols, *(f"-{c}" for c in cols)])
+        out.append((name.lstrip("-"), desc))
     return out
 
 
@@ -169,11 +214,7 @@ def _from_rollups(store: Store, q: LogQuery, spec: dict[str, Any],
         agg = agg.sort_by([(g, "ascending") for g in grp])
     else:
         agg = pa.table({"count": [pc.sum(t["n"]).as_py() or 0]})
-    rows = agg.to_pylist()
-    out: dict[str, Any] = {"type": spec.get("type"), "rows": rows[: max(q.limit, 1) * 100]}
-    if bucket:
-        out["interval_ns"] = bucket
-    return out
+    return _finish(agg.to_pylist(), spec, q, grp, ["count"], bucket)
 
 
 def template_stats(store: Store, q: LogQuery) -> list[dict[str, Any]]:

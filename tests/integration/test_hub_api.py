@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import gzip
 import io
 import json
@@ -196,6 +197,41 @@ def test_structured_queries(hub: Hub) -> None:
     assert len(res["records"]) == 5 and {r["host"] for r in res["records"]} == {"h2"}
     status, err = hub.request("POST", "/api/v1/query", b'{"type": "nope"}')
     assert status == 400 and "time_series" in err["error"]["valid"]
+
+
+def test_aggregations_sort_and_limit_their_rows(hub: Hub) -> None:
+    """Top N by a metric (sort "-count", limit N, rows_total saying how many there were),
+    by the keys descending, or by a metric ascending; on both the pre-aggregate path
+    (counts by host) and the general one (max of pid by process); misspelt keys and
+    unknown sort columns are 400s naming the valid ones."""
+    rows = [entry(i, host=f"h{i % 7}", process=f"p{i % 5}", pid=i) for i in range(700)
+            if i % 7 >= i % 3]                 # uneven counts per host
+    hub.ingest(rows)
+
+    def query(spec: dict) -> tuple[int, dict]:
+        return hub.request("POST", "/api/v1/query", json.dumps(spec).encode())
+    per_host = collections.Counter(e["host"] for e in rows)
+    _, res = query({"type": "aggregation", "group_by": ["host"], "sort": "-count",
+                    "limit": 3})
+    assert [(r["host"], r["count"]) for r in res["rows"]] == sorted(
+        per_host.items(), key=lambda kv: -kv[1])[:3]
+    assert res["rows_total"] == 7
+    _, res = query({"type": "aggregation", "group_by": ["host"], "sort": "desc"})
+    assert [r["host"] for r in res["rows"]] == sorted(per_host, reverse=True)
+    assert "rows_total" not in res
+    spec = {"type": "aggregation", "group_by": ["process"],
+            "metrics": [{"op": "max", "field": "pid"}], "sort": ["max_pid"], "limit": 2}
+    _, res = query(spec)
+    top = {}
+    for e in rows:
+        top[e["process"]] = max(top.get(e["process"], 0), e["pid"])
+    assert [(r["process"], r["max_pid"]) for r in res["rows"]] == sorted(
+        top.items(), key=lambda kv: kv[1])[:2]
+    status, err = query({"type": "aggregation", "group_by": ["host"],
+                         "aggregations": [{"op": "count"}]})
+    assert status == 400 and "metrics" in err["error"]["valid"]
+    status, err = query({"type": "aggregation", "group_by": ["host"], "sort": "-pid"})
+    assert status == 400 and "-count" in err["error"]["valid"]
     assert hub.request("POST", "/api/v1/query", b"not json")[0] == 400
 
 
