@@ -115,8 +115,14 @@ async def ingest(request: web.Request) -> web.Response:
 @routes.get("/api/v1/logs")
 async def search(request: web.Request) -> web.Response:
     q = LogQuery.from_params(request.query)
-    page = await run(request, request.app[STORE].search, q)
-    return jsonify({"records": page.records, "next_cursor": page.next_cursor})
+    store = request.app[STORE]
+    page = await run(request, store.search, q)
+    out: dict[str, Any] = {"records": page.records, "next_cursor": page.next_cursor}
+    if page.next_cursor is None:        # the last page: say where more may be
+        archived = await run(request, store.archived_overlapping, q.start, q.end)
+        if archived:
+            out["archived"] = archived
+    return jsonify(out)
 
 
 @routes.post("/api/v1/query")

@@ -220,18 +220,27 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.semantic:
         return _semantic(c, args)
     # --all: every match, --limit records per request; else the first --limit
-    recs = _records(c, {**query_params(args), "limit": min(args.limit, 10_000)})
+    archived: list[str] = []
+    recs = _records(c, {**query_params(args), "limit": min(args.limit, 10_000)}, archived)
     for r in recs if args.all else itertools.islice(recs, args.limit):
         print(json.dumps(r) if args.json else fmt_record(r))
+    if archived:
+        names = " ".join(archived[:5]) + (" …" if len(archived) > 5 else "")
+        print(f"note: {len(archived)} archived partition(s) in this time range were not "
+              f"searched: {names} (mohlog archive restore PARTITION)", file=sys.stderr)
     return 0
 
 
-def _records(c: Client, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def _records(c: Client, params: dict[str, Any], archived: list[str] | None = None
+             ) -> Iterator[dict[str, Any]]:
     """Every record a query matches, oldest or newest first as it asks, following the
-    cursor (``params["limit"]`` a request; a request only when the one before is used)."""
+    cursor (``params["limit"]`` a request; a request only when the one before is used).
+    The last page's archived partitions overlapping the range go to ``archived``."""
     q = dict(params)
     while True:
         page = c.get("/api/v1/logs", q)
+        if archived is not None:
+            archived[:] = page.get("archived", [])
         yield from page["records"]
         if not page["next_cursor"]:
             return

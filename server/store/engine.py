@@ -156,6 +156,7 @@ class Store:
         self._lock = threading.RLock()
         self._flush_lock = threading.Lock()
         self._restore_lock = threading.Lock()
+        self._archived: list[tuple[str, int, int]] | None = None  # see archived_overlapping
         self._chunks: list[Chunk] = []
         self._tail_n = 0                # rows in self._chunks
         self._segments: list[SegmentInfo] = []
@@ -1119,6 +1120,8 @@ class Store:
             os.fsync(f.fileno())
         tmp.replace(dest)
         fsync_dir(self.archive_dir)
+        with self._restore_lock:
+            self._archived = None
         with self._lock:
             paths = {s.path for s in segs}
             for path in paths:
@@ -1165,6 +1168,18 @@ class Store:
                         "min_ts": min(s["min_ts"] for s in segs),
                         "max_ts": max(s["max_ts"] for s in segs)})
         return out
+
+    def archived_overlapping(self, start: int | None, end: int | None) -> list[str]:
+        """Partitions in the archive with records in [start, end): a search there finds
+        none of them until they are restored. (The archive's spans are read once, then
+        kept up to date by archiving and restoring.)"""
+        with self._restore_lock:
+            if self._archived is None:
+                self._archived = [(a["partition"], a["min_ts"], a["max_ts"])
+                                  for a in self.archive_list() if "error" not in a]
+            spans = list(self._archived)
+        return sorted({p for p, lo, hi in spans
+                       if (start is None or hi >= start) and (end is None or lo < end)})
 
     def _archives_named(self, name: str) -> list[Path]:
         """The archives ``name`` means: an archive's file name, or a partition (all of its
@@ -1239,6 +1254,7 @@ class Store:
             self._manifest.save(self.dir / "manifest.json")
         path.unlink()
         fsync_dir(self.archive_dir)
+        self._archived = None
         log.store.info("archive %s restored (%d records)", path.name, sum(s.rows for s in segs))
         return sum(s.rows for s in segs)
 

@@ -147,6 +147,15 @@ def test_retention_archives_and_cli_restores(make_hub) -> None:
     assert out.returncode == 0, out.stderr
     listed = [ln.split() for ln in out.stdout.splitlines()]
     assert [(x[0], x[4]) for x in listed] == [(f"{part}.tar", "50"), (f"{part}.2.tar", "1")]
+    # a search of the archived hour says where its records are; one of today does not
+    day = 86_400 * 10**9
+    assert hub.search(f"start={old - day}&end={old + day}")["archived"] == [part]
+    assert "archived" not in hub.search(f"start={old + day}")
+    out = subprocess.run([*CLI, "search", f"--start={old - day}", f"--end={old + day}"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout == "", out.stderr
+    assert f"1 archived partition(s) in this time range were not searched: {part}" \
+        in out.stderr
     restored = time.monotonic()
     out = subprocess.run([*CLI, "archive", "restore", part], env=env, capture_output=True,
                          text=True, timeout=60)          # a partition: all of its archives
@@ -154,6 +163,7 @@ def test_retention_archives_and_cli_restores(make_hub) -> None:
     assert "left alone by retention until" in out.stdout
     assert len(hub.all_ids("")) == 81
     assert not list((hub.data / "archive").glob("*.tar"))
+    assert "archived" not in hub.search(f"start={old - day}&end={old + day}")
     # still expired, but restored: retention leaves it for restore_keep_s, across a restart
     assert hub.request("POST", "/api/v1/retention")[1]["archived"] == []
     hub.stop()
