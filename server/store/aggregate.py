@@ -42,6 +42,7 @@ def spec_query(spec: dict[str, Any]) -> LogQuery:
     if q.sort not in ("asc", "desc"):
         raise InvalidInput("sort must be asc or desc", valid=["asc", "desc"])
     q.limit = _limit(spec.get("limit", 100) if search else spec.get("limit", 100_000))
+    q.check_range()
     flt = spec.get("filters") or []
     if isinstance(flt, dict):
         q.filters = [check_filter(Filter(k, "=", str(v))) for k, v in flt.items()]

@@ -80,7 +80,12 @@ class LogQuery:
             q.filters.append(parse_filter(spec))
         parse_text(q.text or "")  # validate regexes early
         decode_cursor(q.cursor)
+        q.check_range()
         return q
+
+    def check_range(self) -> None:
+        if self.start is not None and self.end is not None and self.start > self.end:
+            raise InvalidInput("start is after end", param="start")
 
 
 def _getter(params: Mapping[str, Any]):  # noqa: ANN202 - small closure
@@ -183,6 +188,9 @@ def parse_text(text: str) -> list[Term]:
         elif regex is not None:
             _compile(regex, True)
             terms.append(Term("regex", regex.replace("\\/", "/")))
+        elif word.startswith('"'):
+            raise InvalidInput(f"unterminated phrase in q: {word!r}…: close it with \"",
+                               param="q")
         else:
             terms.append(Term("word", word))
     return terms

@@ -165,6 +165,14 @@ def test_field_filters_and_text(hub: Hub) -> None:
     status, err = hub.request("GET", "/api/v1/logs?f=nosuch=1")
     assert status == 400 and "valid" in err["error"]
     assert hub.request("GET", "/api/v1/logs?q=/([/")[0] == 400
+    status, err = hub.request("GET", '/api/v1/logs?q="request+17')   # a quote left open
+    assert status == 400 and "unterminated phrase" in err["error"]["message"], err
+    assert hub.search('q=say"hi"')["records"] == []                   # a quote inside a word
+    status, err = hub.request("GET", "/api/v1/logs?start=2000&end=1000")
+    assert status == 400 and err["error"]["message"] == "start is after end", err
+    status, err = hub.request("POST", "/api/v1/query",
+                              b'{"type": "aggregation", "start": 2000, "end": 1000}')
+    assert status == 400 and err["error"]["message"] == "start is after end", err
     got = hub.search("f=level>=6&limit=1000")["records"]        # a rank (6: ERROR) and up
     assert len(got) == 200
     for bad in ("level>=NOPE", "level=warn", "component!=KERNELS"):
