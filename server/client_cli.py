@@ -45,7 +45,7 @@ def filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--end", help="ns, ISO-8601 or relative")
     p.add_argument("-f", "--filter", action="append", default=[], dest="f",
                    help="FIELD<op>VALUE, ops = != < <= > >= ' contains ' ' regex ' (repeat)")
-    p.add_argument("--host", help="only this host")
+    p.add_argument("--host", action="append", help="only this host (repeat: any of them)")
     p.add_argument("--case", action="store_true", help="case-sensitive text matching")
 
 

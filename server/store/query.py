@@ -74,8 +74,11 @@ class LogQuery:
         if q.sort not in ("asc", "desc"):
             raise InvalidInput("sort must be asc or desc", valid=["asc", "desc"])
         for name in EQ_PARAMS:
-            if get(name) is not None:
-                q.filters.append(check_filter(Filter(name, "=", get(name))))
+            values = _getall(params, name)
+            if len(values) == 1:
+                q.filters.append(check_filter(Filter(name, "=", values[0])))
+            elif values:                    # host=a&host=b: either of them
+                q.filters.append(any_of(name, values))
         for spec in _getall(params, "f"):
             q.filters.append(parse_filter(spec))
         parse_text(q.text or "")  # validate regexes early
@@ -170,6 +173,13 @@ def check_filter(f: Filter) -> Filter:
     elif f.op in ("<", "<=", ">", ">=") and (f.field in INT_FIELDS or f.field == "level"):
         f.int_value()
     return f
+
+
+def any_of(name: str, values: list[str]) -> Filter:
+    """A filter keeping the records whose ``name`` equals one of ``values`` (each checked
+    as an equality filter is), as an anchored regex of the escaped values."""
+    checked = [check_filter(Filter(name, "=", v)).value for v in values]
+    return Filter(name, "regex", "^(?:" + "|".join(re.escape(v) for v in checked) + ")$")
 
 
 def _compile(pattern: str, case: bool) -> re.Pattern[str]:

@@ -153,6 +153,11 @@ def test_field_filters_and_text(hub: Hub) -> None:
     got = hub.search("host=h1&f=pid<102&limit=1000")["records"]
     want = [e for e in rows if e["host"] == "h1" and e["pid"] < 102]
     assert sorted(r["id"] for r in got) == sorted(e["id"] for e in want)
+    got = hub.search("host=h1&host=H2&pid=101&pid=104&limit=1000")["records"]  # any of them
+    want = [e for e in rows if e["host"] in ("h1", "h2") and e["pid"] in (101, 104)]
+    assert sorted(r["id"] for r in got) == sorted(e["id"] for e in want) and want
+    status, err = hub.request("GET", "/api/v1/logs?level=ERROR&level=nope")
+    assert status == 400 and "ERROR" in err["error"]["valid"]
     got = hub.search("f=process+contains+AP&limit=1000")["records"]
     assert len(got) == 400
     assert hub.search("f=process+contains+AP&case=1")["records"] == []

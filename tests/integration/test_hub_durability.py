@@ -259,6 +259,8 @@ def test_cli_ingest_takes_the_fields_of_line_headers(hub: Hub, tmp_path: Path) -
         ("bastion", 4242, 3_000_000), ("bastion", 4242, 2_120_000_000)]
     assert sshd[0]["message"].startswith("Failed password for invalid user admin")
     assert sshd[1]["level"] == "ERROR" and sshd[0]["level"] == "INFO"
+    assert {r["host"] for r in found("--host", "bastion", "--host", "nowhere")} == {"bastion"}
+    assert len(found("--host", "bastion", "--host", "fallback")) == len(found())
     window = found("--start", "2026-11-30T21:14:00Z", "--end", "2026-11-30T21:16:00Z")
     assert sorted(r["process"] for r in window) == ["CRON", "sshd", "sshd"]
     worker = sorted(found("-f", "process=worker.log"), key=lambda r: r["timestamp"])
