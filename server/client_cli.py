@@ -323,8 +323,51 @@ class _Shown:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    print(json.dumps(client(args).get("/api/v1/stats"), indent=2))
+    st = client(args).get("/api/v1/stats")
+    if args.json:
+        print(json.dumps(st, indent=2))
+        return 0
+    print(stats_text(st))
     return 0
+
+
+def stats_text(st: dict[str, Any]) -> str:
+    """The hub's stats for a person: what it holds, how much room it takes, what is wrong."""
+    def size(n: int | None) -> str:
+        x = float(n or 0)
+        for unit in ("B", "KB", "MB", "GB", "TB"):
+            if x < 1024 or unit == "TB":
+                return f"{x:.0f} {unit}" if unit == "B" else f"{x:.1f} {unit}"
+            x /= 1024
+        return ""
+
+    def top(counts: dict[str, int], most: int = 6) -> str:
+        items = sorted(counts.items(), key=lambda kv: -kv[1])
+        shown = "  ".join(f"{k} {v:,}" for k, v in items[:most])
+        return shown + (f"  (+{len(items) - most} more)" if len(items) > most else "")
+
+    ratio = st.get("compression_ratio")
+    parts = st.get("partitions") or []
+    span = (f"{_utc(st['oldest'])} .. {_utc(st['newest'])}" if st.get("oldest") is not None
+            else "none yet")
+    lines = [
+        f"records     {st['records']:,} ({st['records_in_memory']:,} in memory, "
+        f"{size(st['wal_bytes'])} of write-ahead log)",
+        f"time span   {span}",
+        f"ingest      {st['ingest_rate']:,.0f} records/s (last 10 s)",
+        f"stored      {size(st['stored_bytes'])} + {size(st['index_bytes'])} of indexes for "
+        f"{size(st['raw_bytes'])} as NDJSON" + (f" ({ratio}:1)" if ratio else ""),
+        f"segments    {st['segments']} in {len(parts)} partition(s)"
+        + (f", {parts[0]} .. {parts[-1]}" if parts else ""),
+        f"templates   {st['templates']:,}",
+        f"levels      {top(st['by_level'], 9)}",
+        f"components  {top(st['by_component'], 9)}",
+        f"hosts       {top(st['by_host'])}",
+    ]
+    for bad in st.get("corrupt_segments") or []:
+        lines.append(f"CORRUPT     segment {bad.get('path')} ({bad.get('rows', '?')} records): "
+                     "fails its checksum, left out of queries")
+    return "\n".join(lines)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -429,6 +472,8 @@ def parser(cmd: str) -> argparse.ArgumentParser:
         if cmd == "export":
             p.add_argument("--format", default="ndjson", choices=["ndjson", "csv", "parquet"])
             p.add_argument("-o", "--output", help="file (default stdout)")
+    elif cmd == "stats":
+        p.add_argument("--json", action="store_true", help="the hub's answer as it is")
     elif cmd == "token":
         p.add_argument("action", choices=["create", "list", "revoke"])
         p.add_argument("ident", nargs="?", help="token id or name (revoke)")

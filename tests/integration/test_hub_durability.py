@@ -121,6 +121,15 @@ def test_corrupt_segment_is_reported_skipped_and_the_rest_served(hub: Hub) -> No
     assert len(hub.all_ids("")) == 100
     _, text = hub.request("GET", "/metrics")
     assert b"mohlog_segments_corrupt_total 1.0" in text
+    env = {**os.environ, "MOHLOG_HUB": hub.url, "MOHLOG_TOKEN": hub.token,
+           "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([*CLI, "stats"], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = dict(ln.split(None, 1) for ln in out.stdout.splitlines())
+    assert lines["records"].startswith("100 (0 in memory")
+    assert lines["segments"].startswith("1 in 1 partition(s)")
+    assert lines["CORRUPT"] == (f"segment {victim.relative_to(hub.data / 'segments')} "
+                                "(100 records): fails its checksum, left out of queries")
 
 
 def test_retention_archives_and_cli_restores(make_hub) -> None:
@@ -398,8 +407,8 @@ def test_tls(make_hub, tmp_path: Path) -> None:
     assert hub.url.startswith("https://")
     env = {**os.environ, "MOHLOG_HUB": hub.url, "MOHLOG_TOKEN": hub.token,
            "PYTHONPATH": str(ROOT)}
-    ok = subprocess.run([*CLI, "stats", "--cacert", str(cert)], env=env, capture_output=True,
-                        text=True, timeout=60)
+    ok = subprocess.run([*CLI, "stats", "--json", "--cacert", str(cert)], env=env,
+                        capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and '"records": 0' in ok.stdout, ok.stderr
     bad = subprocess.run([*CLI, "stats"], env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in bad.stderr
