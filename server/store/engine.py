@@ -599,10 +599,16 @@ class Store:
             self._delete_files(paths)
 
     def _delete_files(self, paths: list[str]) -> None:
+        """Delete segments' files, then their partition directories left empty."""
         for rel in paths:
             seg = self.seg_dir / rel
             for f in (seg, rollup_path(seg), words.path_for(seg)):
                 f.unlink(missing_ok=True)
+        for part in {(self.seg_dir / rel).parent for rel in paths}:
+            try:
+                part.rmdir()
+            except OSError:
+                pass                                # not empty: other segments live there
 
     def _start_flush(self) -> Future[int] | None:
         """Stage the chunks the WAL holds now (this thread) and hand them to the writer."""
@@ -1131,7 +1137,9 @@ class Store:
             self._segments = [s for s in self._segments if s.path not in paths]
             self._manifest.segments = [s for s in self._manifest.segments if s.path not in paths]
             self._manifest.save(self.dir / "manifest.json")
-        shutil.rmtree(self.seg_dir / part, ignore_errors=True)
+        # The files of these segments only: a restore of the same partition may have put
+        # others beside them meanwhile.
+        self._delete_files([s.path for s in segs])
         log.store.info("partition %s archived to %s (%d records)", part, dest,
                        sum(s.rows for s in segs))
         return name
