@@ -29,6 +29,10 @@ def parser() -> argparse.ArgumentParser:
                    help="archive partitions older than this many seconds")
     p.add_argument("--retention-bytes", type=int, dest="retention_bytes",
                    help="archive the oldest partitions beyond this many stored bytes")
+    p.add_argument("--archive-age", type=int, dest="archive_age_s",
+                   help="delete archives whose newest record is older than this many seconds")
+    p.add_argument("--archive-bytes", type=int, dest="archive_bytes",
+                   help="delete the oldest archives beyond this many bytes")
     p.add_argument("--no-embeddings", action="store_false", dest="embeddings", default=None,
                    help="do not start the embedding service")
     p.add_argument("--log-level", default="INFO")

@@ -30,6 +30,10 @@ class HubConfig:
     retention_age_s: int | None = None
     # Archive the oldest partitions while segments exceed this many bytes (None: no bound).
     retention_bytes: int | None = None
+    # Delete archives whose newest record is older than this many seconds (None: keep).
+    archive_age_s: int | None = None
+    # Delete the oldest archives while the archive exceeds this many bytes (None: no bound).
+    archive_bytes: int | None = None
     # Records buffered (memory + WAL) before being written as a segment.
     flush_rows: int = 500_000
     # Seconds after which buffered records are written as a segment anyway.
@@ -60,6 +64,7 @@ class HubConfig:
     def store_config(self) -> StoreConfig:
         return StoreConfig(self.data, retention_age_s=self.retention_age_s,
                            retention_bytes=self.retention_bytes,
+                           archive_age_s=self.archive_age_s, archive_bytes=self.archive_bytes,
                            max_batch_bytes=self.max_body_bytes, flush_rows=self.flush_rows,
                            flush_interval_s=self.flush_interval_s, partition_s=self.partition_s,
                            restore_keep_s=self.restore_keep_s,

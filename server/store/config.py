@@ -14,6 +14,11 @@ class StoreConfig:
     retention_age_s: int | None = None
     # Upper bound on stored segment bytes; the oldest partitions are archived first. None: no bound.
     retention_bytes: int | None = None
+    # Archives whose newest record is older than this many seconds are deleted; None
+    # keeps them forever.
+    archive_age_s: int | None = None
+    # Upper bound on the archive's bytes; the oldest archives are deleted first. None: no bound.
+    archive_bytes: int | None = None
     # Largest accepted request body after decompression, in bytes (larger: 413).
     max_batch_bytes: int = 64 << 20
     # Records buffered in memory (and the WAL) before they are written as a segment.

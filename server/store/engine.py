@@ -1107,7 +1107,35 @@ class Store:
             if not (too_old or too_big):
                 break
             archived.append(self._archive(oldest, parts[oldest]))
-        return {"archived": archived}
+        return {"archived": archived, "deleted": self._prune_archive(now)}
+
+    def _prune_archive(self, now: int) -> list[str]:
+        """Delete the archives past ``archive_age_s`` (by their newest record) and, oldest
+        first, those beyond ``archive_bytes``: the end of a record's life."""
+        age, budget = self.cfg.archive_age_s, self.cfg.archive_bytes
+        if age is None and budget is None:
+            return []
+        deleted = []
+        with self._restore_lock:                    # never under a restore
+            archives = [a for a in self.archive_list() if "error" not in a]
+            archives.sort(key=lambda a: (a["max_ts"], _archive_order(Path(a["name"]))))
+            total = sum(a["bytes"] for a in archives)
+            for a in archives:
+                too_old = age is not None and a["max_ts"] < now - age * 1_000_000_000
+                too_big = budget is not None and total > budget
+                if not (too_old or too_big):
+                    continue
+                (self.archive_dir / a["name"]).unlink(missing_ok=True)
+                total -= a["bytes"]
+                deleted.append(a["name"])
+                log.store.info("archive %s deleted (%d records up to %s): %s", a["name"],
+                               a["records"], _iso(a["max_ts"]),
+                               "older than archive_age_s" if too_old else
+                               "the archive exceeds archive_bytes")
+            if deleted:
+                fsync_dir(self.archive_dir)
+                self._archived = None
+        return deleted
 
     def _archive(self, part: str, segs: list[SegmentInfo]) -> str:
         dest = self._archive_dest(part, {s.path for s in segs})
@@ -1272,6 +1300,10 @@ class Store:
         now = time.time()
         self._manifest.kept = {p: t for p, t in self._manifest.kept.items() if t > now}
         return set(self._manifest.kept)
+
+
+def _iso(ts: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts / 1e9))
 
 
 def _archived_segments(path: Path) -> list[dict[str, Any]]:

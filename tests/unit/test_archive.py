@@ -1,12 +1,14 @@
 """Archiving a partition removes the files of the segments it archived and no others (a
 restore of the same partition may have put segments beside them), then the partition's
-directory once empty."""
+directory once empty; archives are deleted past archive_age_s or archive_bytes."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-from tests.unit.test_compaction import _filled, _files, _own_files
+from server.store.engine import _archive_order
+from tests.unit.test_compaction import _files, _filled, _own_files
 from tests.unit.test_store_search import entries
 
 
@@ -25,6 +27,32 @@ def test_archiving_removes_only_the_archived_segments_files(tmp_path: Path) -> N
         assert not (tmp_path / "segments" / part).exists()
         assert st.archive_restore(part)["records"] == 600
         assert sum(s.rows for s in st._segments) == 600
+    finally:
+        loop.run_until_complete(st.close())
+        loop.close()
+
+
+def test_archives_are_deleted_past_their_age_or_the_archive_bytes(tmp_path: Path) -> None:
+    """``archive_bytes``: the oldest archives (by their newest record) go until the rest
+    fit; ``archive_age_s``: archives whose newest record is older go. A retention pass
+    does both and says which it deleted."""
+    st, loop = _filled(tmp_path, entries(600), 3, compact_segments=100)
+    try:
+        segs = list(st._segments)
+        names = [st._archive(segs[0].partition, [s]) for s in segs]
+        listed = sorted(st.archive_list(), key=lambda a: a["max_ts"])
+        assert sorted(a["name"] for a in listed) == sorted(names)
+        total = sum(a["bytes"] for a in listed)
+        st.cfg = dataclasses.replace(st.cfg, archive_bytes=total - 1)
+        assert st.enforce_retention() == {"archived": [], "deleted": [listed[0]["name"]]}
+        assert [a["name"] for a in st.archive_list()] == sorted(
+            (a["name"] for a in listed[1:]), key=lambda n: _archive_order(Path(n)))
+        assert st.archived_overlapping(None, None) == [segs[0].partition]
+        st.cfg = dataclasses.replace(st.cfg, archive_bytes=None, archive_age_s=10**9)
+        assert st.enforce_retention()["deleted"] == []          # younger than 30 years
+        st.cfg = dataclasses.replace(st.cfg, archive_age_s=86_400)
+        assert sorted(st.enforce_retention()["deleted"]) == sorted(a["name"] for a in listed[1:])
+        assert st.archive_list() == [] and st.archived_overlapping(None, None) == []
     finally:
         loop.run_until_complete(st.close())
         loop.close()
