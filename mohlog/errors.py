@@ -44,6 +44,13 @@ class Forbidden(MohlogError):
     code = "forbidden"
 
 
+class Conflict(MohlogError):
+    """The request contradicts the hub's state (revoking the last admin token)."""
+
+    status = 409
+    code = "conflict"
+
+
 class TooLarge(MohlogError):
     status = 413
     code = "too_large"

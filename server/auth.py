@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from mohlog import log
-from mohlog.errors import Forbidden, InvalidInput, NotFound, Unauthorized
+from mohlog.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 
 ROLES = ("ingest", "read", "admin")
 PREFIX = "mohlog_"
@@ -109,7 +109,13 @@ class TokenStore:
             tok = self._tokens.get(ident) or next(
                 (t for t in self._tokens.values() if t.name == ident), None)
             if tok is None:
-                raise NotFound(f"no token {ident!r}")
+                raise NotFound(f"no token {ident!r}",
+                               valid=sorted({t.id for t in self._tokens.values()}
+                                            | {t.name for t in self._tokens.values()}))
+            if tok.role == "admin" and not any(t.role == "admin" and t.id != tok.id
+                                               for t in self._tokens.values()):
+                raise Conflict(f"token {tok.id} is the last admin token: create another "
+                               "(mohlog token create --role admin) before revoking it")
             del self._tokens[tok.id]
             self._save()
         log.hub.info("token %s revoked", tok.id)

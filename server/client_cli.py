@@ -397,7 +397,7 @@ def cmd_token(args: argparse.Namespace) -> int:
     else:
         if not args.ident:
             raise MohlogError("token revoke needs a token id or name")
-        t = c.request("DELETE", f"/api/v1/tokens/{args.ident}")
+        t = c.request("DELETE", f"/api/v1/tokens/{urllib.parse.quote(args.ident, safe='')}")
         print(f"revoked {t['id']} ({t['role']}, {t['name']})")
     return 0
 

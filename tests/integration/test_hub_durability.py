@@ -243,6 +243,15 @@ def test_cli_token_ingest_search(hub: Hub, tmp_path: Path) -> None:
     assert denied.returncode == 1 and "403" in denied.stderr
     assert cli("token", "revoke", "shipper").returncode == 0
     assert "shipper" not in cli("token", "list").stdout
+    # names with spaces; the last admin token cannot be revoked, the one before can
+    last = cli("token", "revoke", "admin (first start)")
+    assert last.returncode == 1 and "409" in last.stderr and "last admin token" in last.stderr
+    second = cli("token", "create", "--role", "admin", "--name", "night shift").stdout.strip()
+    gone = cli("token", "revoke", "admin (first start)", MOHLOG_TOKEN=second)
+    assert gone.returncode == 0 and "revoked" in gone.stdout, gone.stderr
+    assert cli("stats").returncode == 1                     # the revoked one is refused
+    assert cli("token", "revoke", "night shift", MOHLOG_TOKEN=second).returncode == 1
+    assert "night shift" in cli("token", "list", MOHLOG_TOKEN=second).stdout
 
 
 def test_cli_ingest_takes_the_fields_of_line_headers(hub: Hub, tmp_path: Path) -> None:
