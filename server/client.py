@@ -56,6 +56,13 @@ class Client:
     insecure: bool = False
     timeout: float = 60.0
 
+    def __post_init__(self) -> None:
+        if "://" not in self.url:              # host:port, as --listen takes it
+            self.url = "http://" + self.url
+        if not self.url.startswith(("http://", "https://")):
+            raise HubError(f"hub URL must be http://HOST:PORT or https://HOST:PORT, "
+                           f"not {self.url!r}")
+
     def _ctx(self) -> ssl.SSLContext | None:
         if not self.url.startswith("https"):
             return None

@@ -217,6 +217,10 @@ def test_cli_token_ingest_search(hub: Hub, tmp_path: Path) -> None:
     def cli(*args: str, **kw: str) -> subprocess.CompletedProcess:
         return subprocess.run([*CLI, *args], env={**env, **kw}, capture_output=True,
                               text=True, timeout=60)
+    bare = cli("stats", MOHLOG_HUB=hub.url.removeprefix("http://"))   # HOST:PORT alone
+    assert bare.returncode == 0 and bare.stdout.startswith("records "), bare.stderr
+    bad = cli("stats", MOHLOG_HUB="ftp://" + hub.url.removeprefix("http://"))
+    assert bad.returncode == 1 and "hub URL must be http://" in bad.stderr
     made = cli("token", "create", "--role", "ingest", "--name", "shipper")
     assert made.returncode == 0, made.stderr
     ingest_token = made.stdout.strip()
