@@ -11,7 +11,7 @@ from typing import Any
 
 from mohlog.errors import InvalidInput
 from mohlog.model import COMPONENTS, LEVELS
-from mohlog.settings import read_settings
+from mohlog.settings import hub_url, read_settings
 
 DEFAULT_HUB = "http://127.0.0.1:7480"
 
@@ -126,6 +126,7 @@ def load(path: Path | None, overrides: dict[str, Any]) -> AgentConfig:
     values["drop"] = [r if isinstance(r, DropRule) else DropRule(**r)
                       for r in values.get("drop", [])]
     cfg = AgentConfig(**values)
+    cfg.hub = hub_url(str(cfg.hub))
     check(cfg)
     return cfg
 

@@ -24,3 +24,13 @@ def read_settings(path: Path, section: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidInput(f"config {path} must hold an object")
     return data.get(section, data)
+
+
+def hub_url(url: str) -> str:
+    """A hub's address as a URL: ``HOST:PORT`` alone (as ``--listen`` takes it) means
+    ``http://HOST:PORT``; a scheme other than http or https is an error."""
+    if "://" not in url:
+        url = "http://" + url
+    if not url.startswith(("http://", "https://")):
+        raise InvalidInput(f"hub URL must be http://HOST:PORT or https://HOST:PORT, not {url!r}")
+    return url.rstrip("/")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mohlog.errors import MohlogError
+from mohlog.settings import hub_url
 
 DEFAULT_HUB = "http://127.0.0.1:7480"
 TOKEN_FILES = (Path("/var/lib/mohlog/admin.token"),
@@ -57,11 +58,7 @@ class Client:
     timeout: float = 60.0
 
     def __post_init__(self) -> None:
-        if "://" not in self.url:              # host:port, as --listen takes it
-            self.url = "http://" + self.url
-        if not self.url.startswith(("http://", "https://")):
-            raise HubError(f"hub URL must be http://HOST:PORT or https://HOST:PORT, "
-                           f"not {self.url!r}")
+        self.url = hub_url(self.url)
 
     def _ctx(self) -> ssl.SSLContext | None:
         if not self.url.startswith("https"):
