@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
+import xxhash
 import zstandard
 
 from mohlog import journal
 from mohlog.errors import MohlogError
 from mohlog.lines import Records, compression_of
-from mohlog.model import new_id
 from server.client import DEFAULT_HUB, Client, HubError, find_token
 
 
@@ -69,14 +69,18 @@ def query_params(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_ingest(args: argparse.Namespace) -> int:
     paths = log_files(args.files)
     c = client(args)
-    total = 0
+    total = [0, 0]
     for path in paths:
         try:
-            total += ingest_file(c, path, args)
+            sent, again = ingest_file(c, path, args)
         except OSError as err:
             raise MohlogError(f"{path}: {err.strerror or err} (ingested before it: "
-                              f"{total} records)") from err
-    print(f"ingested {total} records", file=sys.stderr)
+                              f"{total[0]} records)") from err
+        total[0] += sent
+        total[1] += again
+    print(f"ingested {total[0]} records" + (
+        f" ({total[1]} of them already in the hub from an earlier run: not stored twice)"
+        if total[1] else ""), file=sys.stderr)
     return 0
 
 
@@ -171,33 +175,45 @@ def entries(path: Path, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
         yield from (plain(r, at) for r, _, at in records.flush())
 
 
-def ingest_file(c: Client, path: Path, args: argparse.Namespace) -> int:
+def ingest_file(c: Client, path: Path, args: argparse.Namespace) -> tuple[int, int]:
+    """Send a file's entries in batches; (records sent, of them already in the hub).
+    A batch's Idempotency-Key comes from the file's path, its place in the file and its
+    bytes: ingesting the same file again (after a failure half-way, or twice by mistake)
+    stores nothing twice. (A file that grew meanwhile: the last, partial batch of the
+    earlier run is stored again with the lines after it.)"""
     size = path.stat().st_size if path.is_file() else 0
     cctx = zstandard.ZstdCompressor(level=3)
-    sent, batch, t0 = 0, [], time.monotonic()
+    where = "-" if str(path) == "-" else str(path.resolve())
+    sent, again, batch, t0 = 0, 0, [], time.monotonic()
     for doc in entries(path, args):
         batch.append(orjson.dumps(doc))
         if len(batch) >= args.batch:
-            sent += _send(c, batch, cctx)
-            batch = []
+            n, dup = _send(c, batch, cctx, f"{where}\0{sent}")
+            sent, again, batch = sent + n, again + (n if dup else 0), []
             _progress(path, sent, size, t0)
     if batch:
-        sent += _send(c, batch, cctx)
+        n, dup = _send(c, batch, cctx, f"{where}\0{sent}")
+        sent, again = sent + n, again + (n if dup else 0)
     _progress(path, sent, size, t0, end=True)
-    return sent
+    return sent, again
 
 
-def _send(c: Client, batch: list[bytes], cctx: zstandard.ZstdCompressor) -> int:
-    body = cctx.compress(b"\n".join(batch))
-    key = new_id()
-    for attempt in range(5):
+def _send(c: Client, batch: list[bytes], cctx: zstandard.ZstdCompressor, place: str
+          ) -> tuple[int, bool]:
+    """Send one batch (retried with the same key while the hub is away or busy);
+    (records, whether the hub had them already)."""
+    text = b"\n".join(batch)
+    key = "ingest-" + xxhash.xxh3_128_hexdigest(place.encode() + b"\0" + text)
+    body = cctx.compress(text)
+    for attempt in range(6):
         try:
-            return int(c.ingest(body, key)["accepted"])
+            res = c.ingest(body, key)
+            return int(res["accepted"]), bool(res.get("duplicate"))
         except HubError as err:
-            if err.status and err.status < 500 and err.status != 429:
+            if attempt == 5 or err.status and err.status < 500 and err.status != 429:
                 raise
             time.sleep(0.5 * 2 ** attempt)
-    return int(c.ingest(body, key)["accepted"])
+    raise AssertionError("unreachable")
 
 
 def _progress(path: Path, sent: int, size: int, t0: float, end: bool = False) -> None:

@@ -258,6 +258,34 @@ def test_cli_token_ingest_search(hub: Hub, tmp_path: Path) -> None:
     assert "night shift" in cli("token", "list", MOHLOG_TOKEN=second).stdout
 
 
+def test_cli_ingest_of_the_same_file_again_stores_nothing_twice(hub: Hub, tmp_path: Path
+                                                               ) -> None:
+    """Batch keys come from the file's path, place and bytes: a second run (after a
+    failure half-way, or by mistake) is acknowledged as already stored, also after a hub
+    restart; a file that changed is stored."""
+    def ingest(*args: str) -> str:
+        env = {**os.environ, "MOHLOG_HUB": hub.url, "MOHLOG_TOKEN": hub.token,
+               "PYTHONPATH": str(ROOT)}           # (the port changes with a restart)
+        out = subprocess.run([*CLI, "ingest", *args, "--batch", "64"], env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stderr.splitlines()[-1]
+    logfile = tmp_path / "app.log"
+    logfile.write_text("".join(f"2026-11-30 21:00:{i % 60:02d} job {i} done\n"
+                               for i in range(300)))
+    assert ingest(str(logfile)) == "ingested 300 records"
+    assert ingest(str(logfile)) == ("ingested 300 records (300 of them already in the hub "
+                                    "from an earlier run: not stored twice)")
+    hub.stop()
+    hub.start()
+    assert "(300 of them already in the hub" in ingest(str(logfile))
+    assert len(hub.all_ids("")) == 300
+    logfile.write_text(logfile.read_text().replace("job 299 done", "job 299 failed"))
+    assert ingest(str(logfile)) == ("ingested 300 records (256 of them already in the hub "
+                                    "from an earlier run: not stored twice)")
+    assert len(hub.all_ids("")) == 344                   # the last batch (44) again
+
+
 def test_cli_ingest_takes_the_fields_of_line_headers(hub: Hub, tmp_path: Path) -> None:
     """Plain lines keep the time, host, process, pid and level their headers give; lines
     without one (a traceback) join the entry of the line before; --raw keeps lines whole."""
