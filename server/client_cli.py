@@ -390,11 +390,29 @@ def cmd_export(args: argparse.Namespace) -> int:
     c = client(args)
     resp = c.request("GET", "/api/v1/export", {**query_params(args), "format": args.format},
                      stream=True)
-    out = open(args.output, "wb") if args.output else sys.stdout.buffer
-    with resp:
-        while chunk := resp.read(1 << 16):
-            out.write(chunk)
-    out.flush()
+    target = Path(args.output) if args.output else None
+    # A file is written beside its name and renamed once the export is whole: an export
+    # cut short (the hub went away) leaves no truncated file that looks complete.
+    part = target.with_name(f".{target.name}.part") if target else None
+    out = open(part, "wb") if part else sys.stdout.buffer
+    written = 0
+    try:
+        with resp:
+            while chunk := resp.read(1 << 16):
+                out.write(chunk)
+                written += len(chunk)
+        out.flush()
+        if part and target:
+            os.fsync(out.fileno())
+            out.close()
+            os.replace(part, target)
+            print(f"exported {written:,} bytes to {target}", file=sys.stderr)
+    except (OSError, http.client.HTTPException) as err:
+        if part:
+            out.close()
+            part.unlink(missing_ok=True)
+        raise MohlogError(f"export cut short after {written:,} bytes ({err!r})" + (
+            f": {target} not written" if target else "")) from err
     return 0
 
 

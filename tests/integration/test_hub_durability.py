@@ -286,6 +286,34 @@ def test_cli_ingest_of_the_same_file_again_stores_nothing_twice(hub: Hub, tmp_pa
     assert len(hub.all_ids("")) == 344                   # the last batch (44) again
 
 
+def test_cli_export_to_a_file_is_whole_or_absent(hub: Hub, tmp_path: Path) -> None:
+    """``mohlog export -o F`` writes F only once the export is whole; a hub killed
+    mid-export leaves no F (nor its part file) and a clear error."""
+    for k in range(20):
+        hub.ingest([entry(k * 10_000 + i, message=f"export line {k * 10_000 + i} " + "x" * 200)
+                    for i in range(10_000)])
+    env = {**os.environ, "MOHLOG_HUB": hub.url, "MOHLOG_TOKEN": hub.token,
+           "PYTHONPATH": str(ROOT)}
+    whole = tmp_path / "whole.ndjson"
+    out = subprocess.run([*CLI, "export", "-o", str(whole), "-f", "metadata.n<1000"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and f"bytes to {whole}" in out.stderr, out.stderr
+    assert sorted(orjson.loads(x)["metadata"]["n"] for x in whole.read_bytes().splitlines()
+                  ) == list(range(1000))
+    cut = tmp_path / "cut.ndjson"
+    part = tmp_path / ".cut.ndjson.part"
+    proc = subprocess.Popen([*CLI, "export", "-o", str(cut)], env=env,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (part.exists() and part.stat().st_size) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert part.exists(), "the export did not start"
+    hub.stop(signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "export cut short after" in err, err
+    assert f"{cut} not written" in err and not cut.exists() and not part.exists()
+
+
 def test_cli_ingest_takes_the_fields_of_line_headers(hub: Hub, tmp_path: Path) -> None:
     """Plain lines keep the time, host, process, pid and level their headers give; lines
     without one (a traceback) join the entry of the line before; --raw keeps lines whole."""
