@@ -58,11 +58,27 @@ def query_params(args: argparse.Namespace) -> dict[str, Any]:
     for name in ("start", "end", "host"):
         if getattr(args, name, None):
             params[name] = getattr(args, name)
+    for name in ("start", "end"):
+        if name in params:
+            params[name] = local_time(params[name])
     if getattr(args, "q", None):
         params["q"] = args.q
     if args.case:
         params["case"] = "1"
     return params
+
+
+def local_time(text: str) -> str:
+    """An ISO-8601 time without an offset given on the command line is in the user's
+    zone (as journalctl --since reads it): it is sent with that offset, since the hub reads
+    such times as UTC. Anything else (ns, -15m, an offset already) is sent as it is."""
+    if text.strip().lstrip("-").isdigit():
+        return text
+    try:
+        when = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        return text
+    return when.astimezone().isoformat() if when.tzinfo is None else text
 
 
 # ---- ingest ------------------------------------------------------------------

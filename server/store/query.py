@@ -7,7 +7,7 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -122,7 +122,9 @@ def _int_param(v: str | None, default: int, name: str, lo: int, hi: int) -> int:
 
 
 def parse_time(v: str | int | None, now: int | None = None) -> int | None:
-    """ns integer, ISO-8601, or relative (-5m, -2h, -1d); None stays None."""
+    """ns integer, ISO-8601 (UTC unless it gives an offset: the hub's own zone would
+    make a query mean different times on different hubs), or relative (-5m, -2h, -1d);
+    None stays None."""
     if v is None or v == "":
         return None
     if isinstance(v, int):
@@ -140,6 +142,8 @@ def parse_time(v: str | int | None, now: int | None = None) -> int | None:
     except ValueError as err:
         raise InvalidInput(f"bad time {s!r}: use ns, ISO-8601 or -5m/-2h/-1d",
                            param="time") from err
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
     return int(dt.timestamp() * 1e9)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -1156,3 +1157,22 @@ def test_terms_across_parameter_edges_on_packed_rows_match_brute_force() -> None
                 assert sorted(got) == want, (texts, text, case)
                 checked += 1
     assert checked > 500
+
+
+def test_times_without_an_offset_are_utc_whatever_the_hubs_zone(monkeypatch: Any) -> None:
+    import calendar
+
+    from server.store.query import parse_time
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        at = calendar.timegm((2026, 11, 30, 21, 14, 0)) * 10**9
+        assert parse_time("2026-11-30T21:14:00") == at
+        assert parse_time("2026-11-30 21:14:00") == at
+        assert parse_time("2026-12-01T06:14:00+09:00") == at
+        assert parse_time("2026-11-30T21:14:00Z") == at
+        assert parse_time("2026-11-30") == calendar.timegm((2026, 11, 30, 0, 0, 0)) * 10**9
+        assert parse_time(str(at)) == at and parse_time("-1m", now=at) == at - 60 * 10**9
+    finally:
+        monkeypatch.undo()
+        time.tzset()
