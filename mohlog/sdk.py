@@ -33,8 +33,8 @@ Semantics
   zeroed counters (the parent still sends what it had buffered) and starts its own
   sender thread on its first write.
 
-Imports only the standard library, ``orjson`` and ``mohlog.model``: no root, no bcc,
-no aiohttp.
+Imports only the standard library, ``orjson`` and ``mohlog.model``/``errors``/``settings``:
+no root, no bcc, no aiohttp.
 """
 
 from __future__ import annotations
@@ -56,7 +56,9 @@ from typing import Any
 
 import orjson
 
+from mohlog.errors import InvalidInput
 from mohlog.model import COMPONENTS, FIELDS, LEVEL_RANK, Entry, new_id
+from mohlog.settings import hub_url
 
 Handler = Callable[[dict[str, Any]], None]
 
@@ -161,6 +163,10 @@ class _HubTransport:
     """``POST /api/v1/logs`` to a hub with the standard library's HTTP client."""
 
     def __init__(self, url: str, token: str | None, timeout: float) -> None:
+        try:
+            url = hub_url(url)                  # HOST:PORT alone: http://HOST:PORT
+        except InvalidInput:
+            pass                                # its sends fail and are counted
         self.url = url.rstrip("/") + "/api/v1/logs"
         self.token, self.timeout = token, timeout
 

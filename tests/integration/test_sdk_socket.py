@@ -308,7 +308,8 @@ def real_hub(tmp_path: Path) -> Iterator[tuple[str, str]]:
 def test_sdk_ships_to_a_real_hub_without_agent(real_hub: tuple[str, str],
                                                sock_path: str) -> None:
     url, token = real_hub
-    client = make_client(sock_path, hub_url=url, token=token)
+    # MOHLOG_HUB as HOST:PORT alone, as --listen takes it
+    client = make_client(sock_path, hub_url=url.removeprefix("http://"), token=token)
     run = os.urandom(4).hex()
     try:
         for i in range(300):
