@@ -109,7 +109,10 @@ async def ingest(request: web.Request) -> web.Response:
     small = len(body) <= SMALL_BODY and not args[1]
     batch = store.parse(*args) if small else await run(request, store.parse, *args)
     res = await store.append(batch, request.headers.get("Idempotency-Key"))
-    return jsonify({"accepted": res.accepted, "duplicate": res.duplicate})
+    out: dict[str, Any] = {"accepted": res.accepted, "duplicate": res.duplicate}
+    if batch.warnings:
+        out["warnings"] = batch.warnings
+    return jsonify(out)
 
 
 @routes.get("/api/v1/logs")

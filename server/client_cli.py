@@ -201,30 +201,40 @@ def ingest_file(c: Client, path: Path, args: argparse.Namespace) -> tuple[int, i
     cctx = zstandard.ZstdCompressor(level=3)
     where = "-" if str(path) == "-" else str(path.resolve())
     sent, again, batch, t0 = 0, 0, [], time.monotonic()
+    warned = False
+
+    def send() -> None:
+        nonlocal sent, again, warned
+        res = _send(c, batch, cctx, f"{where}\0{sent}")
+        for w in res.get("warnings", [])[:1] if not warned else []:
+            print(f"\n{path}: warning from the hub (batch from record {sent + 1}): {w}",
+                  file=sys.stderr)
+            warned = True
+        n = int(res["accepted"])
+        sent, again = sent + n, again + (n if res.get("duplicate") else 0)
+
     for doc in entries(path, args):
         batch.append(orjson.dumps(doc))
         if len(batch) >= args.batch:
-            n, dup = _send(c, batch, cctx, f"{where}\0{sent}")
-            sent, again, batch = sent + n, again + (n if dup else 0), []
+            send()
+            batch = []
             _progress(path, sent, size, t0)
     if batch:
-        n, dup = _send(c, batch, cctx, f"{where}\0{sent}")
-        sent, again = sent + n, again + (n if dup else 0)
+        send()
     _progress(path, sent, size, t0, end=True)
     return sent, again
 
 
 def _send(c: Client, batch: list[bytes], cctx: zstandard.ZstdCompressor, place: str
-          ) -> tuple[int, bool]:
-    """Send one batch (retried with the same key while the hub is away or busy);
-    (records, whether the hub had them already)."""
+          ) -> dict[str, Any]:
+    """Send one batch (retried with the same key while the hub is away or busy); the
+    hub's answer."""
     text = b"\n".join(batch)
     key = "ingest-" + xxhash.xxh3_128_hexdigest(place.encode() + b"\0" + text)
     body = cctx.compress(text)
     for attempt in range(6):
         try:
-            res = c.ingest(body, key)
-            return int(res["accepted"]), bool(res.get("duplicate"))
+            return c.ingest(body, key)
         except HubError as err:
             if attempt == 5 or err.status and err.status < 500 and err.status != 429:
                 raise

@@ -6,6 +6,7 @@ A batch is all-or-nothing: the first bad line raises ``InvalidInput`` naming the
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
 import os
@@ -56,6 +57,9 @@ class Batch:
     # rebuild ``table`` from it (``rebuild``); None when the table must be encoded anew.
     raw: bytes | None = None
     defaults: dict[str, Any] | None = None
+    # What the sender should know (timestamps that look like another unit), stored anyway.
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    early: int = 0                      # records dated before 2000
 
     @property
     def rows(self) -> int:
@@ -324,6 +328,30 @@ def parse(body: bytes, encoding: str | None, content_type: str | None, limit: in
         # A compressed body goes to the WAL as received (re-encoding it costs ~0.4 us a
         # record); an uncompressed one is encoded anew, compressed.
         if len(data) < 0.6 * sent.nbytes:
-            return Batch(table, len(data), data, used)
-        return Batch(table, len(data))
-    return Batch(complete(parse_ndjson(data)), len(data))
+            return _dated(Batch(table, len(data), data, used))
+        return _dated(Batch(table, len(data)))
+    return _dated(Batch(complete(parse_ndjson(data)), len(data)))
+
+
+# Records dated before this (2000-01-01) are stored as sent, with a warning: such times
+# are almost always seconds, milliseconds or microseconds sent where the API takes
+# nanoseconds (or a clock not yet set). Refusing them would lose the batch's records.
+EARLIEST = 946_684_800 * 10**9
+_UNITS = ((10**8, 10**11, "seconds"), (10**11, 10**14, "milliseconds"),
+          (10**14, 10**17, "microseconds"))
+
+
+def _dated(b: Batch) -> Batch:
+    ts = b.table["timestamp"]
+    if not len(ts) or pc.min(ts).as_py() >= EARLIEST:
+        return b
+    early = pc.less(ts, EARLIEST)
+    b.early = pc.sum(early).as_py()
+    i = pc.index(early, True).as_py()
+    v = ts[i].as_py()
+    unit = next((f" (it looks like {name})" for lo, hi, name in _UNITS if lo <= v < hi), "")
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(v // 10**9))
+    b.warnings.append(f"{b.early} record(s) dated before 2000, stored as sent; line {i + 1}: "
+                      f"timestamp {v} is {when}{unit}: timestamps are nanoseconds since "
+                      "1970-01-01 UTC")
+    return b

@@ -68,6 +68,8 @@ class Batch:
     record: bytes            # the encoded WAL record (no key yet: see Store.append)
     raw: bytes | None = None           # an Arrow body kept as received (batch.Batch)
     defaults: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)  # for the sender (batch.Batch)
+    early: int = 0                     # records dated before 2000
 
     @property
     def rows(self) -> int:
@@ -156,6 +158,7 @@ class Store:
         self._lock = threading.RLock()
         self._flush_lock = threading.Lock()
         self._restore_lock = threading.Lock()
+        self._early_said = -3600.0              # when records dated before 2000 were logged
         self._archived: list[tuple[str, int, int]] | None = None  # see archived_overlapping
         self._chunks: list[Chunk] = []
         self._tail_n = 0                # rows in self._chunks
@@ -307,7 +310,8 @@ class Store:
         except InvalidInput:
             self.metrics.rejected.inc()
             raise
-        return Batch(_untemplated(b.table), b.raw_bytes, b"", b.raw, b.defaults)
+        return Batch(_untemplated(b.table), b.raw_bytes, b"", b.raw, b.defaults, b.warnings,
+                     b.early)
 
     def _mine(self, table: pa.Table) -> pa.Table:
         msgs = table["message"].combine_chunks()
@@ -362,6 +366,11 @@ class Store:
                 self._inflight.pop(key, None)
         self.metrics.received.inc(b.rows)
         self.metrics.raw_bytes.inc(b.raw_bytes)
+        if b.early:
+            self.metrics.early.inc(b.early)
+            if time.monotonic() - self._early_said > 60:      # once a minute at most
+                self._early_said = time.monotonic()
+                log.store.warning("a sender's timestamps look wrong: %s", b.warnings[0])
         self._publish(b.table)
         return AppendResult(b.rows, False)
 

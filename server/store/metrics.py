@@ -16,6 +16,9 @@ class StoreMetrics:
                                 registry=r)
         self.deduplicated = Counter("mohlog_records_deduplicated",
                                     "Records of replayed batches not stored again", registry=r)
+        self.early = Counter("mohlog_records_dated_before_2000",
+                             "Records acknowledged with a time before 2000 (a unit mix-up?)",
+                             registry=r)
         self.stored = Counter("mohlog_records_stored", "Records written to segments",
                               registry=r)
         self.raw_bytes = Counter("mohlog_bytes_raw", "Decoded request bytes acknowledged",

@@ -76,6 +76,31 @@ def test_unknown_level_and_component_list_valid_ones(hub: Hub) -> None:
     assert hub.search("")["records"] == []
 
 
+def test_timestamps_in_another_unit_are_stored_with_a_warning(hub: Hub) -> None:
+    """Milliseconds (or seconds, microseconds) where nanoseconds go: the batch is stored as
+    sent (refusing it would lose its records) and the answer, the log and a metric say
+    what it looks like."""
+    ms = 1_733_000_000_123
+    status, res = hub.ingest([entry(1), entry(2, timestamp=ms), entry(3, timestamp=ms // 1000)])
+    assert status == 200 and res["accepted"] == 3, res
+    assert res["warnings"] == [
+        "2 record(s) dated before 2000, stored as sent; line 2: timestamp 1733000000123 is "
+        "1970-01-01T00:28:53Z (it looks like milliseconds): timestamps are nanoseconds since "
+        "1970-01-01 UTC"]
+    status, res = hub.ingest([entry(4, timestamp=1_733_000_000)])
+    assert "(it looks like seconds)" in res["warnings"][0]
+    assert "warnings" not in hub.ingest([entry(5)])[1]
+    assert len(hub.all_ids("")) == 5
+    _, text = hub.request("GET", "/metrics")
+    assert b"mohlog_records_dated_before_2000_total 3.0" in text
+    deadline = time.monotonic() + 10
+    while not any("timestamps look wrong" in ln for ln in hub.output) and \
+            time.monotonic() < deadline:
+        time.sleep(0.05)
+    said = [ln for ln in hub.output if "timestamps look wrong" in ln]
+    assert len(said) == 1 and "milliseconds" in said[0]            # once a minute at most
+
+
 def test_too_large_is_413(make_hub) -> None:
     hub = make_hub(max_body_bytes=10_000)
     body = b"\n".join(orjson.dumps(entry(i)) for i in range(200))
