@@ -148,13 +148,15 @@ def open_log(path: Path) -> Iterator[IO[bytes]]:
             raw.close()
 
 
-def entries(path: Path, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+def entries(path: Path, args: argparse.Namespace, read: list[int] | None = None
+            ) -> Iterator[dict[str, Any]]:
     """The entries of a file: NDJSON lines as they are (journal records, as
     ``journalctl -o json`` prints them, made entries: mohlog.journal); plain lines with the time,
     level, host, process and pid their header gives (mohlog.lines), the flags' values
     for what it does not, and the lines without a header after one (a traceback) in its
     entry; with ``--raw`` one entry per plain line, as it is. A line starting with ``{``
-    that is not JSON is an error in a file of JSON lines, text in a file of plain ones."""
+    that is not JSON is an error in a file of JSON lines, text in a file of plain ones.
+    ``read[0]`` counts the (decompressed) bytes read so far."""
     host = args.host or os.uname().nodename
     records = Records()
     plain_seen = False
@@ -169,6 +171,8 @@ def entries(path: Path, args: argparse.Namespace) -> Iterator[dict[str, Any]]:
 
     with open_log(path) as f:
         for n, raw in enumerate(f, 1):
+            if read is not None:
+                read[0] += len(raw)
             line = raw.rstrip(b"\r\n")
             if line.lstrip().startswith(b"{"):
                 try:
@@ -197,7 +201,9 @@ def ingest_file(c: Client, path: Path, args: argparse.Namespace) -> tuple[int, i
     bytes: ingesting the same file again (after a failure half-way, or twice by mistake)
     stores nothing twice. (A file that grew meanwhile: the last, partial batch of the
     earlier run is stored again with the lines after it.)"""
-    size = path.stat().st_size if path.is_file() else 0
+    # the bar's whole: a plain file's size (a compressed one's decompressed size is unknown)
+    size = path.stat().st_size if path.is_file() and not _compressed(path) else 0
+    read = [0]
     cctx = zstandard.ZstdCompressor(level=3)
     where = "-" if str(path) == "-" else str(path.resolve())
     sent, again, batch, t0 = 0, 0, [], time.monotonic()
@@ -213,16 +219,24 @@ def ingest_file(c: Client, path: Path, args: argparse.Namespace) -> tuple[int, i
         n = int(res["accepted"])
         sent, again = sent + n, again + (n if res.get("duplicate") else 0)
 
-    for doc in entries(path, args):
+    for doc in entries(path, args, read):
         batch.append(orjson.dumps(doc))
         if len(batch) >= args.batch:
             send()
             batch = []
-            _progress(path, sent, size, t0)
+            _progress(path, sent, read[0], size, t0)
     if batch:
         send()
-    _progress(path, sent, size, t0, end=True)
+    _progress(path, sent, read[0], size, t0, end=True)
     return sent, again
+
+
+def _compressed(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return compression_of(f.read(8)) is not None
+    except OSError:
+        return False
 
 
 def _send(c: Client, batch: list[bytes], cctx: zstandard.ZstdCompressor, place: str
@@ -242,11 +256,22 @@ def _send(c: Client, batch: list[bytes], cctx: zstandard.ZstdCompressor, place: 
     raise AssertionError("unreachable")
 
 
-def _progress(path: Path, sent: int, size: int, t0: float, end: bool = False) -> None:
+def _progress(path: Path, sent: int, read: int, size: int, t0: float, end: bool = False
+              ) -> None:
+    """On a terminal, a bar of the file's bytes read (when its size is known), records sent,
+    rate and time left, redrawn in place; the last state once at the end in any case."""
     if not sys.stderr.isatty() and not end:
         return
-    rate = sent / max(time.monotonic() - t0, 1e-6)
-    print(f"\r{path}: {sent} records ({rate:,.0f}/s)", end="\n" if end else "",
+    took = max(time.monotonic() - t0, 1e-6)
+    rate = sent / took
+    line = f"{path}: {sent} records ({rate:,.0f}/s)"
+    if size and sys.stderr.isatty():
+        done = min(read / size, 1.0)
+        bar = "#" * int(done * 30)
+        left = took * (1 - done) / done if done > 0 else 0.0
+        line = (f"{path} [{bar:<30}] {done:4.0%}  {sent:,} records  {rate:,.0f}/s" +
+                ("" if end else f"  {int(left) // 60}:{int(left) % 60:02d} left"))
+    print(f"\r{line}\033[K" if sys.stderr.isatty() else line, end="\n" if end else "",
           file=sys.stderr, flush=True)
 
 

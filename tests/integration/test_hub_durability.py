@@ -286,6 +286,41 @@ def test_cli_ingest_of_the_same_file_again_stores_nothing_twice(hub: Hub, tmp_pa
     assert len(hub.all_ids("")) == 344                   # the last batch (44) again
 
 
+def test_cli_ingest_draws_a_progress_bar_on_a_terminal(hub: Hub, tmp_path: Path) -> None:
+    """On a terminal (a pty here) the bar of bytes read is redrawn per batch up to 100 %;
+    without one, one summary line per file."""
+    import pty
+    logfile = tmp_path / "app.log"
+    logfile.write_text("".join(f"2026-11-30 21:00:{i % 60:02d} job {i} done\n"
+                               for i in range(20_000)))
+    env = {**os.environ, "MOHLOG_HUB": hub.url, "MOHLOG_TOKEN": hub.token,
+           "PYTHONPATH": str(ROOT)}
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([*CLI, "ingest", str(logfile), "--batch", "1000"], env=env,
+                            stderr=slave, stdout=subprocess.DEVNULL)
+    os.close(slave)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:                         # the child closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    assert proc.wait(60) == 0, shown
+    frames = [f for f in shown.decode().split("\r") if "[" in f]
+    assert len(frames) >= 20, shown
+    percents = [int(f.split("]")[1].split("%")[0]) for f in frames]
+    assert percents == sorted(percents) and percents[-1] == 100 and percents[0] < 10
+    assert "20,000 records" in frames[-1] and "ingested 20000 records" in shown.decode()
+    plain = subprocess.run([*CLI, "ingest", str(logfile), "--batch", "1000"], env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert plain.stderr.splitlines()[0].startswith(f"{logfile}: 20000 records (")
+    assert "[" not in plain.stderr and "\r" not in plain.stderr
+
+
 def test_cli_export_to_a_file_is_whole_or_absent(hub: Hub, tmp_path: Path) -> None:
     """``mohlog export -o F`` writes F only once the export is whole; a hub killed
     mid-export leaves no F (nor its part file) and a clear error."""
