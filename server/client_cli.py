@@ -333,6 +333,9 @@ def cmd_tail(args: argparse.Namespace) -> int:
     matching records stored meanwhile (from the newest time it printed), then goes on."""
     c = client(args)
     c.timeout = 3600 * 24
+    if args.q and args.q_opt:
+        raise MohlogError("give the query once (mohlog tail QUERY)")
+    args.q = args.q or args.q_opt
     params = query_params(args)
     shown = _Shown(args)
     wait = 1.0
@@ -541,10 +544,9 @@ def parser(cmd: str) -> argparse.ArgumentParser:
                        help="keep plain lines whole, stamped when received (no header parsing)")
         p.add_argument("--batch", type=_positive, default=5000, help="records per request")
     elif cmd in ("search", "tail", "export"):
-        if cmd != "tail":
-            p.add_argument("q", nargs="?", help='words, "a phrase", /regex/')
-        else:
-            p.add_argument("--q", dest="q", help='words, "a phrase", /regex/')
+        p.add_argument("q", nargs="?", help='words, "a phrase", /regex/')
+        if cmd == "tail":                       # (its first form, kept)
+            p.add_argument("--q", dest="q_opt", help=argparse.SUPPRESS)
         filters(p)
         p.add_argument("--json", action="store_true", help="one JSON record per line")
         if cmd == "search":

@@ -510,6 +510,33 @@ def test_a_hub_with_a_live_tail_stops_at_once_and_the_tail_comes_back(tmp_path: 
     assert "connecting again" in err, err
 
 
+def test_tail_takes_its_query_as_search_does(hub: Hub) -> None:
+    """``mohlog tail QUERY`` (as ``mohlog search QUERY``) prints only what matches."""
+    env = {**os.environ, "MOHLOG_HUB": hub.url, "MOHLOG_TOKEN": hub.token,
+           "PYTHONPATH": str(ROOT)}
+    tail = subprocess.Popen([*CLI, "tail", "needle", "--json"], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(iter(tail.stdout.readline, "")),
+                     daemon=True).start()
+    try:
+        with killed_on_error(tail):
+            deadline, k = time.monotonic() + 30, 0
+            while len(lines) < 2:
+                assert time.monotonic() < deadline, "the tail printed nothing"
+                hub.ingest([entry(2 * k, message="hay only"),
+                            entry(2 * k + 1, message=f"a needle {k}")])
+                k += 1
+                time.sleep(0.3)
+    finally:
+        tail.terminate()
+        tail.communicate(timeout=30)
+    assert all(orjson.loads(x)["message"].startswith("a needle ") for x in lines), lines
+    both = subprocess.run([*CLI, "tail", "a", "--q", "b"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert both.returncode == 1 and "give the query once" in both.stderr
+
+
 def test_tls(make_hub, tmp_path: Path) -> None:
     cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
