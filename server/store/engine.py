@@ -159,7 +159,11 @@ class Store:
         self._flush_lock = threading.Lock()
         self._restore_lock = threading.Lock()
         self._early_said = -3600.0              # when records dated before 2000 were logged
-        self._archived: list[tuple[str, int, int]] | None = None  # see archived_overlapping
+        # (partition, min_ts, max_ts) of each archive, read once (see archived_overlapping);
+        # its own lock, since a restore holds _restore_lock for as long as it writes.
+        self._archived: list[tuple[str, int, int]] | None = None
+        self._archived_gen = 0
+        self._archived_lock = threading.Lock()
         self._chunks: list[Chunk] = []
         self._tail_n = 0                # rows in self._chunks
         self._segments: list[SegmentInfo] = []
@@ -1143,7 +1147,7 @@ class Store:
                                "the archive exceeds archive_bytes")
             if deleted:
                 fsync_dir(self.archive_dir)
-                self._archived = None
+                self._archive_changed()
         return deleted
 
     def _archive(self, part: str, segs: list[SegmentInfo]) -> str:
@@ -1163,8 +1167,7 @@ class Store:
             os.fsync(f.fileno())
         tmp.replace(dest)
         fsync_dir(self.archive_dir)
-        with self._restore_lock:
-            self._archived = None
+        self._archive_changed()
         with self._lock:
             paths = {s.path for s in segs}
             for path in paths:
@@ -1204,8 +1207,9 @@ class Store:
             try:
                 segs = _archived_segments(p)
             except (OSError, tarfile.TarError, KeyError, ValueError) as err:
-                out.append({"name": p.name, "partition": p.name.split(".")[0],
-                            "bytes": p.stat().st_size, "error": f"unreadable: {err}"})
+                if p.exists():                      # (not restored or deleted meanwhile)
+                    out.append({"name": p.name, "partition": p.name.split(".")[0],
+                                "bytes": _file_bytes([p]), "error": f"unreadable: {err}"})
                 continue
             out.append({"name": p.name, "partition": p.name.split(".")[0],
                         "bytes": p.stat().st_size,
@@ -1218,13 +1222,21 @@ class Store:
         """Partitions in the archive with records in [start, end): a search there finds
         none of them until they are restored. (The archive's spans are read once, then
         kept up to date by archiving and restoring.)"""
-        with self._restore_lock:
-            if self._archived is None:
-                self._archived = [(a["partition"], a["min_ts"], a["max_ts"])
-                                  for a in self.archive_list() if "error" not in a]
-            spans = list(self._archived)
+        with self._archived_lock:
+            spans, gen = self._archived, self._archived_gen
+        if spans is None:
+            spans = [(a["partition"], a["min_ts"], a["max_ts"])
+                     for a in self.archive_list() if "error" not in a]
+            with self._archived_lock:
+                if gen == self._archived_gen:       # (not changed while reading)
+                    self._archived = spans
         return sorted({p for p, lo, hi in spans
                        if (start is None or hi >= start) and (end is None or lo < end)})
+
+    def _archive_changed(self) -> None:
+        with self._archived_lock:
+            self._archived = None
+            self._archived_gen += 1
 
     def _archives_named(self, name: str) -> list[Path]:
         """The archives ``name`` means: an archive's file name, or a partition (all of its
@@ -1299,7 +1311,7 @@ class Store:
             self._manifest.save(self.dir / "manifest.json")
         path.unlink()
         fsync_dir(self.archive_dir)
-        self._archived = None
+        self._archive_changed()
         log.store.info("archive %s restored (%d records)", path.name, sum(s.rows for s in segs))
         return sum(s.rows for s in segs)
 

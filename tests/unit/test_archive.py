@@ -5,6 +5,7 @@ directory once empty; archives are deleted past archive_age_s or archive_bytes."
 from __future__ import annotations
 
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from server.store.engine import _archive_order
@@ -53,6 +54,22 @@ def test_archives_are_deleted_past_their_age_or_the_archive_bytes(tmp_path: Path
         st.cfg = dataclasses.replace(st.cfg, archive_age_s=86_400)
         assert sorted(st.enforce_retention()["deleted"]) == sorted(a["name"] for a in listed[1:])
         assert st.archive_list() == [] and st.archived_overlapping(None, None) == []
+    finally:
+        loop.run_until_complete(st.close())
+        loop.close()
+
+
+def test_a_search_is_not_held_up_by_a_restore(tmp_path: Path) -> None:
+    """The archive's spans a search names (``archived_overlapping``) are read beside a
+    restore in progress, not after it (it holds the restore lock while it writes)."""
+    st, loop = _filled(tmp_path, entries(600), 2, compact_segments=100)
+    try:
+        part = st._segments[0].partition
+        st._archive(part, list(st._segments))
+        with st._restore_lock, ThreadPoolExecutor(1) as pool:   # "a restore" in progress
+            assert pool.submit(st.archived_overlapping, None, None).result(10) == [part]
+        assert st.archive_restore(part)["records"] == 600
+        assert st.archived_overlapping(None, None) == []
     finally:
         loop.run_until_complete(st.close())
         loop.close()
