@@ -613,15 +613,8 @@ class Store:
 
     def _delete_files(self, paths: list[str]) -> None:
         """Delete segments' files, then their partition directories left empty."""
-        for rel in paths:
-            seg = self.seg_dir / rel
-            for f in (seg, rollup_path(seg), words.path_for(seg)):
-                f.unlink(missing_ok=True)
-        for part in {(self.seg_dir / rel).parent for rel in paths}:
-            try:
-                part.rmdir()
-            except OSError:
-                pass                                # not empty: other segments live there
+        _unlink_all([f for rel in paths for seg in [self.seg_dir / rel]
+                     for f in (seg, rollup_path(seg), words.path_for(seg))])
 
     def _start_flush(self) -> Future[int] | None:
         """Stage the chunks the WAL holds now (this thread) and hand them to the writer."""
@@ -1255,9 +1248,9 @@ class Store:
         with self._restore_lock:
             paths = self._archives_named(name)
             if not paths:
-                raise NotFound(f"no archive {name!r}",
-                               valid=sorted({a["partition"] for a in self.archive_list()}
-                                            | {a["name"] for a in self.archive_list()}))
+                listed = self.archive_list()
+                raise NotFound(f"no archive {name!r}", valid=sorted(
+                    {a["partition"] for a in listed} | {a["name"] for a in listed}))
             records, names = 0, []
             for path in paths:
                 records += self._restore_one(path)
@@ -1354,8 +1347,14 @@ def _extract_durably(tar: tarfile.TarFile, member: str, out: Path) -> None:
 
 
 def _unlink_all(paths: list[Path]) -> None:
+    """Delete files, then their directories left empty."""
     for p in paths:
         p.unlink(missing_ok=True)
+    for d in {p.parent for p in paths}:
+        try:
+            d.rmdir()
+        except OSError:
+            pass                                    # not empty
 
 
 def _file_bytes(paths: list[Path]) -> int:

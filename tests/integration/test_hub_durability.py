@@ -204,7 +204,7 @@ def test_a_corrupt_archive_is_refused_and_kept(make_hub) -> None:
     status, res = hub.request("POST", f"/api/v1/archive/{name}/restore")
     assert status == 400 and "checksum" in res["error"]["message"], res
     assert sorted(p.relative_to(hub.data) for p in (hub.data / "segments").rglob("*")
-                  if p.is_file()) == [p for p in before if (hub.data / p).is_file()]
+                  ) == before
     assert tar.exists() and hub.all_ids("") == []
     status, res = hub.request("POST", "/api/v1/archive/nope/restore")
     assert status == 404 and name in res["error"]["valid"]
