@@ -12,6 +12,7 @@ import itertools
 import json
 import lzma
 import os
+import re
 import sys
 import time
 import urllib.parse
@@ -211,7 +212,20 @@ def ingest_file(c: Client, path: Path, args: argparse.Namespace) -> tuple[int, i
 
     def send() -> None:
         nonlocal sent, again, warned
-        res = _send(c, batch, cctx, f"{where}\0{sent}")
+        try:
+            res = _send(c, batch, cctx, f"{where}\0{sent}")
+        except HubError as err:
+            line = err.details.get("line")
+            if not isinstance(line, int) or not 1 <= line <= len(batch):
+                raise
+            # the hub names the line of its batch: say which record of the file it is
+            why = _HUB_LINE.sub("", err.message)
+            raise MohlogError(
+                f"{path}: record {sent + line} refused: {why}; "
+                f"nothing of its batch (records {sent + 1}..{sent + len(batch)}) was stored, "
+                f"the {sent} before it were", record=batch[line - 1][:300].decode(
+                    "utf-8", "replace"), **{k: v for k, v in err.details.items()
+                                            if k not in ("line", "code")}) from err
         for w in res.get("warnings", [])[:1] if not warned else []:
             print(f"\n{path}: warning from the hub (batch from record {sent + 1}): {w}",
                   file=sys.stderr)
@@ -229,6 +243,9 @@ def ingest_file(c: Client, path: Path, args: argparse.Namespace) -> tuple[int, i
         send()
     _progress(path, sent, read[0], size, t0, end=True)
     return sent, again
+
+
+_HUB_LINE = re.compile(r"^hub refused \(\d+\): line \d+: ")
 
 
 def _compressed(path: Path) -> bool:

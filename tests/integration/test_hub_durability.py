@@ -286,6 +286,24 @@ def test_cli_ingest_of_the_same_file_again_stores_nothing_twice(hub: Hub, tmp_pa
     assert len(hub.all_ids("")) == 344                   # the last batch (44) again
 
 
+def test_cli_ingest_names_the_refused_record_of_the_file(hub: Hub, tmp_path: Path) -> None:
+    """The hub names the line of its batch; the CLI says which record of the file that is,
+    shows it, and what was stored before it."""
+    lines = [orjson.dumps(entry(i)).decode() for i in range(151)]
+    lines[129] = lines[129].replace('"INFO"', '"LOUD"')             # record 130
+    nd = tmp_path / "x.ndjson"
+    nd.write_text("\n".join(lines) + "\n")
+    env = {**os.environ, "MOHLOG_HUB": hub.url, "MOHLOG_TOKEN": hub.token,
+           "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([*CLI, "ingest", str(nd), "--batch", "64"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert (f"{nd}: record 130 refused: unknown level 'LOUD'; nothing of its batch "
+            "(records 129..151) was stored, the 128 before it were") in out.stderr, out.stderr
+    assert '"id":"e00000129"' in out.stderr and "SECURITY" in out.stderr
+    assert len(hub.all_ids("")) == 128
+
+
 def test_cli_ingest_draws_a_progress_bar_on_a_terminal(hub: Hub, tmp_path: Path) -> None:
     """On a terminal (a pty here) the bar of bytes read is redrawn per batch up to 100 %;
     without one, one summary line per file."""
