@@ -11,7 +11,7 @@ from typing import Any
 
 from mohlog.errors import InvalidInput
 from mohlog.model import COMPONENTS, LEVELS
-from mohlog.settings import hub_url, read_settings
+from mohlog.settings import check_types, hub_url, read_settings
 
 DEFAULT_HUB = "http://127.0.0.1:7480"
 
@@ -123,12 +123,25 @@ def load(path: Path | None, overrides: dict[str, Any]) -> AgentConfig:
         raise InvalidInput(f"unknown agent settings: {', '.join(unknown)}", valid=sorted(known))
     if isinstance(values.get("sdk_socket"), dict):
         values["sdk_socket"] = values["sdk_socket"].get("path", "")
-    values["drop"] = [r if isinstance(r, DropRule) else DropRule(**r)
-                      for r in values.get("drop", [])]
+    check_types(AgentConfig, values, "agent")
+    values["drop"] = [_drop_rule(r) for r in values.get("drop", [])]
     cfg = AgentConfig(**values)
     cfg.hub = hub_url(str(cfg.hub))
     check(cfg)
     return cfg
+
+
+def _drop_rule(rule: Any) -> DropRule:
+    if isinstance(rule, DropRule):
+        return rule
+    if not isinstance(rule, dict):
+        raise InvalidInput(f"agent setting drop: each rule is a table, not {rule!r}")
+    known = {f.name for f in fields(DropRule)}
+    if set(rule) - known:
+        raise InvalidInput(f"agent setting drop: unknown key(s) {sorted(set(rule) - known)}",
+                           valid=sorted(known))
+    check_types(DropRule, rule, "agent drop rule")
+    return DropRule(**rule)
 
 
 def check(cfg: AgentConfig) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import tomllib
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -34,3 +36,50 @@ def hub_url(url: str) -> str:
     if not url.startswith(("http://", "https://")):
         raise InvalidInput(f"hub URL must be http://HOST:PORT or https://HOST:PORT, not {url!r}")
     return url.rstrip("/")
+
+
+def check_types(cls: type, values: dict[str, Any], what: str) -> None:
+    """Settings ``values`` for the dataclass ``cls`` have the types its fields declare
+    (ints for ints, a number for floats, true/false for bools, text for paths...): a
+    wrong one is an error naming the setting, not a hub or agent that starts and then
+    fails at its first use (a retention pass every minute with ``retention_age_s = "1d"``)."""
+    hints = typing.get_type_hints(cls)
+    for name, value in values.items():
+        want = hints.get(name)
+        if want is not None and not _fits(value, want):
+            raise InvalidInput(f"{what} setting {name} must be {_describe(want)}, "
+                               f"not {value!r}", setting=name)
+
+
+def _fits(value: Any, want: Any) -> bool:
+    origin = typing.get_origin(want)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in typing.get_args(want))
+    if want is type(None):
+        return value is None
+    if want is bool:
+        return isinstance(value, bool)
+    if want is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if want is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if want is str:
+        return isinstance(value, str)
+    if want is Path:
+        return isinstance(value, str | Path)
+    if origin in (list, tuple):
+        return isinstance(value, list | tuple)
+    if origin is dict:
+        return isinstance(value, dict)
+    return True                                 # other types are checked where used
+
+
+def _describe(want: Any) -> str:
+    if typing.get_origin(want) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(want))
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "text",
+             Path: "a path", type(None): "unset"}
+    if want in names:
+        return names[want]
+    origin = typing.get_origin(want)
+    return {list: "a list", tuple: "a list", dict: "a table"}.get(origin, str(want))

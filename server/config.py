@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mohlog.errors import InvalidInput
-from mohlog.settings import read_settings
+from mohlog.settings import check_types, read_settings
 from server.store import StoreConfig
 
 DEFAULT_LISTEN = "127.0.0.1:7480"
@@ -81,6 +81,7 @@ def load(path: Path | None, overrides: dict[str, Any]) -> HubConfig:
     unknown = sorted(set(values) - known)
     if unknown:
         raise InvalidInput(f"unknown hub settings: {', '.join(unknown)}", valid=sorted(known))
+    check_types(HubConfig, values, "hub")
     cfg = HubConfig(**values)
     for name in ("data", "tls_cert", "tls_key"):
         v = getattr(cfg, name)

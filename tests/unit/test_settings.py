@@ -1,0 +1,46 @@
+"""Settings: the hub's address as a URL or HOST:PORT alone; values of the wrong type
+refused at start (agent and hub)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.config import load
+from mohlog.errors import InvalidInput
+
+
+def test_hub_address_with_or_without_scheme(tmp_path: Path) -> None:
+    assert load(None, {"hub": "10.0.0.7:7480"}).hub == "http://10.0.0.7:7480"
+    assert load(None, {"hub": "https://hub.example:7480/"}).hub == "https://hub.example:7480"
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text('[agent]\nhub = "[::1]:7480"\n')
+    assert load(cfg, {}).hub == "http://[::1]:7480"
+    with pytest.raises(InvalidInput, match="hub URL must be http://HOST:PORT"):
+        load(None, {"hub": "ftp://10.0.0.7"})
+
+
+def test_settings_of_the_wrong_type_are_refused_at_start(tmp_path: Path) -> None:
+    """A hub or agent given a setting of the wrong type stops at once naming it, instead of
+    starting and failing at its first use (retention every minute, a filter per entry)."""
+    from server.config import load as hub_load
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text('[hub]\nretention_age_s = "1d"\n')
+    with pytest.raises(InvalidInput, match=r"hub setting retention_age_s must be an integer "
+                                           r"or unset, not '1d'"):
+        hub_load(cfg, {})
+    cfg.write_text('[hub]\nembeddings = "no"\n')
+    with pytest.raises(InvalidInput, match="embeddings must be true or false"):
+        hub_load(cfg, {})
+    cfg.write_text('[hub]\nflush_interval_s = 2\narchive_bytes = 1000000\ndata = "/srv/x"\n')
+    got = hub_load(cfg, {})
+    assert got.flush_interval_s == 2 and got.archive_bytes == 1_000_000
+    assert got.data == Path("/srv/x")
+    with pytest.raises(InvalidInput, match="batch_max_records must be an integer"):
+        load(None, {"batch_max_records": "10"})
+    with pytest.raises(InvalidInput, match="regex must be text, not 5"):
+        load(None, {"drop": [{"field": "level", "regex": 5}]})
+    with pytest.raises(InvalidInput, match=r"unknown key\(s\) \['feld'\]"):
+        load(None, {"drop": [{"feld": "level", "regex": "x"}]})
+    assert load(None, {"drop": [{"field": "level", "regex": "DEBUG"}]}).drop[0].regex == "DEBUG"
