@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from embeddings.miner import TemplateMiner
 from mohlog import log
 from mohlog.dirlock import DirLock
-from mohlog.errors import Busy, InvalidInput, NotFound
+from mohlog.errors import Busy, Conflict, InvalidInput, NotFound
 from server.store import batch as batchmod
 from server.store import filters, words
 from server.store import params as paramsmod
@@ -337,6 +337,14 @@ class Store:
             raise InvalidInput("Idempotency-Key is longer than 1024 bytes")
         if key:
             if key in self._keys:
+                if self._keys[key] != b.rows:
+                    # Not a replay: a sender reusing keys (a counter restarted...) would
+                    # have this batch acknowledged and never stored.
+                    self.metrics.rejected.inc()
+                    raise Conflict(f"Idempotency-Key {key!r} named a batch of "
+                                   f"{self._keys[key]} records already; this one has "
+                                   f"{b.rows}: a key names one batch (nothing of this one "
+                                   "was stored)", key=key)
                 self.metrics.deduplicated.inc(b.rows)
                 return AppendResult(self._keys[key], True)
             if key in self._inflight:

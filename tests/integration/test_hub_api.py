@@ -150,6 +150,12 @@ def test_replayed_batch_is_deduplicated_across_restart(hub: Hub) -> None:
     hub.start()
     assert hub.ingest(batch, key="batch-1")[1]["duplicate"] is True
     assert len(hub.all_ids("")) == 50
+    # a key reused for another batch (a sender's counter restarted) is refused, not
+    # acknowledged as a replay: its records would never be stored
+    status, err = hub.ingest([entry(i) for i in range(100, 130)], key="batch-1")
+    assert status == 409 and err["error"]["code"] == "conflict", err
+    assert "named a batch of 50 records already; this one has 30" in err["error"]["message"]
+    assert len(hub.all_ids("")) == 50
 
 
 def test_cursor_paging_returns_every_record_once(hub: Hub) -> None:
