@@ -44,9 +44,12 @@ class FilesSource(Source):
         self._records: dict[str, Records] = {}
 
     def _load(self) -> dict[str, tuple[int, int]]:
+        """Saved (inode, offset) per file; a missing or damaged state reads files from
+        their start (records twice rather than lost)."""
         try:
-            return {k: tuple(v) for k, v in orjson.loads(self.state_file.read_bytes()).items()}
-        except (OSError, ValueError):
+            saved = orjson.loads(self.state_file.read_bytes())
+            return {k: (int(v[0]), int(v[1])) for k, v in saved.items()}
+        except (OSError, ValueError, TypeError, AttributeError, IndexError, KeyError):
             return {}
 
     def _save(self) -> None:

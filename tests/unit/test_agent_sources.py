@@ -49,6 +49,22 @@ def test_tail_rotation_truncation_restart(tmp_path: Path) -> None:
     assert again.counters["truncations"] == 1
 
 
+@pytest.mark.parametrize("damage", [b"", b"{not json", b"[1, 2]", b'{"x": 5}',
+                                    b'{"x": [1]}', b'{"x": ["a", "b"]}'])
+def test_a_damaged_position_state_reads_files_from_their_start(tmp_path: Path,
+                                                                damage: bytes) -> None:
+    """Whatever the state file holds, the agent starts: files are read from their start
+    (records twice rather than lost)."""
+    log = tmp_path / "app.log"
+    log.write_text("one\ntwo\n")
+    state = tmp_path / "pos.json"
+    state.write_bytes(damage)
+    src = FilesSource([str(tmp_path / "*.log")], state)
+    assert _messages(src, log) == ["one", "two"]
+    src._save()
+    assert _messages(FilesSource([str(tmp_path / "*.log")], state), log) == []
+
+
 def test_tailed_lines_take_their_header_fields(tmp_path: Path) -> None:
     logs = Path(__file__).resolve().parents[1] / "data" / "logs"
     log = tmp_path / "auth.log"
