@@ -44,6 +44,7 @@ from server.store.segments import (
     Manifest,
     SegmentInfo,
     file_digest,
+    info_from_file,
     partition_name,
     read_rollup,
     rollup,
@@ -210,7 +211,7 @@ class Store:
             tmp.unlink(missing_ok=True)
         if self.miner.state_path and Path(self.miner.state_path).exists():
             self.miner.load()
-        self._manifest = Manifest.load(self.dir / "manifest.json")
+        self._manifest = self._read_manifest()
         self._taken = self._manifest.wal_upto
         self._remove_orphans()
         self._load_segments()
@@ -248,12 +249,52 @@ class Store:
         except Exception:  # noqa: BLE001 - only a head start: queries load it anyway
             log.store.warning("warming the store up failed", exc_info=True)
 
+    def _read_manifest(self) -> Manifest:
+        """The manifest; when it is missing though segment files exist, or damaged (moved
+        aside as ``manifest.json.damaged-TIME``), one made anew from the segment files, so
+        their records are served again. The WAL is then replayed whole: records flushed
+        just before the loss may be served twice, none is lost."""
+        path = self.dir / "manifest.json"
+        if not path.exists():
+            if any(self.seg_dir.glob("*/[0-9]*.parquet")):
+                log.store.error("manifest %s is missing though segment files exist: "
+                                "rebuilding it from them", path)
+                return self._rebuilt_manifest()
+            return Manifest([])
+        try:
+            return Manifest.load(path)
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
+            aside = path.with_name(f"manifest.json.damaged-{int(time.time())}")
+            path.replace(aside)
+            log.store.error("manifest %s is damaged (%s): moved to %s; rebuilding it from "
+                            "the segment files", path, err, aside.name)
+            return self._rebuilt_manifest()
+
+    def _rebuilt_manifest(self) -> Manifest:
+        segs, numbers = [], [0]
+        for f in sorted(self.seg_dir.glob("*/[0-9]*.parquet")):
+            rel = f"{f.parent.name}/{f.name}"
+            numbers.append(int(f.name.split(".")[0]))
+            try:
+                segs.append(info_from_file(f, rel))
+            except (OSError, pa.ArrowInvalid, ValueError) as err:
+                aside = self.dir / "damaged" / rel          # (out of the orphans' way)
+                aside.parent.mkdir(parents=True, exist_ok=True)
+                f.replace(aside)
+                log.store.error("segment file %s is unreadable (%s): left out, moved to %s",
+                                rel, err, aside)
+        man = Manifest(segs, wal_upto=0, next_segment=max(numbers) + 1)
+        man.save(self.dir / "manifest.json")
+        log.store.warning("manifest rebuilt from %d segment files (%d records); the WAL is "
+                          "replayed whole", len(segs), sum(s.rows for s in segs))
+        return man
+
     def _remove_orphans(self) -> None:
         """Delete the files of segments the manifest does not name though it numbered
         them (below its next number): those a merge replaced when the hub stopped before
         deleting them, or a restore cut short. Files numbered past it (a write cut short)
-        are overwritten by the next segment of their number; with no manifest nothing is
-        removed (the files stay for whoever recovers them)."""
+        are overwritten by the next segment of their number. (A manifest lost or damaged
+        is first rebuilt from the files: see _read_manifest.)"""
         named = {s.path for s in self._manifest.segments}
         gone = 0
         for f in self.seg_dir.glob("*/*"):
@@ -738,7 +779,7 @@ class Store:
             path, size, digest = write_segment(sub, directory, name, self.cfg.row_group_rows,
                                                self.cfg.zstd_level, presorted=True,
                                                params_level=self.cfg.params_zstd_level,
-                                               footer=footer)
+                                               footer=footer, raw_bytes=raw)
             agg, index, rollup_digest, words_digest = side.result()
         except BaseException:
             futures_wait([side])

@@ -84,14 +84,22 @@ def sort_order(table: pa.Table) -> np.ndarray | None:
     return order
 
 
+RAW_BYTES_KEY = b"mohlog.raw_bytes"
+
+
 def write_segment(table: pa.Table, directory: Path, name: str, row_group: int,
                   level: int, presorted: bool = False, params_level: int | None = None,
-                  footer: list[pq.FileMetaData] | None = None) -> tuple[Path, int, str]:
+                  footer: list[pq.FileMetaData] | None = None, raw_bytes: int | None = None
+                  ) -> tuple[Path, int, str]:
     """Write ``table`` sorted by time to ``directory/name`` atomically; (path, bytes, xxh64).
     The parameters are packed and compressed at ``params_level`` (default: ``level``). The
-    file's footer is appended to ``footer`` when given (no need to read it back)."""
+    file's footer is appended to ``footer`` when given (no need to read it back). The
+    NDJSON bytes of its records (``raw_bytes``) go in the footer too, for a manifest
+    rebuilt from the files (:func:`info_from_file`)."""
     directory.mkdir(parents=True, exist_ok=True)
     table = table.select(list(SEG_COLUMNS))
+    if raw_bytes is not None:
+        table = table.replace_schema_metadata({RAW_BYTES_KEY: str(raw_bytes).encode()})
     if not presorted:
         table = sort_for_segment(table)
     encoding = {"timestamp": "DELTA_BINARY_PACKED", "pid": "BYTE_STREAM_SPLIT",
@@ -127,6 +135,29 @@ def write_segment(table: pa.Table, directory: Path, name: str, row_group: int,
         Path(tmp).unlink(missing_ok=True)
         raise
     return final, size, digest
+
+
+def info_from_file(path: Path, rel: str) -> SegmentInfo:
+    """A segment's manifest entry made from the file itself (a manifest lost or damaged):
+    rows, time range, bytes and checksum; its NDJSON bytes when its footer has them (0 for
+    segments written before it did); the sidecars' checksums empty (so they are verified
+    by being rebuilt)."""
+    meta = pq.read_metadata(path)
+    ts_col = meta.schema.to_arrow_schema().get_field_index("timestamp")
+    lows, highs = [], []
+    for i in range(meta.num_row_groups):
+        st = meta.row_group(i).column(ts_col).statistics
+        if st is None or not st.has_min_max:
+            ts = pq.read_table(path, columns=["timestamp"])["timestamp"]
+            lows, highs = [pc.min(ts).as_py()], [pc.max(ts).as_py()]
+            break
+        lows.append(st.min)
+        highs.append(st.max)
+    raw = (meta.metadata or {}).get(RAW_BYTES_KEY, b"0")
+    digest, size = _digest(path)
+    return SegmentInfo(path=rel, partition=rel.split("/")[0], rows=meta.num_rows,
+                       min_ts=min(lows, default=0), max_ts=max(highs, default=0), bytes=size,
+                       raw_bytes=int(raw) if raw.isdigit() else 0, xxh64=digest)
 
 
 ROLLUP_KEYS = ("level", "component", "host", "source")
