@@ -15,7 +15,14 @@ from typing import Any
 import orjson
 
 from mohlog import log
-from mohlog.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
+from mohlog.errors import (
+    Conflict,
+    CorruptData,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    Unauthorized,
+)
 
 ROLES = ("ingest", "read", "admin")
 PREFIX = "mohlog_"
@@ -49,12 +56,20 @@ class TokenStore:
         self._load()
 
     def _load(self) -> None:
-        self._mtime = self.path.stat().st_mtime_ns if self.path.exists() else 0
-        if self.path.exists():
-            for t in orjson.loads(self.path.read_bytes()).get("tokens", []):
-                tok = Token(**t)
-                self._tokens[tok.id] = tok
+        """The tokens of the file (replacing those known only once it reads well)."""
+        mtime = self.path.stat().st_mtime_ns if self.path.exists() else 0
+        self._tokens = self._read() if self.path.exists() else {}
+        self._mtime = mtime
         self._by_hash = {t.hash: t for t in self._tokens.values()}
+
+    def _read(self) -> dict[str, Token]:
+        try:
+            data = orjson.loads(self.path.read_bytes())
+            return {t.id: t for t in (Token(**x) for x in data["tokens"])}
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
+            raise CorruptData(f"{self.path} is damaged ({err}): fix it, or move it away "
+                              "(the hub then writes a new admin token; other tokens must "
+                              "be made again)") from err
 
     def _save(self) -> None:
         tmp = self.path.with_suffix(".tmp")
@@ -126,8 +141,11 @@ class TokenStore:
         tok = self._by_hash.get(h)
         if tok is None and self._changed_on_disk():
             with self._lock:
-                self._tokens = {}
-                self._load()
+                try:
+                    self._load()
+                except CorruptData as err:      # keep the tokens known: log, not lock out
+                    log.hub.error("%s; the tokens known before are kept", err.message)
+                    self._mtime = self.path.stat().st_mtime_ns
             tok = self._by_hash.get(h)
         return tok if tok is not None and hmac.compare_digest(tok.hash, h) else None
 

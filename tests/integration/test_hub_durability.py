@@ -555,6 +555,30 @@ def test_tail_takes_its_query_as_search_does(hub: Hub) -> None:
     assert both.returncode == 1 and "give the query once" in both.stderr
 
 
+def test_a_damaged_token_file_is_named_and_kept(make_hub, tmp_path: Path) -> None:
+    """At start: the hub stops naming the file (it would otherwise make a new admin token
+    and drop every other token). While running: the tokens known stay valid, an unknown
+    one is a 401 (not a 500), and the log says why."""
+    hub = make_hub()
+    admin = hub.token
+    tokens = hub.data / "tokens.json"
+    good = tokens.read_bytes()
+    tokens.write_bytes(good[: len(good) // 2])               # torn by hand
+    assert hub.request("GET", "/api/v1/stats")[0] == 200     # known before: still valid
+    assert hub.request("GET", "/api/v1/stats", token="mohlog_nope")[0] == 401
+    deadline = time.monotonic() + 10
+    while not any("tokens.json is damaged" in ln for ln in hub.output):
+        assert time.monotonic() < deadline, hub.output
+        time.sleep(0.05)
+    hub.stop()
+    out = subprocess.run([*CLI, "hub", "--data", str(hub.data), "--listen", "127.0.0.1:0",
+                          "--no-embeddings"], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 2 and f"{tokens} is damaged" in out.stderr, out.stderr
+    assert tokens.read_bytes() == good[: len(good) // 2]     # left for the operator
+    assert (hub.data / "admin.token").read_text().strip() == admin
+
+
 def test_tls(make_hub, tmp_path: Path) -> None:
     cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
