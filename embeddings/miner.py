@@ -192,6 +192,23 @@ class TemplateMiner:
         """Every template ever produced, by id (superseded ones have ``parent`` set)."""
         return dict(self._infos)
 
+    def texts_of(self, tids: Sequence[int]) -> dict[int, str]:
+        """The text of each known id of ``tids`` (a segment's templates, for its footer)."""
+        infos = self._infos
+        return {t: infos[t].text for t in tids if t in infos}
+
+    def adopt(self, texts: dict[int, str]) -> int:
+        """Make templates known by their text alone (a state file lost: the texts come
+        back from the segments' footers), so their lines render again; an id that is not
+        its text's hash is refused. Returns how many were new."""
+        added = 0
+        with self._lock:
+            for tid, text in texts.items():
+                if tid not in self._infos and template_id(text) == tid:
+                    self._infos[tid] = TemplateInfo(tid, text, 0)
+                    added += 1
+        return added
+
     def parent_of(self, tid: int) -> int:
         """The template that replaced ``tid`` (``tid`` itself while it is live)."""
         info = self._info(tid)

@@ -23,11 +23,12 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import zstandard
 
 from embeddings.miner import TemplateMiner
 from mohlog import log
 from mohlog.dirlock import DirLock
-from mohlog.errors import Busy, Conflict, InvalidInput, NotFound
+from mohlog.errors import Busy, Conflict, CorruptData, InvalidInput, NotFound
 from server.store import batch as batchmod
 from server.store import filters, words
 from server.store import params as paramsmod
@@ -50,6 +51,7 @@ from server.store.segments import (
     rollup,
     rollup_path,
     sort_order,
+    templates_of,
     verify,
     write_rollup,
     write_segment,
@@ -154,7 +156,8 @@ class Store:
         self.seg_dir = self.dir / "segments"
         self.archive_dir = self.dir / "archive"
         self.metrics = StoreMetrics(registry)
-        self.miner = TemplateMiner(self.dir / "templates.json")
+        self.miner = TemplateMiner()              # its state is loaded by open(), locked
+        self.miner.state_path = self.dir / "templates.json"
         self.wal = Wal(self.dir / "wal", self.metrics.fsync_seconds.observe)
         self._lock = threading.RLock()
         self._flush_lock = threading.Lock()
@@ -209,12 +212,13 @@ class Store:
             d.mkdir(parents=True, exist_ok=True)
         for tmp in self.seg_dir.rglob(".tmp-*"):
             tmp.unlink(missing_ok=True)
-        if self.miner.state_path and Path(self.miner.state_path).exists():
-            self.miner.load()
+        lost = self._load_templates()
         self._manifest = self._read_manifest()
         self._taken = self._manifest.wal_upto
         self._remove_orphans()
         self._load_segments()
+        if self.cfg.templates and (lost or (self._segments and not self.miner.templates())):
+            self._recover_templates()
         self._load_keys()
         replayed = 0
         for n, key, table in self.wal.replay(self._manifest.wal_upto):
@@ -248,6 +252,47 @@ class Store:
                 self.reader.metadata(s)
         except Exception:  # noqa: BLE001 - only a head start: queries load it anyway
             log.store.warning("warming the store up failed", exc_info=True)
+
+    def _load_templates(self) -> bool:
+        """The template state; False when there is none, or a damaged one (moved aside as
+        ``templates.json.damaged-TIME``): the segments' footers then give the texts back."""
+        if not self.miner.state_path:
+            return False
+        path = Path(self.miner.state_path)
+        if not path.exists():
+            return False
+        try:
+            self.miner.load()
+            return False
+        except CorruptData as err:
+            aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
+            path.replace(aside)
+            log.store.error("%s: moved to %s; template texts taken back from the segments",
+                            err.message, aside.name)
+            return True
+
+    def _recover_templates(self) -> None:
+        """Template texts from the segments' footers (the state lost or damaged), so their
+        messages render again; mining goes on from there."""
+        texts: dict[int, str] = {}
+        without = 0
+        for s in self._segments:
+            try:
+                got = templates_of(self.seg_dir / s.path)
+            except (OSError, pa.ArrowInvalid, ValueError, zstandard.ZstdError) as err:
+                log.store.error("segment %s: its templates cannot be read: %s", s.path, err)
+                got = None
+            if got is None:
+                without += 1
+            else:
+                texts.update(got)
+        added = self.miner.adopt(texts)
+        if self.miner.state_path:
+            self.miner.save()
+        log.store.warning("template state rebuilt: %d templates from %d segments' footers%s",
+                          added, len(self._segments) - without,
+                          f"; {without} segments from before footers held them cannot be "
+                          "rendered" if without else "")
 
     def _read_manifest(self) -> Manifest:
         """The manifest; when it is missing though segment files exist, or damaged (moved
@@ -776,10 +821,12 @@ class Store:
         side = self._index_pool.submit(sidecars)
         try:
             footer: list[pq.FileMetaData] = []
+            used = pc.unique(sub["template_id"]).to_pylist()
             path, size, digest = write_segment(sub, directory, name, self.cfg.row_group_rows,
                                                self.cfg.zstd_level, presorted=True,
                                                params_level=self.cfg.params_zstd_level,
-                                               footer=footer, raw_bytes=raw)
+                                               footer=footer, raw_bytes=raw,
+                                               templates=self.miner.texts_of(used))
             agg, index, rollup_digest, words_digest = side.result()
         except BaseException:
             futures_wait([side])

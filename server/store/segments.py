@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
+import zstandard
 
 from server.store import params
 from server.store.fsutil import fsync_dir
@@ -85,21 +86,29 @@ def sort_order(table: pa.Table) -> np.ndarray | None:
 
 
 RAW_BYTES_KEY = b"mohlog.raw_bytes"
+TEMPLATES_KEY = b"mohlog.templates"          # zstd of {"id": "text"} of the ids it holds
 
 
 def write_segment(table: pa.Table, directory: Path, name: str, row_group: int,
                   level: int, presorted: bool = False, params_level: int | None = None,
-                  footer: list[pq.FileMetaData] | None = None, raw_bytes: int | None = None
-                  ) -> tuple[Path, int, str]:
+                  footer: list[pq.FileMetaData] | None = None, raw_bytes: int | None = None,
+                  templates: dict[int, str] | None = None) -> tuple[Path, int, str]:
     """Write ``table`` sorted by time to ``directory/name`` atomically; (path, bytes, xxh64).
     The parameters are packed and compressed at ``params_level`` (default: ``level``). The
     file's footer is appended to ``footer`` when given (no need to read it back). The
     NDJSON bytes of its records (``raw_bytes``) go in the footer too, for a manifest
-    rebuilt from the files (:func:`info_from_file`)."""
+    rebuilt from the files (:func:`info_from_file`), and the text of the templates its
+    rows use, so its messages render without the template state (:func:`templates_of`)."""
     directory.mkdir(parents=True, exist_ok=True)
     table = table.select(list(SEG_COLUMNS))
+    meta = {}
     if raw_bytes is not None:
-        table = table.replace_schema_metadata({RAW_BYTES_KEY: str(raw_bytes).encode()})
+        meta[RAW_BYTES_KEY] = str(raw_bytes).encode()
+    if templates:
+        meta[TEMPLATES_KEY] = zstandard.ZstdCompressor(level=9).compress(
+            orjson.dumps({str(k): v for k, v in templates.items()}))
+    if meta:
+        table = table.replace_schema_metadata(meta)
     if not presorted:
         table = sort_for_segment(table)
     encoding = {"timestamp": "DELTA_BINARY_PACKED", "pid": "BYTE_STREAM_SPLIT",
@@ -158,6 +167,16 @@ def info_from_file(path: Path, rel: str) -> SegmentInfo:
     return SegmentInfo(path=rel, partition=rel.split("/")[0], rows=meta.num_rows,
                        min_ts=min(lows, default=0), max_ts=max(highs, default=0), bytes=size,
                        raw_bytes=int(raw) if raw.isdigit() else 0, xxh64=digest)
+
+
+def templates_of(path: Path) -> dict[int, str] | None:
+    """The template texts a segment's footer holds (None: a segment written before
+    footers held them)."""
+    blob = (pq.read_metadata(path).metadata or {}).get(TEMPLATES_KEY)
+    if blob is None:
+        return None
+    return {int(k): v for k, v in orjson.loads(
+        zstandard.ZstdDecompressor().decompress(blob)).items()}
 
 
 ROLLUP_KEYS = ("level", "component", "host", "source")

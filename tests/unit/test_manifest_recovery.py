@@ -89,3 +89,47 @@ def test_a_damaged_manifest_is_kept_aside_and_rebuilt(tmp_path: Path) -> None:
     finally:
         loop.run_until_complete(again.close())
         loop.close()
+
+
+def _messages(st) -> dict[str, str]:
+    return {r["id"]: r["message"] for r in st.search(LogQuery(limit=100_000)).records}
+
+
+def test_lost_or_damaged_template_state_comes_back_from_the_segments(tmp_path: Path
+                                                                      ) -> None:
+    """Segments hold (template id, parameters); their footers also hold the texts of the
+    templates they use, so a template state deleted, then one damaged, costs nothing: every
+    message renders as it was sent, and mining goes on."""
+    recs, loop = _records(), asyncio.new_event_loop()
+    st, _ = _open(tmp_path, loop, recs, 800)
+    want = {r["id"]: r["message"] for r in recs}
+    state = tmp_path / "templates.json"
+    for damage in (None, b'{"version": 1, "templates": [[1, "x"'):
+        if damage is None:
+            state.unlink()
+        else:
+            state.write_bytes(damage)
+        again = _store(tmp_path, compact_segments=0)
+        loop.run_until_complete(again.open())
+        try:
+            assert _messages(again) == want
+            assert again.search(LogQuery(text='"Accepted password for user3"',
+                                         limit=100_000)).records
+            assert state.exists()
+        finally:
+            again.wal.stop()
+            again._dir_lock.release()
+    assert len(list(tmp_path.glob("templates.json.damaged-*"))) == 1
+    again = _store(tmp_path, compact_segments=0)
+    loop.run_until_complete(again.open())
+    try:
+        more = [dict(r, id=f"n{i}", timestamp=r["timestamp"] + 1) for i, r in
+                enumerate(recs[:50])]
+        body = b"\n".join(orjson.dumps(r) for r in more)
+        loop.run_until_complete(again.append(again.parse(body), "more"))
+        again.flush()
+        want.update({r["id"]: r["message"] for r in more})
+        assert _messages(again) == want
+    finally:
+        loop.run_until_complete(again.close())
+        loop.close()
