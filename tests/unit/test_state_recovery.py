@@ -1,7 +1,7 @@
-"""A manifest lost or damaged is rebuilt from the segment files: every record is served
-again (the WAL replayed whole: acknowledged records not yet in a segment too), the damaged
-manifest is kept aside, an unreadable segment file is moved out of the way, and the
-NDJSON byte counts come back from the segments' footers."""
+"""The store's state files lost or damaged: a manifest is rebuilt from the segment files
+(every record served again, the WAL replayed whole, the damaged manifest kept aside, an
+unreadable segment file moved out of the way, NDJSON byte counts from the footers); a
+template state is rebuilt from the template texts the segments' footers hold."""
 
 from __future__ import annotations
 
