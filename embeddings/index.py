@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import threading
+import zipfile
 from pathlib import Path
 
 import faiss
 import numpy as np
 
 from embeddings.model import DIM
+from mohlog import log
 
 
 class TemplateIndex:
@@ -92,23 +94,38 @@ class TemplateIndex:
             os.replace(directory / "index.faiss.tmp", directory / "index.faiss")
 
     def load(self, directory: Path) -> bool:
+        """The saved vectors and index; False (start empty: the templates are embedded
+        again) when there are none or they are damaged. A damaged FAISS file alone is
+        rebuilt from the vectors."""
         path = directory / "vectors.npz"
         if not path.exists():
             return False
-        with np.load(path) as data:
-            ids, vecs = data["ids"].astype(np.uint64), data["vectors"].astype(np.float32)
+        try:
+            with np.load(path) as data:
+                ids = data["ids"].astype(np.uint64)
+                vecs = data["vectors"].astype(np.float32)
+            if vecs.ndim != 2 or vecs.shape != (len(ids), DIM):
+                raise ValueError(f"vectors of shape {vecs.shape} for {len(ids)} ids")
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+            log.embeddings.error("embedding vectors %s are damaged (%s): the templates "
+                                 "are embedded again", path, err)
+            return False
         with self._lock:
             self.ids = np.zeros(0, np.uint64)
             self.vectors = np.zeros((0, DIM), np.float32)
             self._index, self.kind = self._flat(), "flat"
             index_file = directory / "index.faiss"
-            if index_file.exists():
-                idx = faiss.read_index(str(index_file))
-                if idx.ntotal == len(ids):
-                    self.ids, self.vectors = ids, vecs
-                    self._known = {int(t): n for n, t in enumerate(ids)}
-                    self._index = idx
-                    self.kind = "hnsw" if len(ids) >= self.hnsw_threshold else "flat"
-                    return True
+            try:
+                idx = faiss.read_index(str(index_file)) if index_file.exists() else None
+            except RuntimeError as err:
+                log.embeddings.error("FAISS index %s is damaged (%s): rebuilt from the "
+                                     "vectors", index_file, err)
+                idx = None
+            if idx is not None and idx.ntotal == len(ids):
+                self.ids, self.vectors = ids, vecs
+                self._known = {int(t): n for n, t in enumerate(ids)}
+                self._index = idx
+                self.kind = "hnsw" if len(ids) >= self.hnsw_threshold else "flat"
+                return True
             self.add(ids, vecs)
         return True

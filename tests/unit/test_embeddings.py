@@ -72,6 +72,29 @@ def test_index_persists_and_reloads(tmp_path: Path, embedder: Embedder) -> None:
     assert len(again) == len(TEMPLATES)
 
 
+def test_a_damaged_index_is_rebuilt_and_damaged_vectors_start_empty(
+        tmp_path: Path) -> None:
+    """A torn FAISS file: the index is rebuilt from the saved vectors (same answers);
+    torn vectors: the index starts empty (the service embeds the templates again)."""
+    rng = np.random.default_rng(7)
+    vecs = rng.normal(size=(50, DIM)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    idx = TemplateIndex()
+    idx.add(np.arange(1, 51, dtype=np.uint64), vecs)
+    idx.save(tmp_path)
+    want = idx.search(vecs[:3], 5)
+    faiss_file = tmp_path / "index.faiss"
+    faiss_file.write_bytes(faiss_file.read_bytes()[:100])
+    again = TemplateIndex()
+    assert again.load(tmp_path) and len(again) == 50
+    got = again.search(vecs[:3], 5)
+    assert (got[1] == want[1]).all() and np.allclose(got[0], want[0], atol=1e-5)
+    npz = tmp_path / "vectors.npz"
+    npz.write_bytes(npz.read_bytes()[:200])
+    empty = TemplateIndex()
+    assert not empty.load(tmp_path) and len(empty) == 0
+
+
 def test_large_ids_and_switch_to_hnsw_keep_results() -> None:
     rng = np.random.default_rng(7)
     vecs = rng.normal(size=(600, DIM)).astype(np.float32)
