@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -145,7 +146,8 @@ class TokenStore:
                     self._load()
                 except CorruptData as err:      # keep the tokens known: log, not lock out
                     log.hub.error("%s; the tokens known before are kept", err.message)
-                    self._mtime = self.path.stat().st_mtime_ns
+                    with contextlib.suppress(OSError):      # (said once per change)
+                        self._mtime = self.path.stat().st_mtime_ns
             tok = self._by_hash.get(h)
         return tok if tok is not None and hmac.compare_digest(tok.hash, h) else None
 
