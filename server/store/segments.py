@@ -105,7 +105,7 @@ def write_segment(table: pa.Table, directory: Path, name: str, row_group: int,
     if raw_bytes is not None:
         meta[RAW_BYTES_KEY] = str(raw_bytes).encode()
     if templates:
-        meta[TEMPLATES_KEY] = zstandard.ZstdCompressor(level=9).compress(
+        meta[TEMPLATES_KEY] = zstandard.ZstdCompressor(level=3).compress(
             orjson.dumps({str(k): v for k, v in templates.items()}))
     if meta:
         table = table.replace_schema_metadata(meta)
