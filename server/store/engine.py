@@ -539,7 +539,9 @@ class Store:
     # written the next ones are mined. One write is in flight at most; records stay in the
     # memory tail (queryable, counted by the backpressure) until their commit.
     def _background(self) -> None:
-        last_retention = time.monotonic()
+        # The first retention pass at once: a hub (re)started with a new retention_age_s
+        # or retention_bytes, or on a nearly full disk, applies it now, not a minute later.
+        last_retention = time.monotonic() - self.cfg.retention_interval_s
         pause = 0.25
         while not self._stop.wait(pause):
             try:

@@ -185,6 +185,27 @@ def test_retention_archives_and_cli_restores(make_hub) -> None:
     assert len(hub.all_ids("")) == 30
 
 
+def test_a_hub_started_with_retention_applies_it_at_once(make_hub, tmp_path: Path) -> None:
+    """Retention set on a hub that already holds expired partitions: they are archived
+    when it starts, not a retention interval (a minute) later."""
+    hub = make_hub()
+    old = time.time_ns() - 3 * 86_400 * 10**9
+    hub.ingest([entry(i, timestamp=old + i) for i in range(50)])
+    hub.ingest([entry(i, timestamp=time.time_ns()) for i in range(50, 60)])
+    deadline = time.monotonic() + 30
+    while hub.request("GET", "/api/v1/stats")[1]["records_in_memory"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    hub.stop()
+    again = make_hub(retention_age_s=86_400)                # same data directory
+    started = time.monotonic()
+    while not list((again.data / "archive").glob("*.tar")):
+        assert time.monotonic() - started < 20, "not archived at start"
+        time.sleep(0.1)
+    assert time.monotonic() - started < 20
+    assert len(again.all_ids("")) == 10
+
+
 def test_a_corrupt_archive_is_refused_and_kept(make_hub) -> None:
     """A segment failing its checksum: the restore is refused, nothing of it is left in
     the store, and the archive stays for another try."""
