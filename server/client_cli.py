@@ -12,8 +12,11 @@ import itertools
 import json
 import lzma
 import os
+import queue
 import re
+import stat
 import sys
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -28,6 +31,7 @@ import zstandard
 from mohlog import journal
 from mohlog.errors import MohlogError
 from mohlog.lines import Records, compression_of
+from mohlog.model import new_id
 from server.client import DEFAULT_HUB, Client, HubError, find_token
 
 
@@ -149,15 +153,64 @@ def open_log(path: Path) -> Iterator[IO[bytes]]:
             raw.close()
 
 
+IDLE_S = 1.0        # a pipe quiet this long: what it gave is sent (mohlog ingest -)
+
+
+def _live(path: Path) -> bool:
+    """Is ``path`` a stream that may stay open and quiet (stdin, a FIFO, a socket)?"""
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode if str(path) == "-" else \
+            path.stat().st_mode
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)
+
+
+def _lines(f: IO[bytes], live: bool) -> Iterator[bytes | None]:
+    """The lines of ``f``; from a live stream (``tail -f x | mohlog ingest -``) also None
+    each time no byte came for IDLE_S, so what was read is sent instead of waiting for a
+    full batch. (A thread reads, since a pipe's read blocks.)"""
+    if not live:
+        yield from f
+        return
+    chunks: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=64)
+
+    def pump() -> None:
+        try:
+            while chunk := f.read1(1 << 16):     # type: ignore[attr-defined]
+                chunks.put(chunk)
+            chunks.put(None)
+        except BaseException as err:  # noqa: BLE001 - handed to the reading thread
+            chunks.put(err)
+    threading.Thread(target=pump, name="ingest-read", daemon=True).start()
+    partial = b""
+    while True:
+        try:
+            chunk = chunks.get(timeout=IDLE_S)
+        except queue.Empty:
+            yield None
+            continue
+        if isinstance(chunk, BaseException):
+            raise chunk
+        if chunk is None:
+            break
+        *whole, partial = (partial + chunk).split(b"\n")
+        for line in whole:
+            yield line + b"\n"
+    if partial:
+        yield partial
+
+
 def entries(path: Path, args: argparse.Namespace, read: list[int] | None = None
-            ) -> Iterator[dict[str, Any]]:
+            ) -> Iterator[dict[str, Any] | None]:
     """The entries of a file: NDJSON lines as they are (journal records, as
     ``journalctl -o json`` prints them, made entries: mohlog.journal); plain lines with the time,
     level, host, process and pid their header gives (mohlog.lines), the flags' values
     for what it does not, and the lines without a header after one (a traceback) in its
     entry; with ``--raw`` one entry per plain line, as it is. A line starting with ``{``
     that is not JSON is an error in a file of JSON lines, text in a file of plain ones.
-    ``read[0]`` counts the (decompressed) bytes read so far."""
+    ``read[0]`` counts the (decompressed) bytes read so far. A live stream gone quiet
+    yields the entry it holds, then None (send what you have)."""
     host = args.host or os.uname().nodename
     records = Records()
     plain_seen = False
@@ -171,7 +224,13 @@ def entries(path: Path, args: argparse.Namespace, read: list[int] | None = None
         return doc
 
     with open_log(path) as f:
-        for n, raw in enumerate(f, 1):
+        n = 0
+        for raw in _lines(f, _live(path)):
+            if raw is None:
+                yield from (plain(r, at) for r, _, at in records.flush())
+                yield None
+                continue
+            n += 1
             if read is not None:
                 read[0] += len(raw)
             line = raw.rstrip(b"\r\n")
@@ -198,15 +257,21 @@ def entries(path: Path, args: argparse.Namespace, read: list[int] | None = None
 
 def ingest_file(c: Client, path: Path, args: argparse.Namespace) -> tuple[int, int]:
     """Send a file's entries in batches; (records sent, of them already in the hub).
-    A batch's Idempotency-Key comes from the file's path, its place in the file and its
-    bytes: ingesting the same file again (after a failure half-way, or twice by mistake)
-    stores nothing twice. (A file that grew meanwhile: the last, partial batch of the
-    earlier run is stored again with the lines after it.)"""
+    A batch's Idempotency-Key comes from the file (path, inode, size and modification
+    time), its place in the file and its bytes: ingesting the same unchanged file again
+    (after a failure half-way, or twice by mistake) stores nothing twice, while a file
+    changed since (grown, or written anew with the same lines: a daily "backup done") is
+    stored again. Standard input and pipes get keys of their own run (``echo x | mohlog
+    ingest -`` twice stores x twice)."""
     # the bar's whole: a plain file's size (a compressed one's decompressed size is unknown)
     size = path.stat().st_size if path.is_file() and not _compressed(path) else 0
     read = [0]
     cctx = zstandard.ZstdCompressor(level=3)
-    where = "-" if str(path) == "-" else str(path.resolve())
+    if str(path) != "-" and path.is_file():
+        st = path.stat()
+        where = f"{path.resolve()}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}"
+    else:
+        where = new_id()                        # this run's: retries alike, runs not
     sent, again, batch, t0 = 0, 0, [], time.monotonic()
     warned = False
 
@@ -234,6 +299,12 @@ def ingest_file(c: Client, path: Path, args: argparse.Namespace) -> tuple[int, i
         sent, again = sent + n, again + (n if res.get("duplicate") else 0)
 
     for doc in entries(path, args, read):
+        if doc is None:                 # a live stream gone quiet: send what it gave
+            if batch:
+                send()
+                batch = []
+                _progress(path, sent, read[0], size, t0)
+            continue
         batch.append(orjson.dumps(doc))
         if len(batch) >= args.batch:
             send()

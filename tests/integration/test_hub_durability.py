@@ -281,9 +281,10 @@ def test_cli_token_ingest_search(hub: Hub, tmp_path: Path) -> None:
 
 def test_cli_ingest_of_the_same_file_again_stores_nothing_twice(hub: Hub, tmp_path: Path
                                                                ) -> None:
-    """Batch keys come from the file's path, place and bytes: a second run (after a
-    failure half-way, or by mistake) is acknowledged as already stored, also after a hub
-    restart; a file that changed is stored."""
+    """Batch keys come from the file (path, inode, size, mtime), place and bytes: a second
+    run on the unchanged file (after a failure half-way, or by mistake) is acknowledged
+    as already stored, also after a hub restart; a file changed since, even to the same
+    lines, is stored again; so is standard input (`echo x | mohlog ingest -` twice)."""
     def ingest(*args: str) -> str:
         env = {**os.environ, "MOHLOG_HUB": hub.url, "MOHLOG_TOKEN": hub.token,
                "PYTHONPATH": str(ROOT)}           # (the port changes with a restart)
@@ -301,10 +302,47 @@ def test_cli_ingest_of_the_same_file_again_stores_nothing_twice(hub: Hub, tmp_pa
     hub.start()
     assert "(300 of them already in the hub" in ingest(str(logfile))
     assert len(hub.all_ids("")) == 300
-    logfile.write_text(logfile.read_text().replace("job 299 done", "job 299 failed"))
-    assert ingest(str(logfile)) == ("ingested 300 records (256 of them already in the hub "
-                                    "from an earlier run: not stored twice)")
-    assert len(hub.all_ids("")) == 344                   # the last batch (44) again
+    time.sleep(0.01)
+    logfile.write_text(logfile.read_text())            # written anew, the same lines
+    assert ingest(str(logfile)) == "ingested 300 records"
+    assert len(hub.all_ids("")) == 600
+    env = {**os.environ, "MOHLOG_HUB": hub.url, "MOHLOG_TOKEN": hub.token,
+           "PYTHONPATH": str(ROOT)}
+    for _ in range(2):
+        out = subprocess.run([*CLI, "ingest", "-"], input="backup done\n", env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert out.stderr.splitlines()[-1] == "ingested 1 records", out.stderr
+    assert len(hub.search("q=backup")["records"]) == 2
+
+
+def test_cli_ingest_from_a_pipe_sends_as_it_goes(hub: Hub) -> None:
+    """``tail -f app.log | mohlog ingest -``: lines are sent once the pipe is quiet for a
+    second (with the entry held for lines that may continue it), not when a batch fills
+    or the pipe ends."""
+    env = {**os.environ, "MOHLOG_HUB": hub.url, "MOHLOG_TOKEN": hub.token,
+           "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([*CLI, "ingest", "-"], env=env, stdin=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        with killed_on_error(proc):
+            assert proc.stdin is not None
+            proc.stdin.write("2026-11-30 21:00:00 first line\n"
+                             "2026-11-30 21:00:01 ERROR second line\n  a traceback line\n")
+            proc.stdin.flush()
+            deadline = time.monotonic() + 20
+            while len(hub.search("q=line")["records"]) < 2:
+                assert time.monotonic() < deadline, "nothing sent while the pipe is open"
+                time.sleep(0.2)
+            got = {r["message"]: r["level"] for r in hub.search("q=line")["records"]}
+            assert got == {"first line": "INFO",
+                           "ERROR second line\n  a traceback line": "ERROR"}
+            proc.stdin.write("2026-11-30 21:00:02 third line\n")
+            proc.stdin.close()
+            assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert len(hub.search("q=line")["records"]) == 3
 
 
 def test_cli_ingest_names_the_refused_record_of_the_file(hub: Hub, tmp_path: Path) -> None:
