@@ -569,7 +569,8 @@ def cmd_token(args: argparse.Namespace) -> int:
               file=sys.stderr)
     elif args.action == "list":
         for t in c.get("/api/v1/tokens")["tokens"]:
-            print(f"{t['id']}  {t['role']:<7} {t['name']}")
+            made = _utc(t["created"]) if isinstance(t.get("created"), int) else "?"
+            print(f"{t['id']}  {t['role']:<7} {made}  {t['name']}")
     else:
         if not args.ident:
             raise MohlogError("token revoke needs a token id or name")

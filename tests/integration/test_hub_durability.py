@@ -245,7 +245,9 @@ def test_cli_token_ingest_search(hub: Hub, tmp_path: Path) -> None:
     made = cli("token", "create", "--role", "ingest", "--name", "shipper")
     assert made.returncode == 0, made.stderr
     ingest_token = made.stdout.strip()
-    assert "shipper" in cli("token", "list").stdout
+    listed = {ln.split()[-1]: ln.split() for ln in cli("token", "list").stdout.splitlines()}
+    assert listed["shipper"][1] == "ingest"
+    assert listed["shipper"][2].startswith(time.strftime("%Y-%m-%dT", time.gmtime()))
     logfile = tmp_path / "app.log"
     logfile.write_text("".join(f"worker {i} finished job {i * 7}\n" for i in range(300)))
     nd = tmp_path / "x.ndjson"
