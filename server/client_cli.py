@@ -518,6 +518,9 @@ def stats_text(st: dict[str, Any]) -> str:
         f"segments    {st['segments']} in {len(parts)} partition(s)"
         + (f", {parts[0]} .. {parts[-1]}" if parts else ""),
         f"templates   {st['templates']:,}",
+        *([f"archive     {st['archive']['archives']} archive(s), "
+           f"{size(st['archive']['bytes'])}, {st['archive']['records']:,} records "
+           "(mohlog archive list)"] if st.get("archive", {}).get("archives") else []),
         f"levels      {top(st['by_level'], 9)}",
         f"components  {top(st['by_component'], 9)}",
         f"hosts       {top(st['by_host'])}",

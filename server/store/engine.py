@@ -163,9 +163,9 @@ class Store:
         self._flush_lock = threading.Lock()
         self._restore_lock = threading.Lock()
         self._early_said = -3600.0              # when records dated before 2000 were logged
-        # (partition, min_ts, max_ts) of each archive, read once (see archived_overlapping);
+        # the readable archives as archive_list gives them, read once (see _archives);
         # its own lock, since a restore holds _restore_lock for as long as it writes.
-        self._archived: list[tuple[str, int, int]] | None = None
+        self._archived: list[dict[str, Any]] | None = None
         self._archived_gen = 0
         self._archived_lock = threading.Lock()
         self._chunks: list[Chunk] = []
@@ -1164,6 +1164,7 @@ class Store:
             tail = [c.table for c in self._chunks]
         _add_counts(counts, self._tail_counts(tail))
         wal_bytes = sum(p.stat().st_size for p in (self.dir / "wal").glob("*.log"))
+        archives = self._archives()
         raw = sum(s.raw_bytes for s in segs)
         stored = sum(s.bytes for s in segs)
         index = _file_bytes([self.dir / "templates.json"] + [
@@ -1184,6 +1185,8 @@ class Store:
             "compression_ratio": round(raw / (stored + index), 2) if stored else None,
             "ingest_rate": self.rate(10.0),
             "segments": len(segs), "corrupt_segments": list(self._corrupt),
+            "archive": {"archives": len(archives), "bytes": sum(a["bytes"] for a in archives),
+                        "records": sum(a["records"] for a in archives)},
             "partitions": sorted({s.partition for s in segs}),
             "templates": len(self.miner.templates()),
             "oldest": min((a for a, _ in spans), default=None),
@@ -1311,18 +1314,22 @@ class Store:
 
     def archived_overlapping(self, start: int | None, end: int | None) -> list[str]:
         """Partitions in the archive with records in [start, end): a search there finds
-        none of them until they are restored. (The archive's spans are read once, then
-        kept up to date by archiving and restoring.)"""
+        none of them until they are restored."""
+        return sorted({a["partition"] for a in self._archives()
+                       if (start is None or a["max_ts"] >= start)
+                       and (end is None or a["min_ts"] < end)})
+
+    def _archives(self) -> list[dict[str, Any]]:
+        """``archive_list`` (the readable archives), read once, then kept up to date by
+        archiving, restoring and deleting."""
         with self._archived_lock:
-            spans, gen = self._archived, self._archived_gen
-        if spans is None:
-            spans = [(a["partition"], a["min_ts"], a["max_ts"])
-                     for a in self.archive_list() if "error" not in a]
+            listed, gen = self._archived, self._archived_gen
+        if listed is None:
+            listed = [a for a in self.archive_list() if "error" not in a]
             with self._archived_lock:
                 if gen == self._archived_gen:       # (not changed while reading)
-                    self._archived = spans
-        return sorted({p for p, lo, hi in spans
-                       if (start is None or hi >= start) and (end is None or lo < end)})
+                    self._archived = listed
+        return listed
 
     def _archive_changed(self) -> None:
         with self._archived_lock:

@@ -156,6 +156,10 @@ def test_retention_archives_and_cli_restores(make_hub) -> None:
     assert out.returncode == 0, out.stderr
     listed = [ln.split() for ln in out.stdout.splitlines()]
     assert [(x[0], x[4]) for x in listed] == [(f"{part}.tar", "50"), (f"{part}.2.tar", "1")]
+    st = hub.request("GET", "/api/v1/stats")[1]["archive"]
+    assert st["archives"] == 2 and st["records"] == 51 and st["bytes"] > 0
+    out = subprocess.run([*CLI, "stats"], env=env, capture_output=True, text=True, timeout=60)
+    assert "archive     2 archive(s), " in out.stdout and "51 records" in out.stdout
     # a search of the archived hour says where its records are; one of today does not
     day = 86_400 * 10**9
     assert hub.search(f"start={old - day}&end={old + day}")["archived"] == [part]
@@ -173,6 +177,8 @@ def test_retention_archives_and_cli_restores(make_hub) -> None:
     assert len(hub.all_ids("")) == 81
     assert not list((hub.data / "archive").glob("*.tar"))
     assert "archived" not in hub.search(f"start={old - day}&end={old + day}")
+    assert hub.request("GET", "/api/v1/stats")[1]["archive"] == {
+        "archives": 0, "bytes": 0, "records": 0}
     # still expired, but restored: retention leaves it for restore_keep_s, across a restart
     assert hub.request("POST", "/api/v1/retention")[1]["archived"] == []
     hub.stop()
