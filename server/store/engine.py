@@ -167,6 +167,7 @@ class Store:
         # its own lock, since a restore holds _restore_lock for as long as it writes.
         self._archived: list[dict[str, Any]] | None = None
         self._archived_gen = 0
+        self._archived_stamp = 0
         self._archived_lock = threading.Lock()
         self._chunks: list[Chunk] = []
         self._tail_n = 0                # rows in self._chunks
@@ -1320,15 +1321,23 @@ class Store:
                        and (end is None or a["min_ts"] < end)})
 
     def _archives(self) -> list[dict[str, Any]]:
-        """``archive_list`` (the readable archives), read once, then kept up to date by
-        archiving, restoring and deleting."""
+        """``archive_list`` (the readable archives), read again only when the archive
+        changed: archived, restored or deleted by the hub, or files added or removed by
+        hand (the names in the directory)."""
+        try:
+            stamp = hash(tuple(sorted(n for n in os.listdir(self.archive_dir)
+                                      if n.endswith(".tar"))))
+        except OSError:
+            return []
         with self._archived_lock:
             listed, gen = self._archived, self._archived_gen
+            if listed is not None and self._archived_stamp != stamp:
+                listed = None
         if listed is None:
             listed = [a for a in self.archive_list() if "error" not in a]
             with self._archived_lock:
                 if gen == self._archived_gen:       # (not changed while reading)
-                    self._archived = listed
+                    self._archived, self._archived_stamp = listed, stamp
         return listed
 
     def _archive_changed(self) -> None:

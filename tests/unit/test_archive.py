@@ -68,6 +68,12 @@ def test_a_search_is_not_held_up_by_a_restore(tmp_path: Path) -> None:
         st._archive(part, list(st._segments))
         with st._restore_lock, ThreadPoolExecutor(1) as pool:   # "a restore" in progress
             assert pool.submit(st.archived_overlapping, None, None).result(10) == [part]
+        name = st.archive_list()[0]["name"]
+        (tmp_path / "archive" / name).rename(tmp_path / name)      # taken away by hand
+        assert st.archived_overlapping(None, None) == []
+        assert st.stats()["archive"]["archives"] == 0
+        (tmp_path / name).rename(tmp_path / "archive" / name)      # and put back
+        assert st.archived_overlapping(None, None) == [part]
         assert st.archive_restore(part)["records"] == 600
         assert st.archived_overlapping(None, None) == []
     finally:
