@@ -11,7 +11,15 @@ import pyarrow.compute as pc
 
 from mohlog.errors import InvalidInput
 from server.store import filters
-from server.store.query import FIELDS, Filter, LogQuery, check_filter, parse_filter, parse_time
+from server.store.query import (
+    FIELDS,
+    Filter,
+    LogQuery,
+    any_of,
+    check_filter,
+    parse_filter,
+    parse_time,
+)
 from server.store.segments import MINUTE, ROLLUP_KEYS, rollup
 
 if TYPE_CHECKING:
@@ -44,8 +52,10 @@ def spec_query(spec: dict[str, Any]) -> LogQuery:
     q.limit = _limit(spec.get("limit", 100) if search else spec.get("limit", 100_000))
     q.check_range()
     flt = spec.get("filters") or []
-    if isinstance(flt, dict):
-        q.filters = [check_filter(Filter(k, "=", str(v))) for k, v in flt.items()]
+    if isinstance(flt, dict):           # {"host": "a"}, {"host": ["a", "b"]}: any of them
+        q.filters = [any_of(k, [str(x) for x in v]) if isinstance(v, list) and len(v) != 1
+                     else check_filter(Filter(k, "=", str(v[0] if isinstance(v, list) else v)))
+                     for k, v in flt.items()]
     elif isinstance(flt, list):
         q.filters = [_one_filter(f) for f in flt]
     else:

@@ -182,6 +182,8 @@ def check_filter(f: Filter) -> Filter:
 def any_of(name: str, values: list[str]) -> Filter:
     """A filter keeping the records whose ``name`` equals one of ``values`` (each checked
     as an equality filter is), as an anchored regex of the escaped values."""
+    if not values:
+        raise InvalidInput(f"filter {name}: an empty list of values", field=name)
     checked = [check_filter(Filter(name, "=", v)).value for v in values]
     return Filter(name, "regex", "^(?:" + "|".join(re.escape(v) for v in checked) + ")$")
 

@@ -239,6 +239,12 @@ def test_structured_queries(hub: Hub) -> None:
     spec = {"type": "search", "filters": {"host": "h2"}, "limit": 5}
     _, res = hub.request("POST", "/api/v1/query", json.dumps(spec).encode())
     assert len(res["records"]) == 5 and {r["host"] for r in res["records"]} == {"h2"}
+    spec = {"type": "aggregation", "group_by": ["host"], "filters": {"host": ["h0", "h2"]}}
+    _, res = hub.request("POST", "/api/v1/query", json.dumps(spec).encode())
+    assert {r["host"]: r["count"] for r in res["rows"]} == {"h0": 100, "h2": 100}
+    spec = {"type": "search", "filters": {"host": []}}
+    status, err = hub.request("POST", "/api/v1/query", json.dumps(spec).encode())
+    assert status == 400 and "empty list" in err["error"]["message"]
     status, err = hub.request("POST", "/api/v1/query", b'{"type": "nope"}')
     assert status == 400 and "time_series" in err["error"]["valid"]
 
