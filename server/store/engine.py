@@ -1249,17 +1249,21 @@ class Store:
         dest = self._archive_dest(part, {s.path for s in segs})
         name = dest.name
         tmp = dest.with_suffix(".tmp")
-        with tarfile.open(tmp, "w") as tar:
-            info = orjson.dumps([s.__dict__ for s in segs])
-            _tar_bytes(tar, "segments.json", info)
-            for s in segs:
-                tar.add(self.seg_dir / s.path, arcname=Path(s.path).name)
-                for side in (rollup_path(self.seg_dir / s.path),
-                             words.path_for(self.seg_dir / s.path)):
-                    if side.exists():
-                        tar.add(side, arcname=side.name)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        try:
+            with tarfile.open(tmp, "w") as tar:
+                info = orjson.dumps([s.__dict__ for s in segs])
+                _tar_bytes(tar, "segments.json", info)
+                for s in segs:
+                    tar.add(self.seg_dir / s.path, arcname=Path(s.path).name)
+                    for side in (rollup_path(self.seg_dir / s.path),
+                                 words.path_for(self.seg_dir / s.path)):
+                        if side.exists():
+                            tar.add(side, arcname=side.name)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)     # (a full disk: not a half archive taking room)
+            raise
         tmp.replace(dest)
         fsync_dir(self.archive_dir)
         self._archive_changed()

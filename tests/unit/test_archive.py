@@ -5,10 +5,15 @@ directory once empty; archives are deleted past archive_age_s or archive_bytes."
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from server.store.engine import _archive_order
+from server.store.query import LogQuery
 from tests.unit.test_compaction import _files, _filled, _own_files
 from tests.unit.test_store_search import entries
 
@@ -79,3 +84,28 @@ def test_a_search_is_not_held_up_by_a_restore(tmp_path: Path) -> None:
     finally:
         loop.run_until_complete(st.close())
         loop.close()
+
+
+@pytest.mark.privileged
+def test_an_archive_the_disk_cannot_hold_leaves_no_part_file(tmp_path: Path) -> None:
+    """Archiving onto a full disk fails without a half-written archive taking the room
+    that is left, and the partition stays served."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)
+    try:
+        st, loop = _filled(mnt / "data", entries(3000), 2, compact_segments=100)
+        try:
+            free = os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize
+            (mnt / "filler").write_bytes(b"\0" * max(0, free - 4096))
+            segs = list(st._segments)
+            with pytest.raises(OSError):
+                st._archive(segs[0].partition, segs)
+            assert list((mnt / "data" / "archive").iterdir()) == []
+            assert [s.path for s in st._segments] == [s.path for s in segs]
+            assert len(st.search(LogQuery(limit=100_000)).records) == 3000
+        finally:
+            loop.run_until_complete(st.close())
+            loop.close()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
