@@ -599,6 +599,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
         if not args.name:
             raise MohlogError("archive restore needs a partition or an archive name "
                               "(see archive list)")
+        c.timeout = 3600.0          # a large partition takes minutes to write back
         res = c.request("POST", "/api/v1/archive/"
                         f"{urllib.parse.quote(args.name, safe='')}/restore")
         what = ", ".join(res.get("archives") or [res["restored"]])
