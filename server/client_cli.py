@@ -21,6 +21,7 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -68,6 +69,8 @@ def query_params(args: argparse.Namespace) -> dict[str, Any]:
             params[name] = local_time(params[name])
     if getattr(args, "q", None):
         params["q"] = args.q
+    if getattr(args, "sort", "desc") != "desc":
+        params["sort"] = args.sort
     if args.case:
         params["case"] = "1"
     return params
@@ -375,27 +378,40 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.semantic:
         return _semantic(c, args)
     # --all: every match, --limit records per request; else the first --limit
-    archived: list[str] = []
-    recs = _records(c, {**query_params(args), "limit": min(args.limit, 10_000)}, archived)
+    paging = _Paging()
+    recs = _records(c, {**query_params(args), "limit": min(args.limit, 10_000)}, paging)
+    shown = 0
     for r in recs if args.all else itertools.islice(recs, args.limit):
         print(json.dumps(r) if args.json else fmt_record(r))
-    if archived:
-        names = " ".join(archived[:5]) + (" …" if len(archived) > 5 else "")
-        print(f"note: {len(archived)} archived partition(s) in this time range were not "
-              f"searched: {names} (mohlog archive restore PARTITION)", file=sys.stderr)
+        shown += 1
+    if not args.all and shown == args.limit and paging.more:
+        print(f"note: the {'newest' if args.sort == 'desc' else 'oldest'} {shown} matches "
+              "shown; --all for every match, --limit N for more", file=sys.stderr)
+    if paging.archived:
+        names = " ".join(paging.archived[:5]) + (" …" if len(paging.archived) > 5 else "")
+        print(f"note: {len(paging.archived)} archived partition(s) in this time range were "
+              f"not searched: {names} (mohlog archive restore PARTITION)", file=sys.stderr)
     return 0
 
 
-def _records(c: Client, params: dict[str, Any], archived: list[str] | None = None
+@dataclass
+class _Paging:
+    """What the pages of a search said beyond their records."""
+    archived: list[str] = field(default_factory=list)    # the last page's
+    more: bool = False                  # the last page fetched had a next one
+
+
+def _records(c: Client, params: dict[str, Any], paging: _Paging | None = None
              ) -> Iterator[dict[str, Any]]:
     """Every record a query matches, oldest or newest first as it asks, following the
     cursor (``params["limit"]`` a request; a request only when the one before is used).
-    The last page's archived partitions overlapping the range go to ``archived``."""
+    What the pages say beyond their records goes to ``paging``."""
     q = dict(params)
     while True:
         page = c.get("/api/v1/logs", q)
-        if archived is not None:
-            archived[:] = page.get("archived", [])
+        if paging is not None:
+            paging.archived = page.get("archived", [])
+            paging.more = bool(page["next_cursor"])
         yield from page["records"]
         if not page["next_cursor"]:
             return
@@ -552,6 +568,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             out.close()
             os.replace(part, target)
             print(f"exported {written:,} bytes to {target}", file=sys.stderr)
+    except BrokenPipeError:
+        raise                           # the reader went away (| head): not a failure
     except (OSError, http.client.HTTPException) as err:
         if part:
             out.close()
@@ -640,6 +658,9 @@ def parser(cmd: str) -> argparse.ArgumentParser:
         p.add_argument("q", nargs="?", help='words, "a phrase", /regex/')
         if cmd == "tail":                       # (its first form, kept)
             p.add_argument("--q", dest="q_opt", help=argparse.SUPPRESS)
+        else:
+            p.add_argument("--sort", choices=["desc", "asc"], default="desc",
+                           help="newest first (desc, the default) or oldest first")
         filters(p)
         p.add_argument("--json", action="store_true", help="one JSON record per line")
         if cmd == "search":

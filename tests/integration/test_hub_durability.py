@@ -268,7 +268,13 @@ def test_cli_token_ingest_search(hub: Hub, tmp_path: Path) -> None:
     out = cli("search", "worker", "--all", "--limit", "40", "--json")   # 8 requests of 40
     assert sorted(orjson.loads(x)["message"] for x in out.stdout.splitlines()) == sorted(
         f"worker {i} finished job {i * 7}" for i in range(300))
-    assert len(cli("search", "worker", "--limit", "120").stdout.splitlines()) == 120
+    some = cli("search", "worker", "--limit", "120")
+    assert len(some.stdout.splitlines()) == 120
+    assert "note: the newest 120 matches shown; --all for every match" in some.stderr
+    oldest = cli("search", "worker", "--limit", "1", "--sort", "asc", "--json")
+    assert orjson.loads(oldest.stdout)["message"] == "worker 0 finished job 0"
+    assert "note: the oldest 1 matches shown" in oldest.stderr
+    assert "matches shown" not in cli("search", "worker", "--limit", "400").stderr
     bad = cli("search", "worker", "--limit", "0")
     assert bad.returncode == 2 and "not a whole number" in bad.stderr
     assert "ndjson line here" in cli("search", "ndjson").stdout
@@ -420,6 +426,11 @@ def test_cli_export_to_a_file_is_whole_or_absent(hub: Hub, tmp_path: Path) -> No
     assert out.returncode == 0 and f"bytes to {whole}" in out.stderr, out.stderr
     assert sorted(orjson.loads(x)["metadata"]["n"] for x in whole.read_bytes().splitlines()
                   ) == list(range(1000))
+    piped = subprocess.run(f"set -o pipefail; {' '.join(CLI)} export | head -1",
+                           shell=True, executable="/bin/bash", env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert piped.returncode == 0 and piped.stderr == "", piped.stderr   # | head: quiet
+    assert orjson.loads(piped.stdout)["message"].startswith("export line ")
     cut = tmp_path / "cut.ndjson"
     part = tmp_path / ".cut.ndjson.part"
     proc = subprocess.Popen([*CLI, "export", "-o", str(cut)], env=env,
