@@ -377,6 +377,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     c = client(args)
     if args.semantic:
         return _semantic(c, args)
+    if args.count or args.by:
+        return _count(c, args)
     # --all: every match, --limit records per request; else the first --limit
     paging = _Paging()
     recs = _records(c, {**query_params(args), "limit": min(args.limit, 10_000)}, paging)
@@ -391,6 +393,41 @@ def cmd_search(args: argparse.Namespace) -> int:
         names = " ".join(paging.archived[:5]) + (" …" if len(paging.archived) > 5 else "")
         print(f"note: {len(paging.archived)} archived partition(s) in this time range were "
               f"not searched: {names} (mohlog archive restore PARTITION)", file=sys.stderr)
+    return 0
+
+
+def _count(c: Client, args: argparse.Namespace) -> int:
+    """``--count [--by F]...``: one structured aggregation with the search's filters; the
+    groups largest first, cut at --limit."""
+    params = query_params(args)
+    filters = list(params.get("f", []))
+    hosts = params.get("host") or []
+    spec: dict[str, Any] = {"type": "aggregation", "group_by": args.by or [],
+                            "sort": "-count", "limit": args.limit,
+                            **{k: params[k] for k in ("q", "start", "end") if k in params}}
+    if params.get("case"):
+        spec["case"] = True
+    if hosts and filters:               # (the list form: the hosts as one regex filter)
+        filters.append("host regex ^(?:" + "|".join(re.escape(h) for h in hosts) + ")$")
+    if filters:
+        spec["filters"] = filters
+    elif hosts:
+        spec["filters"] = {"host": hosts}
+    res = c.post_json("/api/v1/query", spec)
+    rows = res["rows"]
+    if args.json:
+        for r in rows:
+            print(json.dumps(r))
+    elif not args.by:
+        print(rows[0]["count"] if rows else 0)
+    else:
+        width = max([len(f"{r['count']:,}") for r in rows] or [1])
+        for r in rows:
+            key = "  ".join(str(r.get(b)) for b in args.by)
+            print(f"{r['count']:>{width},}  {key}")
+        if res.get("rows_total"):
+            print(f"note: the {len(rows)} largest of {res['rows_total']} groups shown; "
+                  "--limit N for more", file=sys.stderr)
     return 0
 
 
@@ -670,6 +707,11 @@ def parser(cmd: str) -> argparse.ArgumentParser:
                            help="every match, following the cursor to the end")
             p.add_argument("--semantic", metavar="TEXT", help="semantic search (natural language)")
             p.add_argument("-k", type=int, default=10, help="templates for --semantic")
+            p.add_argument("--count", action="store_true",
+                           help="how many match, instead of the matches")
+            p.add_argument("--by", action="append", metavar="FIELD",
+                           help="with --count: per value of FIELD, largest first (repeat; "
+                                "e.g. host, level, process, metadata.user)")
         if cmd == "export":
             p.add_argument("--format", default="ndjson", choices=["ndjson", "csv", "parquet"])
             p.add_argument("-o", "--output", help="file (default stdout)")

@@ -268,6 +268,11 @@ def test_cli_token_ingest_search(hub: Hub, tmp_path: Path) -> None:
     out = cli("search", "worker", "--all", "--limit", "40", "--json")   # 8 requests of 40
     assert sorted(orjson.loads(x)["message"] for x in out.stdout.splitlines()) == sorted(
         f"worker {i} finished job {i * 7}" for i in range(300))
+    assert cli("search", "worker", "--count").stdout == "300\n"
+    by = cli("search", "--count", "--by", "process", "--by", "level")
+    assert by.stdout.splitlines() == ["300  app.log  INFO", "  1  app  INFO"], by.stderr
+    top = cli("search", "--count", "--by", "process", "--limit", "1", "-f", "level=INFO")
+    assert top.stdout == "300  app.log\n" and "the 1 largest of 2 groups" in top.stderr
     some = cli("search", "worker", "--limit", "120")
     assert len(some.stdout.splitlines()) == 120
     assert "note: the newest 120 matches shown; --all for every match" in some.stderr
