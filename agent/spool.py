@@ -176,12 +176,12 @@ class Spool:
         for p in sorted(self.dir.glob("*.batch")):
             try:
                 header = _read_header(p)
-            except (OSError, ValueError) as err:
-                log.agent.error("spool file %s unreadable (%s): moved aside", p.name, err)
-                p.rename(p.with_suffix(".corrupt"))
+                levels = Counter(header["levels"])
+                seq = int(p.stem)
+            except _DAMAGED as err:
+                _set_aside(p, err)
                 continue
-            self._entries.append(_Entry(int(p.stem), p, p.stat().st_size,
-                                        Counter(header["levels"])))
+            self._entries.append(_Entry(seq, p, p.stat().st_size, levels))
         self._seq = self._entries[-1].seq if self._entries else 0
         if self._entries:
             log.agent.info("spool: %d batches waiting from a previous run", len(self._entries))
@@ -223,7 +223,12 @@ class Spool:
         for e in list(self._entries):
             if not e.levels.get(level):
                 continue
-            old = read(e.path)
+            try:
+                old = read(e.path)
+            except _DAMAGED as err:
+                _set_aside(e.path, err)
+                self._entries.remove(e)
+                continue
             new, n = old.without(level)
             self.dropped[level] += n
             if new.records:
@@ -238,12 +243,17 @@ class Spool:
         return batch
 
     def peek(self) -> tuple[int, Batch] | None:
-        """The oldest batch (seq, batch), or None."""
+        """The oldest batch (seq, batch), or None. A file that cannot be read any more (a
+        disk error, an edit by hand) is set aside, so the batches behind it still ship."""
         with self._lock:
-            if not self._entries:
-                return None
-            e = self._entries[0]
-            return e.seq, read(e.path)
+            while self._entries:
+                e = self._entries[0]
+                try:
+                    return e.seq, read(e.path)
+                except _DAMAGED as err:
+                    _set_aside(e.path, err)
+                    self._entries.pop(0)
+            return None
 
     def remove(self, seq: int) -> None:
         with self._lock:
@@ -252,6 +262,18 @@ class Spool:
                     e.path.unlink(missing_ok=True)
                     self._entries.remove(e)
                     return
+
+
+_DAMAGED = (OSError, ValueError, KeyError, TypeError, AttributeError)
+
+
+def _set_aside(path: Path, err: BaseException) -> None:
+    """Move a spool file that cannot be read to NAME.corrupt (kept for whoever looks)."""
+    log.agent.error("spool file %s unreadable (%s): moved aside", path.name, err)
+    try:
+        path.rename(path.with_suffix(".corrupt"))
+    except OSError:
+        path.unlink(missing_ok=True)
 
 
 def _encode(batch: Batch) -> bytes:

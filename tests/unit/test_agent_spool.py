@@ -35,6 +35,26 @@ def test_spool_keeps_order_across_restart(tmp_path: Path) -> None:
     assert again.batches == 0 and list(tmp_path.glob("*.batch")) == []
 
 
+def test_damaged_spool_files_are_set_aside_and_the_rest_ships(tmp_path: Path) -> None:
+    """A batch file whose header is of another shape (at start), or that became
+    unreadable while waiting (at peek): set aside as .corrupt, the others ship in order."""
+    sp = Spool(tmp_path, 10 << 20)
+    for k in range(4):
+        sp.push(_batch(f"b{k}", ["INFO"] * 10))
+    files = sorted(tmp_path.glob("*.batch"))
+    files[1].write_bytes(b'{"id": "b1", "records": 10}\n')         # no levels: at start
+    again = Spool(tmp_path, 10 << 20)
+    assert again.batches == 3
+    files[2].write_bytes(b"not a spool file")                        # after the scan
+    seen = []
+    while (item := again.peek()) is not None:
+        seen.append(item[1].id)
+        again.remove(item[0])
+    assert seen == ["b0", "b3"]
+    assert sorted(p.name for p in tmp_path.glob("*.corrupt")) == [
+        files[1].with_suffix(".corrupt").name, files[2].with_suffix(".corrupt").name]
+
+
 def test_full_spool_drops_lowest_levels_first_never_critical(tmp_path: Path) -> None:
     sp = Spool(tmp_path, 3000)
     sp.push(_batch("a", ["DEBUG"] * 5 + ["INFO"] * 5 + ["CRITICAL"] * 2))
