@@ -217,7 +217,8 @@ def entries(path: Path, args: argparse.Namespace, read: list[int] | None = None
     host = args.host or os.uname().nodename
     records = Records()
     plain_seen = False
-    name = path.name[:-len(path.suffix)] if path.suffix in _SUFFIXES else path.name
+    name = "stdin" if str(path) == "-" else \
+        path.name[:-len(path.suffix)] if path.suffix in _SUFFIXES else path.name
 
     def plain(fields: dict[str, Any], n: int) -> dict[str, Any]:
         doc = {"level": args.level, "component": args.component, "source": "file",

@@ -331,7 +331,8 @@ def test_cli_ingest_of_the_same_file_again_stores_nothing_twice(hub: Hub, tmp_pa
         out = subprocess.run([*CLI, "ingest", "-"], input="backup done\n", env=env,
                              capture_output=True, text=True, timeout=60)
         assert out.stderr.splitlines()[-1] == "ingested 1 records", out.stderr
-    assert len(hub.search("q=backup")["records"]) == 2
+    backups = hub.search("q=backup")["records"]
+    assert len(backups) == 2 and {r["process"] for r in backups} == {"stdin"}
 
 
 def test_cli_ingest_from_a_pipe_sends_as_it_goes(hub: Hub) -> None:
