@@ -56,6 +56,32 @@ async def errors_mw(request: web.Request, handler: Handler) -> web.StreamRespons
         return jsonify({"error": {"code": "internal", "message": f"{type(err).__name__}"}}, 500)
 
 
+_REFUSALS_SAID: list[float] = []          # times of refusals logged in the last minute
+
+
+@web.middleware
+async def audit_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """An audit trail in the hub's log: every admin request (tokens, archive, retention)
+    with the token that made it and the outcome, and refused requests (401/403) with
+    where they came from, at most 20 a minute (a scan or a brute force floods the log
+    otherwise). Never a token's secret: its id and name only."""
+    response = await handler(request)
+    status = response.status
+    token = request.get("token")
+    who = f"{token.id} ({token.name})" if token is not None else "-"
+    if status in (401, 403):
+        now = time.monotonic()
+        _REFUSALS_SAID[:] = [t for t in _REFUSALS_SAID if now - t < 60]
+        if len(_REFUSALS_SAID) < 20:
+            _REFUSALS_SAID.append(now)
+            log.hub.warning("refused %s %s from %s: %d", request.method, request.path,
+                            request.remote, status)
+    elif required_role(request.method, request.path) == "admin":
+        log.hub.info("admin %s %s by token %s from %s: %d", request.method, request.path,
+                     who, request.remote, status)
+    return response
+
+
 @web.middleware
 async def auth_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
     need = required_role(request.method, request.path)
@@ -273,7 +299,7 @@ async def store_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def init(cfg: HubConfig) -> web.Application:
     """The app factory: store, tokens, metrics, routes and the optional extra modules."""
-    app = web.Application(middlewares=[errors_mw, timing_mw, auth_mw],
+    app = web.Application(middlewares=[audit_mw, errors_mw, timing_mw, auth_mw],
                           client_max_size=cfg.max_body_bytes)
     cfg.data.mkdir(parents=True, exist_ok=True)
     registry = CollectorRegistry()

@@ -296,6 +296,20 @@ def test_cli_token_ingest_search(hub: Hub, tmp_path: Path) -> None:
     assert cli("stats").returncode == 1                     # the revoked one is refused
     assert cli("token", "revoke", "night shift", MOHLOG_TOKEN=second).returncode == 1
     assert "night shift" in cli("token", "list", MOHLOG_TOKEN=second).stdout
+    # the audit trail: admin requests with the token that made them, refusals with where
+    # they came from, no secret
+    deadline = time.monotonic() + 10
+    while not any("refused GET /api/v1/stats" in ln for ln in hub.output):
+        assert time.monotonic() < deadline, hub.output
+        time.sleep(0.05)
+    log_text = "".join(hub.output)
+    admins = [orjson.loads(ln)["msg"] for ln in hub.output if '"admin ' in ln]
+    assert any(m.startswith("admin POST /api/v1/tokens by token ") and "(admin (first "
+               "start)) from 127.0.0.1: 201" in m for m in admins), admins
+    assert any(m.startswith("admin DELETE /api/v1/tokens/admin (first start) by "
+               "token ") and "(night shift)" in m and m.endswith(": 200") for m in admins)
+    assert "refused GET /api/v1/stats from 127.0.0.1: 401" in log_text
+    assert second not in log_text and ingest_token not in log_text
 
 
 def test_cli_ingest_of_the_same_file_again_stores_nothing_twice(hub: Hub, tmp_path: Path
