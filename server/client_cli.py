@@ -369,9 +369,12 @@ def _progress(path: Path, sent: int, read: int, size: int, t0: float, end: bool 
 
 # ---- search / tail / stats / export --------------------------------------------
 def fmt_record(r: dict[str, Any]) -> str:
+    """One record for a person: its header, then the message; the lines after a
+    message's first (a traceback) indented, so each record stands apart."""
     ts = dt.datetime.fromtimestamp(r["timestamp"] / 1e9, dt.UTC).strftime(
         "%Y-%m-%dT%H:%M:%S.%fZ")
-    return f"{ts} {r['host']} {r['level']:<8} {r['component']:<15} {r['process']}: {r['message']}"
+    message = (r["message"] or "").rstrip("\n").replace("\n", "\n    ")
+    return f"{ts} {r['host']} {r['level']:<8} {r['component']:<15} {r['process']}: {message}"
 
 
 def cmd_search(args: argparse.Namespace) -> int:

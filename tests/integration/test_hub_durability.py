@@ -510,6 +510,10 @@ def test_cli_ingest_takes_the_fields_of_line_headers(hub: Hub, tmp_path: Path) -
         '  File "worker.py", line 3, in run\n' \
         "ValueError: bad input"                 # the traceback in the entry of its line
     assert [r["message"] for r in found('"ValueError: bad input"')] == [worker[0]["message"]]
+    shown = cli("search", '"ValueError: bad input"').stdout.splitlines()
+    assert shown[0].endswith("worker.log: ERROR worker: job 17 failed")
+    assert shown[1:] == ["    Traceback (most recent call last):",       # indented under it
+                         '      File "worker.py", line 3, in run', "    ValueError: bad input"]
     assert sorted(r["process"] for r in found("-f", "level>=ERROR")) == ["sshd", "worker.log"]
     cli("ingest", str(logs / "journal.json"))       # journalctl -o json | mohlog ingest -
     journal = sorted(found("-f", "source=journal"), key=lambda r: r["timestamp"])
