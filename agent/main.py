@@ -22,7 +22,7 @@ class Agent:
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
         self.state = Path(cfg.state_dir)
-        self.state.mkdir(parents=True, exist_ok=True)
+        self.state.mkdir(mode=0o700, parents=True, exist_ok=True)   # (dirlock.private)
         # first: two agents on one state directory would both replay its spool
         self._dir_lock = DirLock(self.state, "agent")
         self._dir_lock.acquire()

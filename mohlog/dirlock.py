@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 from pathlib import Path
 
@@ -31,7 +32,8 @@ class DirLock:
     def acquire(self) -> None:
         if self._fd is not None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private(self.path.parent)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -49,3 +51,15 @@ class DirLock:
         if self._fd is not None:
             os.close(self._fd)               # closing drops the flock
             self._fd = None
+
+
+def private(directory: Path) -> None:
+    """Logs hold what programs were run with (their arguments), who logged in and from
+    where: a data or state directory is not for every user. One made by mohlog is 0700;
+    an existing one readable by every user loses those rights (its group's are kept),
+    and the log says so."""
+    mode = directory.stat().st_mode & 0o777
+    if mode & 0o007:
+        os.chmod(directory, mode & ~0o007)
+        logging.getLogger("mohlog").warning(
+            "%s was open to every user (%o): now %o", directory, mode, mode & ~0o007)

@@ -85,7 +85,7 @@ async def run(args: argparse.Namespace) -> int:
     from server.cli import serve
     from server.config import load
     data = args.data or default_data()
-    data.mkdir(parents=True, exist_ok=True)
+    data.mkdir(mode=0o700, parents=True, exist_ok=True)   # (dirlock.private)
     cfg = load(None, {"data": data, "listen": args.listen})
     probe = DirLock(data)           # another hub on it: stop before writing its tokens
     probe.acquire()

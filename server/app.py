@@ -301,7 +301,7 @@ def init(cfg: HubConfig) -> web.Application:
     """The app factory: store, tokens, metrics, routes and the optional extra modules."""
     app = web.Application(middlewares=[audit_mw, errors_mw, timing_mw, auth_mw],
                           client_max_size=cfg.max_body_bytes)
-    cfg.data.mkdir(parents=True, exist_ok=True)
+    cfg.data.mkdir(mode=0o700, parents=True, exist_ok=True)     # (dirlock.private)
     registry = CollectorRegistry()
     app[CONFIG] = cfg
     app[REGISTRY] = registry

@@ -156,6 +156,7 @@ class Store:
         self.seg_dir = self.dir / "segments"
         self.archive_dir = self.dir / "archive"
         self.metrics = StoreMetrics(registry)
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)   # (dirlock.private)
         self.miner = TemplateMiner()              # its state is loaded by open(), locked
         self.miner.state_path = self.dir / "templates.json"
         self.wal = Wal(self.dir / "wal", self.metrics.fsync_seconds.observe)
@@ -1250,7 +1251,9 @@ class Store:
         name = dest.name
         tmp = dest.with_suffix(".tmp")
         try:
-            with tarfile.open(tmp, "w") as tar:
+            tmp.unlink(missing_ok=True)     # (one left by a crash: made anew, 0600)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w") as tar:
                 info = orjson.dumps([s.__dict__ for s in segs])
                 _tar_bytes(tar, "segments.json", info)
                 for s in segs:

@@ -33,6 +33,8 @@ def test_spool_keeps_order_across_restart(tmp_path: Path) -> None:
         again.remove(seq)
     assert seen == ["b0", "b1", "b2", "b3", "b4"]
     assert again.batches == 0 and list(tmp_path.glob("*.batch")) == []
+    sp.push(_batch("b5", ["INFO"]))
+    assert {p.stat().st_mode & 0o777 for p in tmp_path.glob("*.batch")} == {0o600}
 
 
 def test_damaged_spool_files_are_set_aside_and_the_rest_ships(tmp_path: Path) -> None:

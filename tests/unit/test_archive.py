@@ -38,6 +38,29 @@ def test_archiving_removes_only_the_archived_segments_files(tmp_path: Path) -> N
         loop.close()
 
 
+def test_logs_are_not_for_every_user(tmp_path: Path) -> None:
+    """A data directory the hub makes is 0700; an existing one open to every user loses
+    those rights; archives are 0600 (segments and the WAL were already)."""
+    existing = tmp_path / "existing"
+    existing.mkdir(mode=0o755)
+    os.chmod(existing, 0o755)
+    st, loop = _filled(existing, entries(200), 1, compact_segments=100)
+    try:
+        assert existing.stat().st_mode & 0o777 == 0o750
+        name = st._archive(st._segments[0].partition, list(st._segments))
+        assert (existing / "archive" / name).stat().st_mode & 0o777 == 0o600
+    finally:
+        loop.run_until_complete(st.close())
+        loop.close()
+    fresh = tmp_path / "a" / "fresh"
+    st, loop = _filled(fresh, entries(200), 1)
+    try:
+        assert fresh.stat().st_mode & 0o777 == 0o700
+    finally:
+        loop.run_until_complete(st.close())
+        loop.close()
+
+
 def test_archives_are_deleted_past_their_age_or_the_archive_bytes(tmp_path: Path) -> None:
     """``archive_bytes``: the oldest archives (by their newest record) go until the rest
     fit; ``archive_age_s``: archives whose newest record is older go. A retention pass
