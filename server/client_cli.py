@@ -47,8 +47,9 @@ def common(p: argparse.ArgumentParser) -> None:
 
 
 def filters(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--start", help="ns, ISO-8601 or relative (-15m, -2h, -1d)")
-    p.add_argument("--end", help="ns, ISO-8601 or relative")
+    p.add_argument("--start", "--since", dest="start",
+                   help="ns, ISO-8601 (your zone unless it says) or relative (-15m, -2h, -1d)")
+    p.add_argument("--end", "--until", dest="end", help="ns, ISO-8601 or relative")
     p.add_argument("-f", "--filter", action="append", default=[], dest="f",
                    help="FIELD<op>VALUE, ops = != < <= > >= ' contains ' ' regex ' (repeat)")
     p.add_argument("--host", action="append", help="only this host (repeat: any of them)")

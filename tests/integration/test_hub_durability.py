@@ -493,9 +493,10 @@ def test_cli_ingest_takes_the_fields_of_line_headers(hub: Hub, tmp_path: Path) -
     window = found("--start", "2026-11-30T21:14:00Z", "--end", "2026-11-30T21:16:00Z")
     assert sorted(r["process"] for r in window) == ["CRON", "sshd", "sshd"]
     # a time without an offset: the user's zone on the command line, UTC in the API
-    tokyo = subprocess.run([*CLI, "search", "--json", "--start", "2026-12-01T06:14:00",
-                            "--end", "2026-12-01T06:16:00"], env={**env, "TZ": "Asia/Tokyo"},
-                           capture_output=True, text=True, timeout=60)
+    tokyo = subprocess.run([*CLI, "search", "--json", "--since", "2026-12-01T06:14:00",
+                            "--until", "2026-12-01T06:16:00"],     # (--start/--end alike)
+                           env={**env, "TZ": "Asia/Tokyo"}, capture_output=True, text=True,
+                           timeout=60)
     assert sorted(orjson.loads(x)["id"] for x in tokyo.stdout.splitlines()) == sorted(
         r["id"] for r in window), tokyo.stderr
     api = hub.search("start=2026-11-30T21:14:00&end=2026-11-30T21:16:00")["records"]
