@@ -214,12 +214,12 @@ class Store:
             d.mkdir(parents=True, exist_ok=True)
         for tmp in self.seg_dir.rglob(".tmp-*"):
             tmp.unlink(missing_ok=True)
-        lost = self._load_templates()
+        lost = not self._load_templates()
         self._manifest = self._read_manifest()
         self._taken = self._manifest.wal_upto
         self._remove_orphans()
         self._load_segments()
-        if self.cfg.templates and (lost or (self._segments and not self.miner.templates())):
+        if self.cfg.templates and lost and self._segments:
             self._recover_templates()
         self._load_keys()
         replayed = 0
@@ -256,22 +256,23 @@ class Store:
             log.store.warning("warming the store up failed", exc_info=True)
 
     def _load_templates(self) -> bool:
-        """The template state; False when there is none, or a damaged one (moved aside as
-        ``templates.json.damaged-TIME``): the segments' footers then give the texts back."""
+        """Load the template state: False when there is none, or only a damaged one (moved
+        aside as ``templates.json.damaged-TIME``); the segments' footers then give the
+        texts back (``_recover_templates``)."""
         if not self.miner.state_path:
-            return False
+            return True
         path = Path(self.miner.state_path)
         if not path.exists():
             return False
         try:
             self.miner.load()
-            return False
+            return True
         except CorruptData as err:
             aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
             path.replace(aside)
             log.store.error("%s: moved to %s; template texts taken back from the segments",
                             err.message, aside.name)
-            return True
+            return False
 
     def _recover_templates(self) -> None:
         """Template texts from the segments' footers (the state lost or damaged), so their

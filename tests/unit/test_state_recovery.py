@@ -6,7 +6,9 @@ template state is rebuilt from the template texts the segments' footers hold."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -133,3 +135,26 @@ def test_lost_or_damaged_template_state_comes_back_from_the_segments(tmp_path: P
     finally:
         loop.run_until_complete(again.close())
         loop.close()
+
+
+def test_a_state_without_templates_is_not_rebuilt_at_each_start(tmp_path: Path,
+                                                                caplog: Any) -> None:
+    """A hub that stored messages whole (templates off) and then mines them: its state
+    file holds no template, and that is not a lost state to rebuild at every start."""
+    recs, loop = _records()[:300], asyncio.new_event_loop()
+    st = _store(tmp_path, templates=False)
+    loop.run_until_complete(st.open())
+    loop.run_until_complete(st.append(st.parse(b"\n".join(orjson.dumps(r) for r in recs)),
+                                      "raw"))
+    st.flush()
+    loop.run_until_complete(st.close())
+    caplog.set_level(logging.INFO, logger="mohlog.store")
+    for _ in range(2):
+        again = _store(tmp_path)
+        loop.run_until_complete(again.open())
+        try:
+            assert _messages(again) == {r["id"]: r["message"] for r in recs}
+        finally:
+            loop.run_until_complete(again.close())
+    assert not [r for r in caplog.records if "template state rebuilt" in r.getMessage()]
+    loop.close()
