@@ -74,6 +74,11 @@ _ID_COUNTER = itertools.count(time.time_ns() & 0xFFFFFFFF)
 _ID_PID = os.getpid()
 
 
+def iso_utc(ns: int) -> str:
+    """A time in ns as ``2026-12-02T06:14:00Z`` (UTC, to the second)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ns // 1_000_000_000))
+
+
 def new_id() -> str:
     """A unique 128-bit id as 32 hex characters: 64 random bits drawn once per
     process, then a 64-bit counter. Unique like a random id, but ids of one

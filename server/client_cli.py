@@ -32,7 +32,7 @@ import zstandard
 from mohlog import journal
 from mohlog.errors import MohlogError
 from mohlog.lines import Records, compression_of
-from mohlog.model import new_id
+from mohlog.model import iso_utc, new_id
 from server.client import DEFAULT_HUB, Client, HubError, find_token
 
 
@@ -564,7 +564,7 @@ def stats_text(st: dict[str, Any]) -> str:
 
     ratio = st.get("compression_ratio")
     parts = st.get("partitions") or []
-    span = (f"{_utc(st['oldest'])} .. {_utc(st['newest'])}" if st.get("oldest") is not None
+    span = (f"{iso_utc(st['oldest'])} .. {iso_utc(st['newest'])}" if st.get("oldest") is not None
             else "none yet")
     lines = [
         f"records     {st['records']:,} ({st['records_in_memory']:,} in memory, "
@@ -632,7 +632,7 @@ def cmd_token(args: argparse.Namespace) -> int:
               file=sys.stderr)
     elif args.action == "list":
         for t in c.get("/api/v1/tokens")["tokens"]:
-            made = _utc(t["created"]) if isinstance(t.get("created"), int) else "?"
+            made = iso_utc(t["created"]) if isinstance(t.get("created"), int) else "?"
             print(f"{t['id']}  {t['role']:<7} {made}  {t['name']}")
     else:
         if not args.ident:
@@ -650,7 +650,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
             if "error" in a:
                 print(f"{a['name']}  {a['error']}")
                 continue
-            print(f"{a['name']:<20} {_utc(a['min_ts'])} .. {_utc(a['max_ts'])}  "
+            print(f"{a['name']:<20} {iso_utc(a['min_ts'])} .. {iso_utc(a['max_ts'])}  "
                   f"{a['records']} records  {a['bytes']} bytes")
         if not archives:
             print("no archives (partitions go to the archive when retention expires them)",
@@ -666,10 +666,6 @@ def cmd_archive(args: argparse.Namespace) -> int:
         print(f"restored {what}: {res['records']} records (left alone by retention until "
               f"{res.get('kept_until', '?')})")
     return 0
-
-
-def _utc(ts: int) -> str:
-    return dt.datetime.fromtimestamp(ts / 1e9, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _positive(text: str) -> int:

@@ -22,7 +22,7 @@ import pyarrow.json as pj
 import zstandard
 
 from mohlog.errors import InvalidInput, TooLarge
-from mohlog.model import COMPONENTS, LEVELS, new_ids
+from mohlog.model import COMPONENTS, LEVELS, iso_utc, new_ids
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 
@@ -350,8 +350,7 @@ def _dated(b: Batch) -> Batch:
     i = pc.index(early, True).as_py()
     v = ts[i].as_py()
     unit = next((f" (it looks like {name})" for lo, hi, name in _UNITS if lo <= v < hi), "")
-    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(v // 10**9))
     b.warnings.append(f"{b.early} record(s) dated before 2000, stored as sent; line {i + 1}: "
-                      f"timestamp {v} is {when}{unit}: timestamps are nanoseconds since "
+                      f"timestamp {v} is {iso_utc(v)}{unit}: timestamps are nanoseconds since "
                       "1970-01-01 UTC")
     return b

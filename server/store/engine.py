@@ -29,6 +29,7 @@ from embeddings.miner import TemplateMiner
 from mohlog import log
 from mohlog.dirlock import DirLock
 from mohlog.errors import Busy, Conflict, CorruptData, InvalidInput, NotFound
+from mohlog.model import iso_utc
 from server.store import batch as batchmod
 from server.store import filters, words
 from server.store import params as paramsmod
@@ -1239,7 +1240,7 @@ class Store:
                 total -= a["bytes"]
                 deleted.append(a["name"])
                 log.store.info("archive %s deleted (%d records up to %s): %s", a["name"],
-                               a["records"], _iso(a["max_ts"]),
+                               a["records"], iso_utc(a["max_ts"]),
                                "older than archive_age_s" if too_old else
                                "the archive exceeds archive_bytes")
             if deleted:
@@ -1379,8 +1380,7 @@ class Store:
                 names.append(path.name)
         return {"restored": names[0] if len(names) == 1 else name, "archives": names,
                 "records": records,
-                "kept_until": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                            time.gmtime(time.time() + self.cfg.restore_keep_s))}
+                "kept_until": iso_utc(time.time_ns() + int(self.cfg.restore_keep_s * 1e9))}
 
     def _restore_one(self, path: Path) -> int:
         try:
@@ -1436,10 +1436,6 @@ class Store:
         now = time.time()
         self._manifest.kept = {p: t for p, t in self._manifest.kept.items() if t > now}
         return set(self._manifest.kept)
-
-
-def _iso(ts: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts / 1e9))
 
 
 def _archived_segments(path: Path) -> list[dict[str, Any]]:
