@@ -165,12 +165,8 @@ class Store:
         self._flush_lock = threading.Lock()
         self._restore_lock = threading.Lock()
         self._early_said = -3600.0              # when records dated before 2000 were logged
-        # the readable archives as archive_list gives them, read once (see _archives);
-        # its own lock, since a restore holds _restore_lock for as long as it writes.
-        self._archived: list[dict[str, Any]] | None = None
-        self._archived_gen = 0
-        self._archived_stamp = 0
-        self._archived_lock = threading.Lock()
+        # (the names of the archive's files, its readable archives): see _archives
+        self._archived: tuple[int, list[dict[str, Any]]] | None = None
         self._chunks: list[Chunk] = []
         self._tail_n = 0                # rows in self._chunks
         self._segments: list[SegmentInfo] = []
@@ -1245,7 +1241,6 @@ class Store:
                                "the archive exceeds archive_bytes")
             if deleted:
                 fsync_dir(self.archive_dir)
-                self._archive_changed()
         return deleted
 
     def _archive(self, part: str, segs: list[SegmentInfo]) -> str:
@@ -1271,7 +1266,6 @@ class Store:
             raise
         tmp.replace(dest)
         fsync_dir(self.archive_dir)
-        self._archive_changed()
         with self._lock:
             paths = {s.path for s in segs}
             for path in paths:
@@ -1338,21 +1332,12 @@ class Store:
                                       if n.endswith(".tar"))))
         except OSError:
             return []
-        with self._archived_lock:
-            listed, gen = self._archived, self._archived_gen
-            if listed is not None and self._archived_stamp != stamp:
-                listed = None
-        if listed is None:
-            listed = [a for a in self.archive_list() if "error" not in a]
-            with self._archived_lock:
-                if gen == self._archived_gen:       # (not changed while reading)
-                    self._archived, self._archived_stamp = listed, stamp
+        cached = self._archived                 # (one reference: no lock needed)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        listed = [a for a in self.archive_list() if "error" not in a]
+        self._archived = (stamp, listed)        # (changed while read: its names differ)
         return listed
-
-    def _archive_changed(self) -> None:
-        with self._archived_lock:
-            self._archived = None
-            self._archived_gen += 1
 
     def _archives_named(self, name: str) -> list[Path]:
         """The archives ``name`` means: an archive's file name, or a partition (all of its
@@ -1426,7 +1411,6 @@ class Store:
             self._manifest.save(self.dir / "manifest.json")
         path.unlink()
         fsync_dir(self.archive_dir)
-        self._archive_changed()
         log.store.info("archive %s restored (%d records)", path.name, sum(s.rows for s in segs))
         return sum(s.rows for s in segs)
 
