@@ -412,12 +412,10 @@ def _count(c: Client, args: argparse.Namespace) -> int:
                             **{k: params[k] for k in ("q", "start", "end") if k in params}}
     if params.get("case"):
         spec["case"] = True
-    if hosts and filters:               # (the list form: the hosts as one regex filter)
-        filters.append("host regex ^(?:" + "|".join(re.escape(h) for h in hosts) + ")$")
+    if hosts:
+        filters.append({"field": "host", "op": "=", "value": hosts})     # any of them
     if filters:
         spec["filters"] = filters
-    elif hosts:
-        spec["filters"] = {"host": hosts}
     res = c.post_json("/api/v1/query", spec)
     rows = res["rows"]
     if args.json:

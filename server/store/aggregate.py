@@ -53,9 +53,7 @@ def spec_query(spec: dict[str, Any]) -> LogQuery:
     q.check_range()
     flt = spec.get("filters") or []
     if isinstance(flt, dict):           # {"host": "a"}, {"host": ["a", "b"]}: any of them
-        q.filters = [any_of(k, [str(x) for x in v]) if isinstance(v, list) and len(v) != 1
-                     else check_filter(Filter(k, "=", str(v[0] if isinstance(v, list) else v)))
-                     for k, v in flt.items()]
+        q.filters = [_one_filter([k, "=", v]) for k, v in flt.items()]
     elif isinstance(flt, list):
         q.filters = [_one_filter(f) for f in flt]
     else:
@@ -70,14 +68,23 @@ def _limit(v: Any) -> int:
 
 
 def _one_filter(f: Any) -> Filter:
+    """``"field<op>value"``, ``[field, op, value]`` or ``{field, op, value}``; with ``=``
+    the value may be a list: any of them."""
     if isinstance(f, str):
         return parse_filter(f)
-    if isinstance(f, list | tuple) and len(f) == 3:
-        return check_filter(Filter(str(f[0]), str(f[1]), str(f[2])))
     if isinstance(f, dict) and {"field", "op", "value"} <= f.keys():
-        return check_filter(Filter(str(f["field"]), str(f["op"]), str(f["value"])))
-    raise InvalidInput(f"bad filter {f!r}: use \"field<op>value\", [field, op, value] "
-                       "or {field, op, value}")
+        f = [f["field"], f["op"], f["value"]]
+    if not (isinstance(f, list | tuple) and len(f) == 3):
+        raise InvalidInput(f"bad filter {f!r}: use \"field<op>value\", [field, op, value] "
+                           "or {field, op, value}")
+    name, op, value = str(f[0]), str(f[1]), f[2]
+    if isinstance(value, list):
+        if op != "=":
+            raise InvalidInput(f"filter {name}: a list of values goes with = only")
+        if len(value) != 1:
+            return any_of(name, [str(v) for v in value])
+        value = value[0]
+    return check_filter(Filter(name, op, str(value)))
 
 
 def run_query(store: Store, spec: dict[str, Any]) -> dict[str, Any]:

@@ -273,6 +273,8 @@ def test_cli_token_ingest_search(hub: Hub, tmp_path: Path) -> None:
     assert by.stdout.splitlines() == ["300  app.log  INFO", "  1  app  INFO"], by.stderr
     top = cli("search", "--count", "--by", "process", "--limit", "1", "-f", "level=INFO")
     assert top.stdout == "300  app.log\n" and "the 1 largest of 2 groups" in top.stderr
+    hosts = cli("search", "--count", "--host", "h0", "--host", "nowhere", "-f", "level=INFO")
+    assert hosts.stdout == "1\n", hosts.stderr                # the NDJSON record's host
     some = cli("search", "worker", "--limit", "120")
     assert len(some.stdout.splitlines()) == 120
     assert "note: the newest 120 matches shown; --all for every match" in some.stderr
