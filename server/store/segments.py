@@ -269,8 +269,7 @@ class Manifest:
 
     @classmethod
     def load(cls, path: Path) -> Manifest:
-        if not path.exists():
-            return cls([])
+        """The manifest saved at ``path`` (the store handles a missing or damaged one)."""
         data = orjson.loads(path.read_bytes())
         return cls([SegmentInfo(**s) for s in data["segments"]], data.get("wal_upto", 0),
                    data.get("next_segment", 1), dict(data.get("kept", {})))
