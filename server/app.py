@@ -25,6 +25,7 @@ EXTRA_ROUTE_MODULES = ("server.semantic",)
 _CTYPES = {"ndjson": "application/x-ndjson", "csv": "text/csv",
            "parquet": "application/vnd.apache.parquet"}
 HTTP_SECONDS = web.AppKey("http_seconds", Histogram)
+REFUSALS_SAID = web.AppKey("refusals_said", list)    # times of refusals logged, last minute
 
 
 def jsonify(data: Any, status: int = 200) -> web.Response:
@@ -56,9 +57,6 @@ async def errors_mw(request: web.Request, handler: Handler) -> web.StreamRespons
         return jsonify({"error": {"code": "internal", "message": f"{type(err).__name__}"}}, 500)
 
 
-_REFUSALS_SAID: list[float] = []          # times of refusals logged in the last minute
-
-
 @web.middleware
 async def audit_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
     """An audit trail in the hub's log: every admin request (tokens, archive, retention)
@@ -71,9 +69,10 @@ async def audit_mw(request: web.Request, handler: Handler) -> web.StreamResponse
     who = f"{token.id} ({token.name})" if token is not None else "-"
     if status in (401, 403):
         now = time.monotonic()
-        _REFUSALS_SAID[:] = [t for t in _REFUSALS_SAID if now - t < 60]
-        if len(_REFUSALS_SAID) < 20:
-            _REFUSALS_SAID.append(now)
+        said = request.app[REFUSALS_SAID]
+        said[:] = [t for t in said if now - t < 60]
+        if len(said) < 20:
+            said.append(now)
             log.hub.warning("refused %s %s from %s: %d", request.method, request.path,
                             request.remote, status)
     elif required_role(request.method, request.path) == "admin":
@@ -305,6 +304,7 @@ def init(cfg: HubConfig) -> web.Application:
     registry = CollectorRegistry()
     app[CONFIG] = cfg
     app[REGISTRY] = registry
+    app[REFUSALS_SAID] = []
     app[HTTP_SECONDS] = Histogram("mohlog_http_request_seconds", "HTTP request latency",
                                   ["method", "route"], registry=registry)
     app[STORE] = Store(cfg.store_config(), registry)
