@@ -73,10 +73,12 @@ def run(cfg) -> int:  # noqa: ANN001 - AgentConfig
     from agent import tuning
     from agent.main import Agent
     tuning.skip_optional_imports()  # this process is the agent's alone: no numpy, no pandas
-    agent = Agent(cfg)
     done = threading.Event()
+    # Before the state directory is locked: a stop from then on is a clean one (it was
+    # the default action, exit -15, when it came while the agent was being set up).
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
+    agent = Agent(cfg)
     if parent.watch_from_env(done.set):     # under `mohlog run`: stop when it is gone
         log.agent.info("agent started by pid %s: it stops when that process is gone",
                        os.environ[parent.PARENT_ENV])
