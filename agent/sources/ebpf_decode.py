@@ -45,18 +45,32 @@ MAPPING: dict[str, tuple[str, str, str]] = {
     "tcp_state": ("INFO", "IPC_MANAGER", "WARNING for a failed connect (SYN_SENT -> CLOSE)"),
     "tcp_retransmit": ("PERFORMANCE", "IPC_MANAGER", ""),
     "tcp_reset": ("WARNING", "IPC_MANAGER", ""),
-    "open_fail": ("WARNING", "KERNEL", ""),
+    "open_fail": ("WARNING", "KERNEL",
+                  "DEBUG for a missing file (ENOENT ENOTDIR); ERROR when the system is out "
+                  "of something or failing (EMFILE ENFILE ENOSPC EDQUOT EIO EROFS)"),
     "syscall_errors": ("WARNING", "KERNEL",
                        "DEBUG for routine errnos (EAGAIN EINTR EINPROGRESS ETIMEDOUT ENOENT "
-                       "ENOTTY ERESTART*)"),
+                       "ENOTTY ECHILD ESRCH ESPIPE EEXIST ENOTDIR ENODATA ERESTART*)"),
     "printk": ("INFO", "KERNEL", "by priority: 0-2 CRITICAL, 3 ERROR, 4 WARNING, 5-6 INFO, "
                "7 DEBUG"),
 }
 
 SEVERE_SIGNALS = frozenset({9, 11, 7, 4, 8, 6, 31})  # KILL SEGV BUS ILL FPE ABRT SYS
+# Failures programs expect and handle: a wait with no child left (ECHILD), a kill or
+# signal-0 check of a process already gone (ESRCH), a seek on a pipe (ESPIPE), creating
+# what exists (EEXIST), looking along a search path (ENOENT ENOTDIR) or for an absent
+# extended attribute (ENODATA).
 ROUTINE_ERRNOS = frozenset({errno_mod.EAGAIN, errno_mod.EINTR, errno_mod.EINPROGRESS,
                             errno_mod.ETIMEDOUT, errno_mod.ENOENT, errno_mod.ENOTTY,
+                            errno_mod.ECHILD, errno_mod.ESRCH, errno_mod.ESPIPE,
+                            errno_mod.EEXIST, errno_mod.ENOTDIR, errno_mod.ENODATA,
                             512, 513, 514, 516})  # ERESTARTSYS..ERESTART_RESTARTBLOCK
+# A failed open: a missing file is looked for all the time (locales, library and config
+# search paths: most failed opens of a host); running out of descriptors or room, or an
+# I/O error, is the system failing.
+OPEN_MISSING = frozenset({errno_mod.ENOENT, errno_mod.ENOTDIR})
+OPEN_SEVERE = frozenset({errno_mod.EMFILE, errno_mod.ENFILE, errno_mod.ENOSPC,
+                         errno_mod.EDQUOT, errno_mod.EIO, errno_mod.EROFS})
 TCP_STATES = ("", "ESTABLISHED", "SYN_SENT", "SYN_RECV", "FIN_WAIT1", "FIN_WAIT2",
               "TIME_WAIT", "CLOSE", "CLOSE_WAIT", "LAST_ACK", "LISTEN", "CLOSING",
               "NEW_SYN_RECV", "BOUND_INACTIVE")
@@ -329,8 +343,10 @@ class Decoder:
         path = buf[off + 64:off + 63 + plen].decode("utf-8", "replace") if plen else ""
         comm = self._comms.get(comm_raw) or self.comm(comm_raw)
         name, text = self._errnos.get(err) or self.errno_names(err)
+        level = "DEBUG" if err in OPEN_MISSING else "ERROR" if err in OPEN_SEVERE else \
+            "WARNING"
         return {"id": f"{self._id_prefix}{next(self._ids):016x}",
-                "timestamp": ts + self.mono_offset, "level": "WARNING", "source": "ebpf",
+                "timestamp": ts + self.mono_offset, "level": level, "source": "ebpf",
                 "component": "KERNEL", "host": self.host, "pid": pid, "tid": tid,
                 "process": comm,
                 "message": f"open {path} failed: {name} ({text}) in {comm} pid {pid} uid {uid}",

@@ -170,6 +170,19 @@ def test_open_fail(dec: d.Decoder) -> None:
     assert (e["level"], e["component"]) == ("WARNING", "KERNEL")
 
 
+@pytest.mark.parametrize(("err", "level"), [
+    (errno.ENOENT, "DEBUG"), (errno.ENOTDIR, "DEBUG"), (errno.EACCES, "WARNING"),
+    (errno.EPERM, "WARNING"), (errno.ELOOP, "WARNING"), (errno.EMFILE, "ERROR"),
+    (errno.ENOSPC, "ERROR"), (errno.EIO, "ERROR")])
+def test_open_fail_level_by_errno(dec: d.Decoder, err: int, level: str) -> None:
+    """A missing file is routine (locales, search paths); out of descriptors, of room or
+    an I/O error is the system failing."""
+    path = b"/usr/lib/locale/C.UTF-8/LC_CTYPE"
+    raw = d.OPEN_FAIL.pack(1, 2, d.EV_OPEN_FAIL, 30, 31, 0, b"rm\0".ljust(16, b"\0"),
+                           err, 0, 0, len(path) + 1) + path.ljust(256, b"\0")
+    assert dec.decode(raw)["level"] == level
+
+
 def test_syscall_errors(dec: d.Decoder) -> None:
     key = d.ERR_KEY.pack(77, 3, errno.EBADF, 0)
     val = d.ERR_VAL.pack(500, 1_000, 9_000, 78, 0, 5, b"python3\0".ljust(16, b"\0"))
@@ -180,8 +193,9 @@ def test_syscall_errors(dec: d.Decoder) -> None:
     assert m["first_ns"] == MONO + 1_000 and e["timestamp"] == MONO + 9_000
     assert e["level"] == "WARNING" and e["pid"] == 77
     assert e["message"] == "syscall close failed 500 times with EBADF in python3 pid 77 (last 1s)"
-    routine = dec.syscall_errors(d.ERR_KEY.pack(77, 0, errno.EAGAIN, 0), val, 1.0)
-    assert routine["level"] == "DEBUG"
+    for err in (errno.EAGAIN, errno.ECHILD, errno.ESRCH, errno.ESPIPE, errno.EEXIST):
+        routine = dec.syscall_errors(d.ERR_KEY.pack(77, 0, err, 0), val, 1.0)
+        assert routine["level"] == "DEBUG", errno.errorcode[err]
     odd = dec.syscall_errors(d.ERR_KEY.pack(77, 9999, 516, 0), val, 1.0)
     assert odd["metadata"]["syscall"] == "syscall_9999"
     assert odd["metadata"]["errno_name"] == "ERESTART_RESTARTBLOCK"
