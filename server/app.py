@@ -19,6 +19,7 @@ from server.config import HubConfig
 from server.keys import CONFIG, REGISTRY, STORE, TOKENS
 from server.store import LogQuery, Store
 from server.store.export import FORMATS
+from server.store.metrics import memory_gauges
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 EXTRA_ROUTE_MODULES = ("server.semantic",)
@@ -308,6 +309,7 @@ def init(cfg: HubConfig) -> web.Application:
     app[HTTP_SECONDS] = Histogram("mohlog_http_request_seconds", "HTTP request latency",
                                   ["method", "route"], registry=registry)
     app[STORE] = Store(cfg.store_config(), registry)
+    memory_gauges(registry, app[STORE].cache_sizes())
     app[TOKENS] = TokenStore(cfg.data)
     app.add_routes(routes)
     app.on_shutdown.append(end_tails)

@@ -11,7 +11,7 @@ import tarfile
 import threading
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
@@ -1152,6 +1152,13 @@ class Store:
             return bool(self._rate) and time.monotonic() - self._rate[-1][0] < within_s
 
     # ---- stats ---------------------------------------------------------------
+    def cache_sizes(self) -> dict[str, Callable[[], float]]:
+        """Bytes held in memory, by what holds them (read when metrics are scraped)."""
+        return {"word_index": lambda: self._words.used,
+                "rollups": lambda: self._rollups.used,
+                "footers": self.reader.footer_bytes,
+                "memory_tail": lambda: sum(c.table.nbytes for c in list(self._chunks))}
+
     def stored_bytes(self) -> int:
         with self._lock:
             return sum(s.bytes for s in self._segments)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from collections.abc import Callable
+
+import pyarrow as pa
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 _LAT = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
@@ -32,3 +35,18 @@ class StoreMetrics:
                                        buckets=_LAT, registry=r)
         self.query_seconds = Histogram("mohlog_query_seconds", "Query latency", buckets=_LAT,
                                        registry=r)
+
+
+def memory_gauges(r: CollectorRegistry, caches: dict[str, Callable[[], float]]) -> None:
+    """The process's own figures (resident memory, CPU, open files: ``process_*``), the
+    bytes Arrow's memory pool holds, and the bytes of each of ``caches``, read when
+    scraped: where a hub's memory goes."""
+    ProcessCollector(registry=r)
+    pool = Gauge("mohlog_arrow_allocated_bytes",
+                 "Bytes allocated from Arrow's memory pool", ["backend"], registry=r)
+    pool.labels(pa.default_memory_pool().backend_name).set_function(
+        lambda: pa.default_memory_pool().bytes_allocated())
+    cache = Gauge("mohlog_cache_bytes", "Bytes held by the store's in-memory caches",
+                  ["cache"], registry=r)
+    for name, fn in caches.items():
+        cache.labels(name).set_function(fn)

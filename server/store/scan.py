@@ -79,6 +79,16 @@ class SegmentReader:
                 self._meta[s.path] = meta
         return meta
 
+    def footer_bytes(self) -> int:
+        """Bytes of the cached footers: as serialised, or about (~120 bytes a column
+        chunk, plus the key-value metadata) for those kept from the writer, which has not
+        serialised them."""
+        with self._lock:
+            metas = list(self._meta.values())
+        return sum(m.serialized_size or
+                   m.num_row_groups * m.num_columns * 120 +
+                   sum(len(v) for v in (m.metadata or {}).values()) for m in metas)
+
     def row_groups(self, s: SegmentInfo, start: int | None, end: int | None) -> list[RowGroup]:
         """The row groups of s overlapping [start, end) (all of them without statistics)."""
         with self._lock:

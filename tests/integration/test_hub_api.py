@@ -304,6 +304,10 @@ def test_stats_templates_metrics(make_hub) -> None:
     _, st = mem.request("GET", "/api/v1/stats")           # all of them still in memory
     assert (st["records_in_memory"], st["segments"]) == (90, 0)
     assert (st["oldest"], st["newest"]) == (first, last)
+    _, text = mem.request("GET", "/metrics")
+    tail = [ln for ln in text.decode().splitlines() if ln.startswith(
+        'mohlog_cache_bytes{cache="memory_tail"}')]
+    assert float(tail[0].split()[-1]) > 90 * 50                # 90 records held
     mem.stop()
     hub = make_hub()
     hub.ingest([entry(i) for i in range(90)])
@@ -332,6 +336,16 @@ def test_stats_templates_metrics(make_hub) -> None:
     text = text.decode()
     assert "mohlog_records_received_total 90.0" in text
     assert "mohlog_wal_fsync_seconds_count" in text and "mohlog_query_seconds" in text
+    # where the hub's memory goes
+    values = {ln.rsplit(" ", 1)[0]: float(ln.rsplit(" ", 1)[1])
+              for ln in text.splitlines() if ln and not ln.startswith("#")}
+    assert values["process_resident_memory_bytes"] > 50e6
+    assert values["process_open_fds"] > 3
+    assert any(k.startswith("mohlog_arrow_allocated_bytes{backend=") for k in values)
+    for cache in ("word_index", "rollups", "footers", "memory_tail"):
+        assert f'mohlog_cache_bytes{{cache="{cache}"}}' in values
+    assert values['mohlog_cache_bytes{cache="word_index"}'] > 0      # the segment's
+    assert values['mohlog_cache_bytes{cache="footers"}'] > 0
 
 
 def test_live_tail_streams_new_matching_entries(hub: Hub) -> None:
