@@ -24,13 +24,15 @@ bounded memory (bar: 50,000 entries/s shipped in <= 200 MB resident).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import functools
 import gc
 import sys
 from collections.abc import Sequence
 from importlib.machinery import ModuleSpec
 from types import ModuleType
+
+from mohlog.memory import libc, trim
+
+__all__ = ["trim", "tune_gc", "tune_malloc"]
 
 GC_THRESHOLDS = (100_000, 50, 100)
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -2, -3, -8
@@ -46,34 +48,15 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-@functools.cache
-def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    try:
-        return ctypes.CDLL(name) if name else None
-    except OSError:
-        return None
-
-
 def tune_malloc() -> bool:
     """glibc's arenas, trim threshold, top pad, mmap threshold; False when not on glibc.
     Best before the threads start: a thread keeps the arena it first allocated from."""
-    libc = _libc()
-    mallopt = getattr(libc, "mallopt", None)
+    mallopt = getattr(libc(), "mallopt", None)
     if mallopt is None:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     return all([mallopt(param, value) == 1 for param, value in MALLOC_SETTINGS])
-
-
-def trim() -> None:
-    """Give the free pages of every malloc arena back to the kernel (glibc's malloc_trim:
-    the top of each heap and whole free pages inside it, which a trim threshold never
-    reaches). The pipeline calls it after a batch while it keeps up with the sources."""
-    fn = getattr(_libc(), "malloc_trim", None)
-    if fn is not None:
-        fn(0)
 
 
 class _SkipImports:

@@ -4,6 +4,8 @@ anything imports pyarrow; see ``mohlog.cli``)."""
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
+import functools
 import os
 
 # The hub allocates and frees large buffers all the time (Arrow batches, numpy arrays).
@@ -42,3 +44,32 @@ def huge_pages(on: bool) -> bool:
         return ctypes.CDLL("libc.so.6").prctl(PR_SET_THP_DISABLE, int(not on), 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
+
+
+@functools.cache
+def libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+
+
+def trim() -> None:
+    """Give the free pages of every malloc arena back to the kernel (glibc's malloc_trim:
+    the top of each heap and whole free pages inside it, which a trim threshold never
+    reaches)."""
+    fn = getattr(libc(), "malloc_trim", None)
+    if fn is not None:
+        fn(0)
+
+
+def release_unused() -> None:
+    """Hand the memory a burst of work freed back to the system: Arrow's pool, then
+    glibc's arenas. The hub keeps freed memory while it works (see ALLOCATOR_ENV and
+    tune_allocators); its store calls this once its flushes and merges have been quiet
+    for a few seconds. Measured after importing 3M lines: 1.0 GB resident with 2 MB in
+    Arrow's pool and ~20 MB of Python objects; glibc's trim alone gave back 340 MB."""
+    import pyarrow as pa  # (loaded by then; not at import: see above)
+    pa.default_memory_pool().release_unused()
+    trim()

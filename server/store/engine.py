@@ -29,6 +29,7 @@ from embeddings.miner import TemplateMiner
 from mohlog import log
 from mohlog.dirlock import DirLock
 from mohlog.errors import Busy, Conflict, CorruptData, InvalidInput, NotFound
+from mohlog.memory import release_unused
 from mohlog.model import iso_utc
 from server.store import batch as batchmod
 from server.store import filters, words
@@ -60,6 +61,9 @@ from server.store.segments import (
 from server.store.wal import Pending, Wal, encode, encode_raw
 
 COUNTED = ("level", "component", "host")  # fields counted in stats
+# After a flush of this many records or a merge, once writing has been quiet for 5 s, the
+# memory it freed goes back to the system (small flushes of a trickle leave little).
+RELEASE_AFTER_ROWS = 100_000
 WARM_SEGMENTS = 2000  # footers read in the background at start (newest first)
 MEM_SCHEMA = batchmod.SCHEMA.append(pa.field("template_id", pa.uint64())).append(
     pa.field("params", pa.list_(pa.string())))
@@ -543,18 +547,26 @@ class Store:
         # or retention_bytes, or on a nearly full disk, applies it now, not a minute later.
         last_retention = time.monotonic() - self.cfg.retention_interval_s
         pause = 0.25
+        worked = None           # when a flush or merge last ran, until memory is released
         while not self._stop.wait(pause):
             try:
                 pause = 0.25
                 if self._should_flush():
+                    if self._tail_n >= RELEASE_AFTER_ROWS:
+                        worked = time.monotonic()
                     self._start_flush()
                     pause = 0.0             # the next may be due already (a backlog)
+                elif worked is not None and time.monotonic() - worked > 5.0 and \
+                        self._quiet():
+                    release_unused()        # the burst's memory back to the system
+                    worked = None
                 if time.monotonic() - last_retention > self.cfg.retention_interval_s:
                     last_retention = time.monotonic()
                     self._drain()           # retention never races a segment write
                     self._wait_compaction()  # nor a merge
                     self.enforce_retention()
-                self._start_compaction()
+                if self._start_compaction():
+                    worked = time.monotonic()
                 self._reap()
             except Exception:  # noqa: BLE001 - keep the loop alive, say why
                 log.store.exception("background flush/retention failed; will retry")
@@ -592,21 +604,28 @@ class Store:
             fut.result()
 
     # ---- merging small segments --------------------------------------------
-    def _start_compaction(self) -> None:
+    def _start_compaction(self) -> bool:
         """Hand a merge to the writer thread (after the segment writes queued before it:
         one writer, so merges never race them) when a partition has enough small
-        segments and no merge is in flight."""
+        segments and no merge is in flight; whether one was handed."""
         if not self.cfg.compact_segments or (self._compacting is not None and
                                              not self._compacting.done()):
-            return
+            return False
         if self._compacting is not None:
             self._wait_compaction()
         now = time.monotonic()
         if now - self._compacted_at < max(1.0, self.cfg.flush_interval_s):
-            return                          # looked at most once per flush interval
+            return False                    # looked at most once per flush interval
         self._compacted_at = now
         if self._mergeable():
             self._compacting = self._writer.submit(self.compact)
+            return True
+        return False
+
+    def _quiet(self) -> bool:
+        """No segment write nor merge in flight."""
+        writing, merging = self._writing, self._compacting
+        return (writing is None or writing.done()) and (merging is None or merging.done())
 
     def _wait_compaction(self) -> None:
         fut, self._compacting = self._compacting, None
