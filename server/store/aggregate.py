@@ -17,6 +17,7 @@ from server.store.query import (
     LogQuery,
     any_of,
     check_filter,
+    flag,
     parse_filter,
     parse_time,
 )
@@ -44,7 +45,7 @@ def spec_query(spec: dict[str, Any]) -> LogQuery:
         raise InvalidInput(f"unknown key {unknown[0]!r} in the query", valid=list(SPEC_KEYS))
     search = spec.get("type", "search") == "search"
     q = LogQuery(start=parse_time(spec.get("start")), end=parse_time(spec.get("end")),
-                 text=spec.get("q"), case=bool(spec.get("case", False)),
+                 text=spec.get("q"), case=flag(spec.get("case"), "case"),
                  cursor=spec.get("cursor"),
                  sort=str(spec.get("sort", "desc")) if search else "desc")
     if q.sort not in ("asc", "desc"):

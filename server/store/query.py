@@ -68,7 +68,7 @@ class LogQuery:
     def from_params(cls, params: Mapping[str, Any]) -> LogQuery:
         get = _getter(params)
         q = cls(start=parse_time(get("start")), end=parse_time(get("end")), text=get("q"),
-                case=get("case") in ("1", "true", "yes"), cursor=get("cursor") or None)
+                case=flag(get("case"), "case"), cursor=get("cursor") or None)
         q.limit = _int_param(get("limit"), 100, "limit", 1, 100_000)
         q.sort = (get("sort") or "desc").lower()
         if q.sort not in ("asc", "desc"):
@@ -107,6 +107,23 @@ def _getall(params: Mapping[str, Any], name: str) -> list[str]:
     if v is None:
         return []
     return list(v) if isinstance(v, list) else [v]
+
+
+TRUE, FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+
+def flag(v: str | bool | None, name: str) -> bool:
+    """A boolean parameter (absent or empty: false; JSON true/false too); anything else
+    is a 400 rather than a guess (``case=maybe`` was read as false, and ``"case":
+    "false"`` in a JSON query as true)."""
+    if isinstance(v, bool):
+        return v
+    if not isinstance(v, str | None):
+        raise InvalidInput(f"{name} must be true or false", param=name)
+    low = (v or "").lower()
+    if low in TRUE or low in FALSE:
+        return low in TRUE
+    raise InvalidInput(f"{name} must be one of {', '.join(TRUE + FALSE[1:])}", param=name)
 
 
 def _int_param(v: str | None, default: int, name: str, lo: int, hi: int) -> int:

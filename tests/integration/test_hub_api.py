@@ -192,6 +192,16 @@ def test_field_filters_and_text(hub: Hub) -> None:
     got = hub.search("f=process+contains+AP&limit=1000")["records"]
     assert len(got) == 400
     assert hub.search("f=process+contains+AP&case=1")["records"] == []
+    assert hub.search("f=process+contains+AP&case=TRUE")["records"] == []
+    assert len(hub.search("f=process+contains+AP&case=false&limit=1000")["records"]) == 400
+    status, err = hub.request("GET", "/api/v1/logs?f=process+contains+AP&case=maybe")
+    assert status == 400 and err["error"]["param"] == "case", err     # not read as false
+    for case, n in ((False, 400), (True, 0), ("false", 400)):
+        status, res = hub.request("POST", "/api/v1/query", orjson.dumps(
+            {"filters": ["process contains AP"], "case": case, "limit": 1000}))
+        assert status == 200 and len(res["records"]) == n, (case, res)
+    status, err = hub.request("POST", "/api/v1/query", b'{"case": "maybe"}')
+    assert status == 400 and err["error"]["param"] == "case", err
     got = hub.search("f=metadata.n>=390&limit=1000")["records"]
     assert sorted(r["metadata"]["n"] for r in got) == list(range(390, 400))
     got = hub.search('q="request+17+from"')["records"]
