@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from server.store.engine import Store
 
 METRIC_OPS = ("count", "min", "max", "avg", "sum")
+NUMERIC_FIELDS = ("timestamp", "pid", "tid")
+TEXT_FIELDS = ("id", "level", "component", "source", "host", "process", "message",
+               "template_id")
 _INTERVAL = re.compile(r"^(\d+)(ms|s|m|h|d)$")
 _NS = {"ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9, "d": 86400 * 10**9}
 
@@ -104,7 +107,7 @@ def run_query(store: Store, spec: dict[str, Any]) -> dict[str, Any]:
 
 def _interval(v: Any) -> int:
     m = _INTERVAL.match(str(v))
-    if not m:
+    if not m or not int(m.group(1)):        # "0m" made no buckets at all
         raise InvalidInput(f"bad interval {v!r}: use e.g. 10s, 1m, 1h, 1d")
     return int(m.group(1)) * _NS[m.group(2)]
 
@@ -130,6 +133,9 @@ def _metrics(spec: dict[str, Any]) -> list[tuple[str, str]]:
         else:
             if not fld:
                 raise InvalidInput(f"metric {op} needs a field")
+            if fld in TEXT_FIELDS:          # (every value null: an answer of nothing)
+                raise InvalidInput(f"metric {op} needs a numeric field, not {fld!r}",
+                                   valid=[*NUMERIC_FIELDS, "metadata.<key>"])
             col = _column(fld)
             out.append((f"{op}_{fld}", f"{op}(TRY_CAST({col} AS DOUBLE))"))
     return out

@@ -257,6 +257,12 @@ def test_structured_queries(hub: Hub) -> None:
     assert status == 400 and "empty list" in err["error"]["message"]
     status, err = hub.request("POST", "/api/v1/query", b'{"type": "nope"}')
     assert status == 400 and "time_series" in err["error"]["valid"]
+    for bad in ({"type": "time_series", "interval": "0m"},        # made no buckets
+                {"type": "aggregation", "metrics": [{"op": "avg", "field": "host"}]},
+                {"type": "aggregation", "metrics": [{"op": "sum", "field": "message"}]}):
+        status, err = hub.request("POST", "/api/v1/query", json.dumps(bad).encode())
+        assert status == 400, (bad, err)
+    assert "pid" in err["error"]["valid"] and "metadata.<key>" in err["error"]["valid"]
 
 
 def test_aggregations_sort_and_limit_their_rows(hub: Hub) -> None:
