@@ -2,6 +2,12 @@
 truncation are followed; (inode, offset) per path is kept in a state file so a restart
 resumes where it stopped (nothing twice, nothing missed).
 
+A file truncated and written again before the next look (logrotate's ``copytruncate`` on
+a busy service: the new lines soon outgrow the old offset) is told by its bytes: the last
+``FINGERPRINT`` bytes before the offset are kept (and saved with it), and read again
+whenever the file changed; when they differ the file is read from its start. By size
+alone, those lines were skipped.
+
 A line's time, level, host, process and pid come from its header when it has one
 (mohlog.lines), and the lines after it without one (a traceback) join its entry
 (``multiline``): an entry is handed on when the next header comes, after ``multiline_wait_s``
@@ -24,6 +30,8 @@ from mohlog import log
 from mohlog.lines import LineParser, Records, compression_of
 from mohlog.model import new_id
 
+FINGERPRINT = 64        # bytes before the offset that must still be there
+
 
 class FilesSource(Source):
     name = "files"
@@ -34,6 +42,8 @@ class FilesSource(Source):
         super().__init__()
         self.patterns, self.state_file, self.component = patterns, state_file, component
         self.poll_s, self.max_line = poll_s, max_line
+        self._last: dict[str, bytes] = {}     # the bytes before the offset (FINGERPRINT)
+        self._mtime: dict[str, int] = {}      # modification time when last looked at
         self.pos: dict[str, tuple[int, int]] = self._load()   # (inode, offset read up to)
         self._partial: dict[str, bytes] = {}
         self._partial_bytes: dict[str, int] = {}
@@ -48,14 +58,21 @@ class FilesSource(Source):
         their start (records twice rather than lost)."""
         try:
             saved = orjson.loads(self.state_file.read_bytes())
-            return {k: (int(v[0]), int(v[1])) for k, v in saved.items()}
+            pos = {k: (int(v[0]), int(v[1])) for k, v in saved.items()}
+            self._last = {k: bytes.fromhex(v[2]) for k, v in saved.items() if len(v) > 2}
+            return pos
         except (OSError, ValueError, TypeError, AttributeError, IndexError, KeyError):
+            self._last = {}
             return {}
 
     def _save(self) -> None:
+        state = {}
+        for path, (ino, off) in self.pos.items():
+            at = max(0, off - self.held(path))
+            last = self._last.get(path, b"") if at == off else _bytes_before(path, ino, at)
+            state[path] = (ino, at, last.hex())
         tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_bytes(orjson.dumps({path: (ino, max(0, off - self.held(path)))
-                                      for path, (ino, off) in self.pos.items()}))
+        tmp.write_bytes(orjson.dumps(state))
         os.replace(tmp, self.state_file)
 
     def held(self, path: str) -> int:
@@ -93,9 +110,11 @@ class FilesSource(Source):
         if ino != st.st_ino:  # rotated: finish the old file (if still reachable), then new
             out += self._rest_of_rotated(path, ino, off)
             ino, off = st.st_ino, 0
+            self._last.pop(path, None)
             self.counters["rotations"] += 1
-        if st.st_size < off:  # truncated
+        if st.st_size < off or self._rewritten(path, st, off):  # truncated
             off = 0
+            self._last.pop(path, None)
             self._partial.pop(path, None)
             self._partial_bytes.pop(path, None)
             out += self._flush(path)
@@ -114,6 +133,7 @@ class FilesSource(Source):
                 self.pos[path] = (ino, st.st_size)
                 return out
             off += len(data)
+            self._last[path] = (self._last.get(path, b"") + data[-FINGERPRINT:])[-FINGERPRINT:]
             out += self._lines(path, data)
         rec = self._records.get(path)
         if rec is not None and rec.pending_bytes and \
@@ -121,6 +141,28 @@ class FilesSource(Source):
             out += self._flush(path)
         self.pos[path] = (ino, off)
         return out
+
+    def _rewritten(self, path: str, st: os.stat_result, off: int) -> bool:
+        """Was the file truncated and written again past ``off`` since it was read (its
+        bytes before ``off`` are not those read)? Looked at when it changed."""
+        if self._mtime.get(path) == st.st_mtime_ns:
+            return False
+        self._mtime[path] = st.st_mtime_ns
+        last = self._last.get(path)
+        if not off or not last:
+            return False
+        try:
+            with open(path, "rb") as f:
+                if os.fstat(f.fileno()).st_ino != st.st_ino:
+                    return False                # rotated meanwhile: the next poll sees it
+                now = os.pread(f.fileno(), len(last), off - len(last))
+        except OSError:
+            return False
+        if now == last:
+            return False
+        log.agent.info("files: %s was truncated and written again (copytruncate?): read "
+                       "from its start", path)
+        return True
 
     def _rest_of_rotated(self, path: str, ino: int, off: int) -> list[dict[str, Any]]:
         """The end of the rotated file (if still reachable), and what was held of it."""
@@ -180,3 +222,16 @@ class FilesSource(Source):
              "metadata": {"file": path}, "context": {}}
         e.update(fields)
         return e
+
+
+def _bytes_before(path: str, ino: int, at: int) -> bytes:
+    """The FINGERPRINT bytes of ``path`` before offset ``at`` (b"" when it is not the file
+    of inode ``ino`` any more, or unreadable)."""
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_ino != ino:
+                return b""
+            n = min(at, FINGERPRINT)
+            return os.pread(f.fileno(), n, at - n)
+    except OSError:
+        return b""

@@ -49,7 +49,38 @@ def test_tail_rotation_truncation_restart(tmp_path: Path) -> None:
     assert again.counters["truncations"] == 1
 
 
+def test_truncated_and_rewritten_past_the_offset_is_read_again(tmp_path: Path) -> None:
+    """copytruncate on a busy service: by the next look the new lines have outgrown the
+    old offset. Seen by the bytes before the offset, at run time and across a restart."""
+    log = tmp_path / "app.log"
+    state = tmp_path / "pos.json"
+
+    def tail(state: Path = state) -> FilesSource:
+        return FilesSource([str(log)], state, multiline=False)
+
+    log.write_text("".join(f"old line {i}\n" for i in range(5)))
+    src = tail()
+    assert len(_messages(src, log)) == 5
+    new = [f"new line {i}" for i in range(8)]
+    with open(log, "r+") as f:                       # truncate, then more than before
+        f.truncate(0)
+        f.write("".join(ln + "\n" for ln in new))
+    assert _messages(src, log) == new
+    assert src.counters["truncations"] == 1
+    with open(log, "a") as f:                        # appending is not a rewrite
+        f.write("appended\n")
+    assert _messages(src, log) == ["appended"]
+    assert src.counters["truncations"] == 1
+    src._save()
+    log.write_text("".join(f"while down {i}\n" for i in range(12)))   # agent stopped
+    again = tail()
+    assert _messages(again, log) == [f"while down {i}" for i in range(12)]
+    again._save()
+    assert _messages(tail(), log) == []                                 # and not twice
+
+
 @pytest.mark.parametrize("damage", [b"", b"{not json", b"[1, 2]", b'{"x": 5}',
+                                    b'{"x": [1, 2, 3]}', b'{"x": [1, 2, "zz"]}',
                                     b'{"x": [1]}', b'{"x": ["a", "b"]}'])
 def test_a_damaged_position_state_reads_files_from_their_start(tmp_path: Path,
                                                                 damage: bytes) -> None:
