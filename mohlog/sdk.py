@@ -241,7 +241,8 @@ class Client:
         rank = LEVEL_RANK.get(level)
         floor = self._min_rank.get(component)
         if rank is None or floor is None:
-            return self._invalid(f"unknown level {level!r} or component {component!r}")
+            return self._invalid(f"unknown level {level!r}" if rank is None else
+                                 f"unknown component {component!r}")
         if rank < floor:
             return False
         entry = {

@@ -236,3 +236,13 @@ def test_fork_child_starts_clean(client: sdk.Client) -> None:
     os.close(read_fd)
     assert answer == b"ok"
     assert client.stats()["buffered"] == 10  # the parent keeps its own entries
+
+
+@pytest.mark.parametrize("level, component, reason", [
+    ("LOUD", "APPLICATION", "unknown level 'LOUD'"),
+    ("INFO", "NOPE", "unknown component 'NOPE'"),
+])
+def test_log_write_names_what_is_unknown(client: sdk.Client, level: str, component: str,
+                                         reason: str) -> None:
+    assert client.write(level, component, "m", ()) is False
+    assert client.stats()["last_error"] == reason
