@@ -64,6 +64,7 @@ COUNTED = ("level", "component", "host")  # fields counted in stats
 # After a flush of this many records or a merge, once writing has been quiet for 5 s, the
 # memory it freed goes back to the system (small flushes of a trickle leave little).
 RELEASE_AFTER_ROWS = 100_000
+FANOUT_MAX = 1000           # acknowledged batches waiting to be shown to the live tails
 WARM_SEGMENTS = 2000  # footers read in the background at start (newest first)
 MEM_SCHEMA = batchmod.SCHEMA.append(pa.field("template_id", pa.uint64())).append(
     pa.field("params", pa.list_(pa.string())))
@@ -183,6 +184,8 @@ class Store:
         self._keys: OrderedDict[str, int] = OrderedDict()
         self._inflight: dict[str, Future] = {}
         self._subs: set[Subscription] = set()
+        self._fanout: asyncio.Task | None = None        # matches batches for the tails
+        self._fanout_q: asyncio.Queue[pa.Table] | None = None
         self._counts: dict[str, Counter] = {name: Counter() for name in COUNTED}  # segments'
         self._rate: deque[tuple[float, int]] = deque()   # (time, rows), a minute
         self._stop = threading.Event()
@@ -384,6 +387,8 @@ class Store:
 
     async def close(self) -> None:
         self._stop.set()
+        if self._fanout is not None:
+            self._fanout.cancel()
         if self._bg:
             await asyncio.get_running_loop().run_in_executor(None, self._bg.join, 30)
         self.wal.stop()
@@ -523,17 +528,57 @@ class Store:
 
     def end_subscriptions(self) -> None:
         """End every live tail (the hub is stopping: their readers return at once)."""
+        if self._fanout is not None:
+            self._fanout.cancel()
         for sub in list(self._subs):
             sub.end()
 
     def _publish(self, table: pa.Table) -> None:
-        for sub in list(self._subs):
-            q = LogQuery(start=sub.query.start, end=None, text=sub.query.text,
-                         filters=sub.query.filters, case=sub.query.case, limit=100_000,
-                         sort="asc")
+        """Hand an acknowledged batch to the live tails. It is matched apart from the
+        request that brought it (its answer waited for every tail's filter on the event
+        loop: 72 ms with 300 tails), by one task in acknowledgment order, in a thread, once
+        per distinct query. Past FANOUT_MAX batches waiting, a batch is not shown to the
+        tails (counted in their ``dropped``)."""
+        if not self._subs:
+            return
+        if self._fanout is None or self._fanout.done():
+            self._fanout_q = asyncio.Queue(FANOUT_MAX)
+            self._fanout = asyncio.get_running_loop().create_task(self._fan_out())
+        try:
+            self._fanout_q.put_nowait(table)
+        except asyncio.QueueFull:
+            for sub in list(self._subs):
+                sub.dropped += table.num_rows
+
+    async def _fan_out(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            table = await self._fanout_q.get()
+            groups: dict[tuple, list[Subscription]] = {}
+            for sub in list(self._subs):
+                q = sub.query
+                groups.setdefault((q.start, q.text, tuple(q.filters), q.case), []).append(sub)
+            if not groups:
+                continue
+            try:
+                found = await loop.run_in_executor(
+                    None, self._match_tails, table, [g[0].query for g in groups.values()])
+            except Exception:  # noqa: BLE001 - the tails miss this batch, said
+                log.store.exception("live tail: matching a batch failed")
+                continue
+            for recs, members in zip(found, groups.values(), strict=True):
+                if recs:
+                    for sub in members:
+                        sub.offer(recs)
+
+    def _match_tails(self, table: pa.Table, queries: list[LogQuery]) -> list[list[dict]]:
+        out = []
+        for tq in queries:
+            q = LogQuery(start=tq.start, end=None, text=tq.text, filters=tq.filters,
+                         case=tq.case, limit=100_000, sort="asc")
             hit = filters.apply(table, q, self.miner)
-            if hit.num_rows:
-                sub.offer(_records(hit))
+            out.append(_records(hit) if hit.num_rows else [])
+        return out
 
     # ---- background: flush + retention --------------------------------------
     # A flush runs in two stages so that both cores work on it: the flushing thread takes

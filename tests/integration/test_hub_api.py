@@ -383,3 +383,56 @@ def test_live_tail_streams_new_matching_entries(hub: Hub) -> None:
     t.join(20)
     resp.close()
     assert [r["id"] for r in got] == ["e00000002", "e00000003"]
+
+
+def test_many_live_tails_each_get_their_matches_in_order(hub: Hub) -> None:
+    """60 tails on three queries (20 alike each): every tail gets its query's records of
+    several batches, in the order they were acknowledged, and none of another query's.
+    (Matched apart from the request that brought them: its answer no longer waits for
+    the tails.)"""
+    import asyncio
+
+    import aiohttp
+
+    queries = {"errors": "f=level=ERROR", "h1": "host=h1", "word": "q=request"}
+    batches = [[entry(i, level=["INFO", "ERROR"][i % 2]) for i in range(k * 30, k * 30 + 30)]
+               for k in range(5)]
+    every = [e for b in batches for e in b]
+    want = {"errors": [e["id"] for e in every if e["level"] == "ERROR"],
+            "h1": [e["id"] for e in every if e["host"] == "h1"],
+            "word": [e["id"] for e in every]}
+    auth = {"Authorization": f"Bearer {hub.token}"}
+
+    async def main() -> dict[str, list[list[str]]]:
+        got: dict[str, list[list[str]]] = {name: [] for name in queries}
+        opened = 0
+
+        async def tail(s: aiohttp.ClientSession, name: str) -> None:
+            nonlocal opened
+            ids: list[str] = []
+            got[name].append(ids)
+            async with s.get(f"{hub.url}/api/v1/tail?{queries[name]}", headers=auth) as r:
+                opened += 1
+                async for line in r.content:
+                    if line.startswith(b"data: "):
+                        ids.append(orjson.loads(line[6:])["id"])
+                        if len(ids) == len(want[name]):
+                            return
+
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
+            tasks = [asyncio.create_task(tail(s, name)) for name in queries for _ in range(20)]
+            while opened < len(tasks):
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)
+            for b in batches:
+                body = b"\n".join(orjson.dumps(e) for e in b)
+                async with s.post(f"{hub.url}/api/v1/logs", data=body, headers=auth) as r:
+                    assert r.status == 200
+            await asyncio.wait_for(asyncio.gather(*tasks), 60)
+        return got
+
+    got = asyncio.run(main())
+    for name, tails in got.items():
+        assert len(tails) == 20
+        for ids in tails:
+            assert ids == want[name], name
