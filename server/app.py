@@ -176,16 +176,23 @@ async def tail(request: web.Request) -> web.StreamResponse:
                                        "Cache-Control": "no-cache"})
     await resp.prepare(request)
     await resp.write(b": mohlog tail\n\n")
+    told = 0                # records not shown (the reader fell behind), said so far
     try:
         while True:
             try:
                 recs = await asyncio.wait_for(sub.queue.get(), timeout=15)
             except TimeoutError:
-                await resp.write(b": keep-alive\n\n")
-                continue
+                recs = []
+            if sub.dropped > told:          # a "dropped" event: how many were not shown
+                await resp.write(b"event: dropped\ndata: " +
+                                 orjson.dumps({"dropped": sub.dropped - told}) + b"\n\n")
+                told = sub.dropped
             if recs is None:                # the hub is stopping: end the stream
                 await resp.write_eof()
                 break
+            if not recs:
+                await resp.write(b": keep-alive\n\n")
+                continue
             await resp.write(b"".join(b"data: " + orjson.dumps(r) + b"\n\n" for r in recs))
     except (ConnectionResetError, asyncio.CancelledError):
         pass

@@ -8,7 +8,7 @@ import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,17 +103,29 @@ class Client:
             headers["Content-Encoding"] = encoding
         return self.request("POST", "/api/v1/logs", body=body, headers=headers)
 
-    def sse(self, path: str, params: Any = None) -> Iterator[dict[str, Any]]:
-        """The events of a server-sent event stream, opened now (a tail is subscribed
-        when this returns); the iterator ends when the hub closes the stream."""
+    def sse(self, path: str, params: Any = None,
+            on_event: Callable[[str, dict[str, Any]], None] | None = None
+            ) -> Iterator[dict[str, Any]]:
+        """The data of a server-sent event stream's unnamed events, opened now (a tail is
+        subscribed when this returns); named ones (``event: dropped``) go to ``on_event``
+        (name, data). The iterator ends when the hub closes the stream."""
         resp = self.request("GET", path, params, stream=True)
 
         def events() -> Iterator[dict[str, Any]]:
+            name = ""
             with resp:
                 for raw in resp:
                     line = raw.decode().rstrip("\n")
-                    if line.startswith("data: "):
-                        yield json.loads(line[6:])
+                    if line.startswith("event: "):
+                        name = line[7:]
+                    elif line.startswith("data: "):
+                        data = json.loads(line[6:])
+                        if not name or name == "message":
+                            yield data
+                        elif on_event is not None:
+                            on_event(name, data)
+                    elif not line:
+                        name = ""           # an event ends at a blank line
         return events()
 
 

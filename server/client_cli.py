@@ -486,7 +486,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     try:
         while True:
             try:
-                stream = c.sse("/api/v1/tail", params)     # subscribed from here on
+                stream = c.sse("/api/v1/tail", params, _said_dropped)   # subscribed now
                 wait = 1.0
                 gap = set() if shown.newest is None else shown.gap(c, params)
                 for r in stream:
@@ -506,6 +506,13 @@ def cmd_tail(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _said_dropped(name: str, data: dict[str, Any]) -> None:
+    if name == "dropped":
+        print(f"mohlog tail: {data.get('dropped')} matching records not shown: this tail "
+              "fell behind the hub (a narrower query keeps up; mohlog search finds them)",
+              file=sys.stderr, flush=True)
 
 
 class _Shown:

@@ -436,3 +436,32 @@ def test_many_live_tails_each_get_their_matches_in_order(hub: Hub) -> None:
         assert len(tails) == 20
         for ids in tails:
             assert ids == want[name], name
+
+
+def test_a_tail_that_falls_behind_is_told_how_many_it_missed(hub: Hub) -> None:
+    """A reader too slow for what matches (here: not reading while 1,100 large records
+    come) loses records past its queue; the stream then says how many (``event:
+    dropped``), so that none is missed silently. Shown + said dropped = every match."""
+    from server.client import Client
+
+    events: list[tuple[str, dict]] = []
+    c = Client(hub.url, hub.token, timeout=120)
+    stream = c.sse("/api/v1/tail", {"q": "behind"}, lambda n, d: events.append((n, d)))
+    big = "x" * (64 << 10)
+    n = 1100
+    for i in range(n):                  # ~70 MB: more than the sockets' buffers hold
+        status, _ = hub.ingest([entry(i, message=f"behind {i} {big}")])
+        assert status == 200
+    shown: list[int] = []
+
+    def read() -> None:
+        for r in stream:
+            shown.append(int(r["message"].split()[1]))
+            if len(shown) + sum(d["dropped"] for _, d in events) >= n:
+                return
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    t.join(90)                          # (never told: it would wait for them for ever)
+    dropped = sum(d["dropped"] for name, d in events if name == "dropped")
+    assert dropped > 0 and len(shown) + dropped == n, (len(shown), dropped, events)
+    assert shown == sorted(shown)                  # in order, what was shown
