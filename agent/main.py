@@ -27,7 +27,8 @@ class Agent:
         self._dir_lock = DirLock(self.state, "agent")
         self._dir_lock.acquire()
         self.spool = Spool(self.state / "spool", cfg.spool_max_bytes)
-        self.sink = HubSink(cfg.hub, cfg.read_token(), self.spool, cfg.hub_timeout_s)
+        self.sink = HubSink(cfg.hub, cfg.read_token(), self.spool, cfg.hub_timeout_s,
+                            token_file=None if cfg.token else cfg.token_file)
         self.pipeline = Pipeline(cfg, self.sink.submit, self._enrichers())
         self.sources: list[Source] = []
         self.ebpf: Any = None

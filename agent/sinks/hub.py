@@ -4,8 +4,9 @@ the spool: the body is sent as the spool compressed it.
 Order is kept: while anything waits in the spool, new batches go behind it. A batch is
 removed from the spool only when the hub acknowledged it (200, also as a duplicate). 5xx,
 507, timeouts and connection errors keep it and retry with back-off; 401/403 keep it and
-log loudly (a token problem an operator must fix); other 4xx mean the hub will never take
-it: it is counted as rejected and dropped.
+log loudly (a token problem an operator must fix; the token file, when there is one, is
+read again at each refusal, so writing a valid token there is enough: no restart); other
+4xx mean the hub will never take it: it is counted as rejected and dropped.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ from mohlog import log
 class HubSink:
     name = "hub"
 
-    def __init__(self, url: str, token: str | None, spool: Spool, timeout: float = 30.0
-                 ) -> None:
+    def __init__(self, url: str, token: str | None, spool: Spool, timeout: float = 30.0,
+                 token_file: str | None = None) -> None:
         self.url = url.rstrip("/") + "/api/v1/logs"
         self.token = token
+        self.token_file = token_file
+        self._auth_said = 0.0
         self.spool = spool
         self.timeout = timeout
         self.counters: Counter[str] = Counter()
@@ -63,6 +66,8 @@ class HubSink:
                 continue
             seq, batch = item
             outcome = self.send(batch)
+            if outcome == "again":              # a new token: at once
+                continue
             if outcome in ("ok", "rejected"):
                 self.spool.remove(seq)
                 backoff = 0.2
@@ -97,8 +102,15 @@ class HubSink:
         detail = err.read()[:500].decode(errors="replace")
         if err.code in (401, 403):
             self.counters["auth_errors"] += 1
-            log.agent.error("hub refused our token (%d): %s; batches wait in the spool",
-                            err.code, detail)
+            if self._new_token():
+                return "again"
+            if time.monotonic() - self._auth_said > 60:     # once a minute
+                self._auth_said = time.monotonic()
+                where = f"; put a valid ingest token in {self.token_file} (read again at " \
+                    "each refusal)" if self.token_file else ""
+                log.agent.error("hub refused our token (%d): %s; %d batches wait in the "
+                                "spool%s", err.code, _message(detail), self.spool.batches,
+                                where)
             return "retry"
         if 400 <= err.code < 500 and err.code not in (408, 429):
             self.counters["batches_rejected"] += 1
@@ -108,8 +120,30 @@ class HubSink:
         self.counters["retries"] += 1
         return "retry"
 
+    def _new_token(self) -> bool:
+        """Read the token file again; True when it holds another token (now in use)."""
+        if not self.token_file:
+            return False
+        try:
+            token = open(self.token_file).read().strip()
+        except OSError:
+            return False
+        if not token or token == self.token:
+            return False
+        self.token = token
+        log.agent.info("token file %s changed: using the new token", self.token_file)
+        return True
+
     def wait_idle(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while self.spool.batches and time.monotonic() < deadline:
             time.sleep(0.05)
         return self.spool.batches == 0
+
+
+def _message(detail: str) -> str:
+    """The hub's error message out of its JSON answer (else the answer as it is)."""
+    try:
+        return str(orjson.loads(detail)["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return detail

@@ -145,14 +145,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_agent(hub: Hub, work: Path, settings: dict[str, Any], *flags: str
-                ) -> subprocess.Popen:
+def start_agent(hub: Hub, work: Path, settings: dict[str, Any], *flags: str,
+                token_value: str | None = None) -> subprocess.Popen:
     """A real agent process (eBPF off) shipping to ``hub``: its settings in
-    ``work/agent.json``, an admin token file, its state in ``work/state``."""
+    ``work/agent.json``, a token file ``work/token`` (the admin token unless
+    ``token_value``), its state in ``work/state``."""
     cfg = work / "agent.json"
     cfg.write_text(json.dumps({"ebpf": False, "batch_max_delay_s": 0.2, **settings}))
     token = work / "token"
-    token.write_text(hub.token)
+    token.write_text(token_value or hub.token)
     return subprocess.Popen(
         [sys.executable, "-m", "mohlog.cli", "agent", "--hub", hub.url, "--token-file",
          str(token), "--state-dir", str(work / "state"), "--config", str(cfg), *flags,

@@ -76,6 +76,38 @@ def test_agent_ships_files_syslog_sdk_through_a_hub_outage(tmp_path: Path) -> No
         hub.stop()
 
 
+def test_a_refused_token_is_replaced_by_writing_the_token_file(tmp_path: Path) -> None:
+    """Token rotation on a fleet: the agent's token is revoked, its batches wait in the
+    spool; a new token written to its token file is used at the next refusal, without a
+    restart, and everything arrives once, in order."""
+    hub = Hub(tmp_path / "hub", {}, listen=f"127.0.0.1:{free_port()}").start()
+    app_log, mport = tmp_path / "app.log", free_port()
+    app_log.write_text("".join(f"line {i}\n" for i in range(10)))
+    _, first = hub.request("POST", "/api/v1/tokens", b'{"role": "ingest", "name": "old"}')
+    agent = start_agent(hub, tmp_path, {"files": [str(app_log)], "journal": False},
+                        "--metrics-listen", f"127.0.0.1:{mport}", token_value=first["token"])
+    try:
+        _wait(lambda: _count(hub, "f=source=file") == 10)
+        assert hub.request("DELETE", "/api/v1/tokens/old")[0] == 200
+        with open(app_log, "a") as f:
+            f.writelines(f"line {i}\n" for i in range(10, 20))
+        _wait(lambda: _metric(mport, "mohlog_agent_spool_batches") > 0)
+        time.sleep(1)
+        assert _count(hub, "f=source=file") == 10              # refused: waiting
+        _, new = hub.request("POST", "/api/v1/tokens", b'{"role": "ingest", "name": "new"}')
+        tmp = tmp_path / "token.tmp"
+        tmp.write_text(new["token"] + "\n")
+        tmp.replace(tmp_path / "token")
+        _wait(lambda: _metric(mport, "mohlog_agent_spool_batches") == 0, 60)
+        assert [r["message"] for r in _records(hub, "f=source=file")] == \
+            [f"line {i}" for i in range(20)]
+        assert agent.poll() is None                             # the same process
+    finally:
+        agent.terminate()
+        assert agent.wait(30) == 0
+        hub.stop()
+
+
 def _records(hub: Hub, q: str) -> list[dict]:
     recs, cursor = [], None
     while True:
