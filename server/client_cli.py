@@ -91,13 +91,25 @@ def local_time(text: str) -> str:
 
 
 # ---- ingest ------------------------------------------------------------------
+BINARY_SNIFF = 8192     # bytes looked at for a NUL (as grep and git tell binary files)
+
+
+class BinaryFile(MohlogError):
+    """A file of binary data (wtmp, a journal file, an image) given to ingest."""
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     paths = log_files(args.files)
     c = client(args)
     total = [0, 0]
+    skipped = 0
     for path in paths:
         try:
             sent, again = ingest_file(c, path, args)
+        except BinaryFile as err:       # (`mohlog ingest /var/log` meets wtmp, btmp...)
+            print(err.message, file=sys.stderr)
+            skipped += 1
+            continue
         except OSError as err:
             raise MohlogError(f"{path}: {err.strerror or err} (ingested before it: "
                               f"{total[0]} records)") from err
@@ -105,8 +117,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         total[1] += again
     print(f"ingested {total[0]} records" + (
         f" ({total[1]} of them already in the hub from an earlier run: not stored twice)"
-        if total[1] else ""), file=sys.stderr)
-    return 0
+        if total[1] else "") + (f"; {skipped} binary file(s) skipped" if skipped else ""),
+        file=sys.stderr)
+    return 1 if skipped and skipped == len(paths) else 0
 
 
 def log_files(names: list[str]) -> list[Path]:
@@ -229,6 +242,12 @@ def entries(path: Path, args: argparse.Namespace, read: list[int] | None = None
         return doc
 
     with open_log(path) as f:
+        head = f.peek(BINARY_SNIFF)[:BINARY_SNIFF] if hasattr(f, "peek") else b""
+        if b"\0" in head:
+            shown = "standard input" if str(path) == "-" else path
+            raise BinaryFile(f"{shown}: skipped: binary data, not log lines (a NUL byte in "
+                             f"its first {BINARY_SNIFF // 1024} KB; a UTF-16 text file: "
+                             "iconv -f UTF-16 -t UTF-8 first)")
         n = 0
         for raw in _lines(f, _live(path)):
             if raw is None:

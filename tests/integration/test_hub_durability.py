@@ -566,6 +566,31 @@ def test_cli_ingests_compressed_rotated_logs(hub: Hub, tmp_path: Path) -> None:
     assert out.returncode == 1 and "corrupt gzip data" in out.stderr, out.stderr
 
 
+def test_cli_ingest_skips_binary_files(hub: Hub, tmp_path: Path) -> None:
+    """``mohlog ingest /var/log`` meets wtmp, btmp, lastlog: binary data (a NUL byte in
+    the first 8 KB, also once decompressed) is skipped with a note, not stored as lines of
+    garbage; the text files beside it are ingested. Only binary given: exit 1."""
+    env = {**os.environ, "MOHLOG_HUB": hub.url, "MOHLOG_TOKEN": hub.token,
+           "PYTHONPATH": str(ROOT)}
+    logs = tmp_path / "log"
+    logs.mkdir()
+    wtmp = bytes(range(256)) * 200                  # NULs and every other byte
+    (logs / "wtmp").write_bytes(wtmp)
+    (logs / "btmp.1.gz").write_bytes(gzip.compress(wtmp))
+    (logs / "auth.log").write_text("Dec  2 08:00:00 box sshd[7]: Accepted key for ops\n")
+    out = subprocess.run([*CLI, "ingest", str(logs)], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "wtmp: skipped: binary data" in out.stderr
+    assert "btmp.1.gz: skipped: binary data" in out.stderr
+    assert "ingested 1 records; 2 binary file(s) skipped" in out.stderr
+    assert [r["message"] for r in hub.search("limit=10")["records"]] == ["Accepted key for ops"]
+    out = subprocess.run([*CLI, "ingest", "-"], input="a\0b\n", env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "standard input: skipped" in out.stderr, out.stderr
+    assert len(hub.all_ids("")) == 1
+
+
 def test_a_second_hub_on_the_same_data_is_refused(make_hub, tmp_path: Path) -> None:
     """Two hubs on one data directory would replay and remove each other's files: the
     second stops at once, saying which process holds it; a hub killed with -9 holds
