@@ -54,7 +54,12 @@ class Agent:
             out.append(self.ebpf)
         elif cfg.kmsg and os.access("/dev/kmsg", os.R_OK):
             from agent.sources.kmsg import KmsgConfig, KmsgSource
-            out.append(KmsgSource(KmsgConfig(state_file=str(self.state / "kmsg.json"))))
+            try:
+                out.append(KmsgSource(KmsgConfig(state_file=str(self.state / "kmsg.json"))))
+            except PermissionError:     # kernel.dmesg_restrict: CAP_SYSLOG needed
+                log.agent.info("the kernel log (/dev/kmsg) is not readable by this user "
+                               "(kernel.dmesg_restrict = 1): not read; run the agent as "
+                               "root for it")
         if cfg.files:
             from agent.sources.files import FilesSource
             out.append(FilesSource(cfg.files, self.state / "files.json", cfg.files_component,
@@ -81,9 +86,11 @@ class Agent:
         self.sink.start()
         self.pipeline.start()
         self.sources = self.build_sources()
+        started = []
         for src in self.sources:
             try:
                 src.start(self.pipeline.accept)
+                started.append(src.name)
             except MohlogError as err:
                 log.agent.error("source %s not started: %s", src.name, err)
         if self.cfg.metrics_listen:
@@ -92,7 +99,7 @@ class Agent:
         if self.cfg.tune_runtime:
             from agent import tuning
             tuning.tune_gc()
-        log.agent.info("agent running: %s → %s", ", ".join(s.name for s in self.sources),
+        log.agent.info("agent running: %s → %s", ", ".join(started) or "no source",
                        self.cfg.hub)
 
     def stop(self, timeout: float = 10.0) -> None:

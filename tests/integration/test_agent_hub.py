@@ -3,10 +3,13 @@ including a hub outage: everything arrives exactly once, in order per source."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -151,3 +154,61 @@ def test_a_second_agent_on_the_same_state_is_refused(tmp_path: Path) -> None:
         if first.poll() is None:
             first.kill()
         hub.stop()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
+                    reason="needs root to run the agent as another user (setpriv)")
+def test_an_agent_run_by_an_ordinary_user(tmp_path: Path) -> None:
+    """The agent as a user without privileges (uid 65534): what it may not read (the
+    kernel log under kernel.dmesg_restrict) is skipped with a note, not a traceback; its C
+    helpers load (built again in its own ~/.cache when the ones beside the sources are
+    not readable); its files are shipped."""
+    hub = Hub(tmp_path / "hub", {}, listen=f"127.0.0.1:{free_port()}").start()
+    work = Path(tempfile.mkdtemp(prefix="mohlog-user-"))  # (pytest's tmp is root's, 0700)
+    (work / "home").mkdir(parents=True)
+    app_log = work / "app.log"
+    app_log.write_text("".join(f"user line {i}\n" for i in range(20)))
+    (work / "agent.json").write_text(json.dumps({
+        "ebpf": False, "kmsg": True, "journal": False, "files": [str(app_log)],
+        "sdk_socket": str(work / "sdk.sock"), "batch_max_delay_s": 0.2}))
+    (work / "token").write_text(hub.token)
+    for p in [work, *work.iterdir()]:
+        p.chmod(0o777 if p.is_dir() else 0o666)
+    proc = subprocess.Popen(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "env",
+         f"HOME={work / 'home'}", f"PYTHONPATH={ROOT}", sys.executable, "-m", "mohlog.cli",
+         "agent", "--hub", hub.url, "--token-file", str(work / "token"), "--state-dir",
+         str(work / "state"), "--config", str(work / "agent.json")],
+        cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait(lambda: _count(hub, "f=source=file") == 20, 60)
+    finally:
+        proc.terminate()
+        err = proc.communicate(timeout=30)[1]
+        hub.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "using numpy" not in err, err
+    running = next(ln for ln in err.splitlines() if "agent running" in ln)
+    if Path("/proc/sys/kernel/dmesg_restrict").read_text().strip() == "1":
+        assert "/dev/kmsg) is not readable by this user" in err
+        assert "kmsg" not in running
+    assert "files" in running and "sdk" in running, running
+    # the hub's C helpers, for the same user (root's builds beside the sources may be
+    # unreadable to it: it builds its own in ~/.cache/mohlog)
+    home = Path(tempfile.mkdtemp(prefix="mohlog-user-home-"))
+    home.chmod(0o777)
+    check = ("import sys; from pathlib import Path; from mohlog import clib; "
+             "srcs = sorted(p for d in ('server', 'embeddings', 'agent', 'mohlog') "
+             "for p in Path(sys.argv[1], d).glob('**/native/*.c')); "
+             "bad = [s.name for s in srcs if clib.load(s, lambda lib: None) is None]; "
+             "print(len(srcs), bad)")
+    try:
+        out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                              "env", f"HOME={home}", f"PYTHONPATH={ROOT}", sys.executable,
+                              "-c", check, str(ROOT)], cwd=ROOT, capture_output=True,
+                             text=True, timeout=120)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    assert out.returncode == 0 and out.stdout.split(" ", 1)[1].strip() == "[]", out
+    assert int(out.stdout.split()[0]) >= 4, out.stdout

@@ -51,3 +51,29 @@ def test_no_compiler_or_a_broken_source_gives_none(tmp_path: Path,
     missing = tmp_path / "missing.c"
     missing.write_text("int eight(void) { return 8; }\n")
     assert clib.load(missing, _declare) is None      # a function the declaration names
+
+
+def test_a_build_beside_that_cannot_be_loaded_is_built_again_in_the_cache(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another user's build beside the source (root's, unreadable to the hub's user; here
+    one that is not a library) is passed over: the helper is built in ~/.cache/mohlog.
+    Builds are world-readable (code, not data), so the next user can load them."""
+    import hashlib
+    import stat
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    src = tmp_path / "eight.c"
+    src.write_text("int eight(void) { return 8; }\n")
+    name = f"_eight-{hashlib.sha256(src.read_bytes()).hexdigest()[:16]}.so"
+    (tmp_path / name).write_bytes(b"not a shared object")
+
+    def declare(lib: ctypes.CDLL) -> None:
+        lib.eight.restype = ctypes.c_int
+    lib = clib.load(src, declare)
+    assert lib is not None and lib.eight() == 8
+    cached = tmp_path / "home" / ".cache" / "mohlog" / name
+    assert cached.exists() and stat.S_IMODE(cached.stat().st_mode) == 0o755
+    other = tmp_path / "nine.c"
+    other.write_text("int nine(void) { return 9; }\n")
+    assert clib.load(other, lambda lib: None) is not None
+    assert stat.S_IMODE(next(tmp_path.glob("_nine-*.so")).stat().st_mode) == 0o755
