@@ -60,6 +60,7 @@ class Batch:
     # What the sender should know (timestamps that look like another unit), stored anyway.
     warnings: list[str] = dataclasses.field(default_factory=list)
     early: int = 0                      # records dated before 2000
+    future: int = 0                     # records dated more than a day ahead of the hub
 
     @property
     def rows(self) -> int:
@@ -341,9 +342,25 @@ _UNITS = ((10**8, 10**11, "seconds"), (10**11, 10**14, "milliseconds"),
           (10**14, 10**17, "microseconds"))
 
 
+AHEAD_NS = 86_400 * 10**9   # records dated further ahead of the hub's clock: a warning
+
+
 def _dated(b: Batch) -> Batch:
     ts = b.table["timestamp"]
-    if not len(ts) or pc.min(ts).as_py() >= EARLIEST:
+    if not len(ts):
+        return b
+    lo, hi = pc.min_max(ts).values()
+    if hi.as_py() > time.time_ns() + AHEAD_NS:
+        # a sender's clock years ahead (or a unit mix-up the other way): stored as sent,
+        # but they would sort first in every search and outlive any retention by age
+        late = pc.greater(ts, time.time_ns() + AHEAD_NS)
+        b.future = pc.sum(late).as_py()
+        i = pc.index(late, True).as_py()
+        v = ts[i].as_py()
+        b.warnings.append(f"{b.future} record(s) dated more than a day after the hub's "
+                          f"clock, stored as sent; line {i + 1}: timestamp {v} is "
+                          f"{iso_utc(v)}: is the sender's clock right?")
+    if lo.as_py() >= EARLIEST:
         return b
     early = pc.less(ts, EARLIEST)
     b.early = pc.sum(early).as_py()

@@ -79,6 +79,7 @@ class Batch:
     defaults: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)  # for the sender (batch.Batch)
     early: int = 0                     # records dated before 2000
+    future: int = 0                    # records dated more than a day ahead
 
     @property
     def rows(self) -> int:
@@ -169,7 +170,7 @@ class Store:
         self._lock = threading.RLock()
         self._flush_lock = threading.Lock()
         self._restore_lock = threading.Lock()
-        self._early_said = -3600.0              # when records dated before 2000 were logged
+        self._early_said = -3600.0              # when wrongly dated records were logged
         # (the names of the archive's files, its readable archives): see _archives
         self._archived: tuple[int, list[dict[str, Any]]] | None = None
         self._chunks: list[Chunk] = []
@@ -410,7 +411,7 @@ class Store:
             self.metrics.rejected.inc()
             raise
         return Batch(_untemplated(b.table), b.raw_bytes, b"", b.raw, b.defaults, b.warnings,
-                     b.early)
+                     b.early, b.future)
 
     def _mine(self, table: pa.Table) -> pa.Table:
         msgs = table["message"].combine_chunks()
@@ -475,9 +476,11 @@ class Store:
         self.metrics.raw_bytes.inc(b.raw_bytes)
         if b.early:
             self.metrics.early.inc(b.early)
-            if time.monotonic() - self._early_said > 60:      # once a minute at most
-                self._early_said = time.monotonic()
-                log.store.warning("a sender's timestamps look wrong: %s", b.warnings[0])
+        if b.future:
+            self.metrics.future.inc(b.future)
+        if (b.early or b.future) and time.monotonic() - self._early_said > 60:
+            self._early_said = time.monotonic()             # once a minute at most
+            log.store.warning("a sender's timestamps look wrong: %s", "; ".join(b.warnings))
         self._publish(b.table)
         return AppendResult(b.rows, False)
 

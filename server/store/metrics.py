@@ -22,6 +22,9 @@ class StoreMetrics:
         self.early = Counter("mohlog_records_dated_before_2000",
                              "Records acknowledged with a time before 2000 (a unit mix-up?)",
                              registry=r)
+        self.future = Counter("mohlog_records_dated_in_the_future",
+                              "Records acknowledged with a time more than a day ahead of "
+                              "the hub's clock", registry=r)
         self.stored = Counter("mohlog_records_stored", "Records written to segments",
                               registry=r)
         self.raw_bytes = Counter("mohlog_bytes_raw", "Decoded request bytes acknowledged",

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
+from mohlog.model import iso_utc
 from tests.integration.conftest import Hub, entry
 
 pytestmark = pytest.mark.integration
@@ -99,6 +100,17 @@ def test_timestamps_in_another_unit_are_stored_with_a_warning(hub: Hub) -> None:
         time.sleep(0.05)
     said = [ln for ln in hub.output if "timestamps look wrong" in ln]
     assert len(said) == 1 and "milliseconds" in said[0]            # once a minute at most
+    # a sender's clock years ahead: stored, with a warning (they would sort first in every
+    # search and outlive any retention by age)
+    ahead = time.time_ns() + 400 * 86_400 * 10**9
+    status, res = hub.ingest([entry(6), entry(7, timestamp=ahead)])
+    assert status == 200 and res["accepted"] == 2, res
+    assert res["warnings"] == [
+        "1 record(s) dated more than a day after the hub's clock, stored as sent; line 2: "
+        f"timestamp {ahead} is {iso_utc(ahead)}: is the sender's clock right?"]
+    assert "warnings" not in hub.ingest([entry(8, timestamp=time.time_ns() + 3600 * 10**9)])[1]
+    _, text = hub.request("GET", "/metrics")
+    assert b"mohlog_records_dated_in_the_future_total 1.0" in text
 
 
 def test_too_large_is_413(make_hub) -> None:
