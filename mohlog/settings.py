@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 import types
 import typing
@@ -83,3 +84,33 @@ def _describe(want: Any) -> str:
         return names[want]
     origin = typing.get_origin(want)
     return {list: "a list", tuple: "a list", dict: "a table"}.get(origin, str(want))
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$", re.I)
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b)?\s*$", re.I)
+_POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
+
+
+def duration_s(value: Any, name: str) -> Any:
+    """Seconds from ``"30d"``, ``"12h"``, ``"90m"``, ``"2w"`` or a number (seconds); any
+    other value is returned as it is (for ``check_types`` to name)."""
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if not m:
+            raise InvalidInput(f"setting {name} must be a duration such as 3600, 90m, 12h, "
+                               f"30d or 2w, not {value!r}", setting=name)
+        return int(float(m.group(1)) * _SECONDS[(m.group(2) or "s").lower()])
+    return value
+
+
+def size_bytes(value: Any, name: str) -> Any:
+    """Bytes from ``"10G"``, ``"500MB"``, ``"2TiB"`` or a number (bytes); K, M, G, T, P
+    are powers of 1024 (as ``du -h`` counts), with or without B/iB."""
+    if isinstance(value, str):
+        m = _SIZE.match(value)
+        if not m:
+            raise InvalidInput(f"setting {name} must be a size such as 1000000, 500M, 10G "
+                               f"or 2T, not {value!r}", setting=name)
+        return int(float(m.group(1)) * 1024 ** _POWERS[m.group(2).lower()])
+    return value

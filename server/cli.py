@@ -25,14 +25,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", help=f"HOST:PORT (default {DEFAULT_LISTEN}; port 0: any free)")
     p.add_argument("--tls-cert", type=Path, help="PEM certificate: serve HTTPS")
     p.add_argument("--tls-key", type=Path, help="PEM key of --tls-cert")
-    p.add_argument("--retention-age", type=int, dest="retention_age_s",
-                   help="archive partitions older than this many seconds")
-    p.add_argument("--retention-bytes", type=int, dest="retention_bytes",
-                   help="archive the oldest partitions beyond this many stored bytes")
-    p.add_argument("--archive-age", type=int, dest="archive_age_s",
-                   help="delete archives whose newest record is older than this many seconds")
-    p.add_argument("--archive-bytes", type=int, dest="archive_bytes",
-                   help="delete the oldest archives beyond this many bytes")
+    p.add_argument("--retention-age", dest="retention_age_s", metavar="AGE",
+                   help="archive partitions older than this (seconds, or 90m, 12h, 30d, 2w)")
+    p.add_argument("--retention-bytes", dest="retention_bytes", metavar="SIZE",
+                   help="archive the oldest partitions beyond this many stored bytes "
+                        "(or 500M, 10G, 2T: powers of 1024)")
+    p.add_argument("--archive-age", dest="archive_age_s", metavar="AGE",
+                   help="delete archives whose newest record is older than this (as "
+                        "--retention-age)")
+    p.add_argument("--archive-bytes", dest="archive_bytes", metavar="SIZE",
+                   help="delete the oldest archives beyond this size (as --retention-bytes)")
     p.add_argument("--no-embeddings", action="store_false", dest="embeddings", default=None,
                    help="do not start the embedding service")
     p.add_argument("--log-level", default="INFO")

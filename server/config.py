@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mohlog.errors import InvalidInput
-from mohlog.settings import check_types, read_settings
+from mohlog.settings import check_types, duration_s, read_settings, size_bytes
 from server.store import StoreConfig
 
 DEFAULT_LISTEN = "127.0.0.1:7480"
@@ -81,6 +81,12 @@ def load(path: Path | None, overrides: dict[str, Any]) -> HubConfig:
     unknown = sorted(set(values) - known)
     if unknown:
         raise InvalidInput(f"unknown hub settings: {', '.join(unknown)}", valid=sorted(known))
+    for name in ("retention_age_s", "archive_age_s"):       # "30d" as well as seconds
+        if name in values:
+            values[name] = duration_s(values[name], name)
+    for name in ("retention_bytes", "archive_bytes"):       # "10G" as well as bytes
+        if name in values:
+            values[name] = size_bytes(values[name], name)
     check_types(HubConfig, values, "hub")
     cfg = HubConfig(**values)
     for name in ("data", "tls_cert", "tls_key"):

@@ -26,9 +26,16 @@ def test_settings_of_the_wrong_type_are_refused_at_start(tmp_path: Path) -> None
     starting and failing at its first use (retention every minute, a filter per entry)."""
     from server.config import load as hub_load
     cfg = tmp_path / "hub.toml"
-    cfg.write_text('[hub]\nretention_age_s = "1d"\n')
+    cfg.write_text('[hub]\nretention_age_s = "one day"\n')
+    with pytest.raises(InvalidInput, match=r"setting retention_age_s must be a duration "
+                                           r"such as 3600, 90m, 12h, 30d or 2w, not 'one day'"):
+        hub_load(cfg, {})
+    cfg.write_text('[hub]\nretention_age_s = true\n')
     with pytest.raises(InvalidInput, match=r"hub setting retention_age_s must be an integer "
-                                           r"or unset, not '1d'"):
+                                           r"or unset, not True"):
+        hub_load(cfg, {})
+    cfg.write_text('[hub]\narchive_bytes = "10 gigs"\n')
+    with pytest.raises(InvalidInput, match=r"archive_bytes must be a size such as"):
         hub_load(cfg, {})
     cfg.write_text('[hub]\nembeddings = "no"\n')
     with pytest.raises(InvalidInput, match="embeddings must be true or false"):
@@ -44,3 +51,28 @@ def test_settings_of_the_wrong_type_are_refused_at_start(tmp_path: Path) -> None
     with pytest.raises(InvalidInput, match=r"unknown key\(s\) \['feld'\]"):
         load(None, {"drop": [{"feld": "level", "regex": "x"}]})
     assert load(None, {"drop": [{"field": "level", "regex": "DEBUG"}]}).drop[0].regex == "DEBUG"
+
+
+@pytest.mark.parametrize(("age", "seconds"), [
+    ("3600", 3600), ("90m", 5400), ("12h", 43_200), ("30d", 2_592_000), ("2w", 1_209_600),
+    ("1.5h", 5400), (" 7D ", 604_800), (86_400, 86_400)])
+@pytest.mark.parametrize(("size", "nbytes"), [
+    ("1000000", 1_000_000), ("500M", 500 << 20), ("10G", 10 << 30), ("10GB", 10 << 30),
+    ("2TiB", 2 << 40), ("512k", 512 << 10), (123, 123)])
+def test_retention_and_archive_limits_take_units(tmp_path: Path, age: object, seconds: int,
+                                                 size: object, nbytes: int) -> None:
+    """``--retention-age 30d --retention-bytes 10G`` as an SRE types them (and in the
+    settings file); numbers stay seconds and bytes."""
+    from server.cli import parser
+    from server.config import load as hub_load
+    args = parser().parse_args(["--retention-age", str(age), "--retention-bytes", str(size),
+                                "--archive-age", str(age), "--archive-bytes", str(size)])
+    cfg = hub_load(None, {k: v for k, v in vars(args).items() if k != "log_level"})
+    assert (cfg.retention_age_s, cfg.archive_age_s) == (seconds, seconds)
+    assert (cfg.retention_bytes, cfg.archive_bytes) == (nbytes, nbytes)
+    toml = tmp_path / "hub.toml"
+    quoted = (lambda v: f'"{v}"' if isinstance(v, str) else str(v))
+    toml.write_text(f"[hub]\nretention_age_s = {quoted(age)}\n"
+                    f"retention_bytes = {quoted(size)}\n")
+    got = hub_load(toml, {})
+    assert (got.retention_age_s, got.retention_bytes) == (seconds, nbytes)
