@@ -11,7 +11,7 @@ from typing import Any
 
 from mohlog.errors import InvalidInput
 from mohlog.model import COMPONENTS, LEVELS
-from mohlog.settings import check_types, hub_url, read_settings
+from mohlog.settings import check_types, hub_url, read_settings, size_bytes
 
 DEFAULT_HUB = "http://127.0.0.1:7480"
 
@@ -123,6 +123,9 @@ def load(path: Path | None, overrides: dict[str, Any]) -> AgentConfig:
         raise InvalidInput(f"unknown agent settings: {', '.join(unknown)}", valid=sorted(known))
     if isinstance(values.get("sdk_socket"), dict):
         values["sdk_socket"] = values["sdk_socket"].get("path", "")
+    for name in ("spool_max_bytes", "batch_max_bytes"):     # "2G" as well as bytes
+        if name in values:
+            values[name] = size_bytes(values[name], name)
     check_types(AgentConfig, values, "agent")
     values["drop"] = [_drop_rule(r) for r in values.get("drop", [])]
     cfg = AgentConfig(**values)

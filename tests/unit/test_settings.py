@@ -76,3 +76,10 @@ def test_retention_and_archive_limits_take_units(tmp_path: Path, age: object, se
                     f"retention_bytes = {quoted(size)}\n")
     got = hub_load(toml, {})
     assert (got.retention_age_s, got.retention_bytes) == (seconds, nbytes)
+
+
+def test_agent_sizes_take_units() -> None:
+    cfg = load(None, {"spool_max_bytes": "2G", "batch_max_bytes": "4M"})
+    assert (cfg.spool_max_bytes, cfg.batch_max_bytes) == (2 << 30, 4 << 20)
+    with pytest.raises(InvalidInput, match="spool_max_bytes must be a size"):
+        load(None, {"spool_max_bytes": "lots"})
