@@ -71,7 +71,9 @@ def test_retention_and_archive_limits_take_units(tmp_path: Path, age: object, se
     assert (cfg.retention_age_s, cfg.archive_age_s) == (seconds, seconds)
     assert (cfg.retention_bytes, cfg.archive_bytes) == (nbytes, nbytes)
     toml = tmp_path / "hub.toml"
-    quoted = (lambda v: f'"{v}"' if isinstance(v, str) else str(v))
+
+    def quoted(v: object) -> str:
+        return f'"{v}"' if isinstance(v, str) else str(v)
     toml.write_text(f"[hub]\nretention_age_s = {quoted(age)}\n"
                     f"retention_bytes = {quoted(size)}\n")
     got = hub_load(toml, {})
