@@ -388,13 +388,26 @@ def _progress(path: Path, sent: int, read: int, size: int, t0: float, end: bool 
 
 
 # ---- search / tail / stats / export --------------------------------------------
+# Control characters but newline and tab (C0, DEL, C1): a log line may carry terminal
+# escape sequences (a user name sent to sshd, a request path) that would retitle, clear
+# or rewrite the reader's terminal. Shown as \xNN instead.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def visible(text: str) -> str:
+    """``text`` with its control characters but newline and tab shown as \\xNN."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def fmt_record(r: dict[str, Any]) -> str:
     """One record for a person: its header, then the message; the lines after a
-    message's first (a traceback) indented, so each record stands apart."""
+    message's first (a traceback) indented, so each record stands apart. Control
+    characters are shown escaped (``visible``)."""
     ts = dt.datetime.fromtimestamp(r["timestamp"] / 1e9, dt.UTC).strftime(
         "%Y-%m-%dT%H:%M:%S.%fZ")
-    message = (r["message"] or "").rstrip("\n").replace("\n", "\n    ")
-    return f"{ts} {r['host']} {r['level']:<8} {r['component']:<15} {r['process']}: {message}"
+    message = visible((r["message"] or "").rstrip("\n")).replace("\n", "\n    ")
+    return visible(f"{ts} {r['host']} {r['level']:<8} {r['component']:<15} "
+                   f"{r['process']}: ") + message
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -445,7 +458,7 @@ def _count(c: Client, args: argparse.Namespace) -> int:
     else:
         width = max([len(f"{r['count']:,}") for r in rows] or [1])
         for r in rows:
-            key = "  ".join(str(r.get(b)) for b in args.by)
+            key = visible("  ".join(str(r.get(b)) for b in args.by))
             print(f"{r['count']:>{width},}  {key}")
         if res.get("rows_total"):
             print(f"note: the {len(rows)} largest of {res['rows_total']} groups shown; "
@@ -583,7 +596,7 @@ def stats_text(st: dict[str, Any]) -> str:
 
     def top(counts: dict[str, int], most: int = 6) -> str:
         items = sorted(counts.items(), key=lambda kv: -kv[1])
-        shown = "  ".join(f"{k} {v:,}" for k, v in items[:most])
+        shown = "  ".join(f"{visible(str(k))} {v:,}" for k, v in items[:most])
         return shown + (f"  (+{len(items) - most} more)" if len(items) > most else "")
 
     ratio = st.get("compression_ratio")

@@ -237,6 +237,28 @@ def test_a_corrupt_archive_is_refused_and_kept(make_hub) -> None:
     assert status == 404 and name in res["error"]["valid"]
 
 
+def test_cli_shows_control_characters_escaped(hub: Hub) -> None:
+    """A log line may carry terminal escape sequences (a user name sent to sshd): search,
+    count and stats show them as \\xNN, never as bytes that would retitle, clear or
+    rewrite the reader's terminal. --json keeps the record as stored."""
+    evil = "Invalid user \x1b]0;pwned\x07\x1b[2J\rroot\x9b from 10.0.0.9"
+    hub.ingest([entry(1, message=evil, host="h\x1b[31m")])
+    env = {**os.environ, "MOHLOG_HUB": hub.url, "MOHLOG_TOKEN": hub.token,
+           "PYTHONPATH": str(ROOT)}
+    outs = [subprocess.run([*CLI, *args], env=env, capture_output=True, text=True,
+                           timeout=60) for args in (["search", "Invalid"],
+                                                    ["search", "--count", "--by", "host"],
+                                                    ["stats"])]
+    for out in outs:
+        assert out.returncode == 0, out.stderr
+        assert not any(c in out.stdout for c in "\x1b\x07\r\x9b"), repr(out.stdout)
+    assert "Invalid user \\x1b]0;pwned\\x07\\x1b[2J\\x0droot\\x9b from" in outs[0].stdout
+    assert "h\\x1b[31m" in outs[1].stdout and "h\\x1b[31m" in outs[2].stdout
+    raw = subprocess.run([*CLI, "search", "Invalid", "--json"], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert orjson.loads(raw.stdout)["message"] == evil
+
+
 def test_cli_token_ingest_search(hub: Hub, tmp_path: Path) -> None:
     env = {**os.environ, "MOHLOG_HUB": hub.url, "MOHLOG_TOKEN": hub.token,
            "PYTHONPATH": str(ROOT)}
