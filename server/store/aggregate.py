@@ -151,9 +151,10 @@ def _aggregate(store: Store, q: LogQuery, spec: dict[str, Any], bucket: int | No
     if _rollup_answers(q, group, metrics, bucket):
         return _from_rollups(store, q, spec, keys, bucket)
     used = [g for g in group] + [m.get("field") or "" for m in spec.get("metrics") or []]
-    cols = None if "message" in used else [c for c in ("id", "timestamp", "level", "source",
-                                                       "component", "host", "pid", "tid",
-                                                       "process", "template_id", "metadata")]
+    # Only the columns the answer uses are kept (filters read what they need): all of
+    # them made a count by template over 10M records hold ~1.5 GB.
+    cols = None if "message" in used else sorted(
+        {"timestamp"} | {"metadata" if u.startswith("metadata.") else u for u in used if u})
     table = store.matching(q, cols)
     sel = [f"{expr} AS \"{name}\"" for name, expr in keys]
     grp = [f'"{name}"' for name, _ in keys]
@@ -243,7 +244,11 @@ def _from_rollups(store: Store, q: LogQuery, spec: dict[str, Any],
 
 
 def template_stats(store: Store, q: LogQuery) -> list[dict[str, Any]]:
-    table = store.matching(q, ["template_id", "timestamp", "host", "message"])
+    """Per template of the matching records: count, first and last seen, hosts (100 at
+    most), the text, and the newest matching message as an example. Counted from three
+    columns, no message rendered; each example is then the one record at its template's
+    last time (rendering every message made this 9.8 s and 2.7 GB over 10M records)."""
+    table = store.matching(q, ["template_id", "timestamp", "host"])
     if not table.num_rows:
         return []
     con = duckdb.connect()
@@ -251,18 +256,24 @@ def template_stats(store: Store, q: LogQuery) -> list[dict[str, Any]]:
         con.register("t", table)
         rows = con.execute(  # type: ignore[assignment]
             "SELECT template_id, count(*) AS count, min(timestamp) AS first_seen, "
-            "max(timestamp) AS last_seen, list(DISTINCT host) AS hosts, "
-            "arg_max(message, timestamp) AS example FROM t GROUP BY template_id "
-            "ORDER BY count DESC")
+            "max(timestamp) AS last_seen, list(DISTINCT host) AS hosts "
+            "FROM t GROUP BY template_id ORDER BY count DESC, template_id")
         rows = _fetch(rows)
     finally:
         con.close()
+    del table
+    rows = rows[: q.limit] if q.limit else rows
     infos = store.miner.templates()
     for r in rows:
         info = infos.get(r["template_id"])
         r["template"] = info.text if info else None
         r["hosts"] = sorted(r["hosts"])[:100]
-    return rows[: q.limit] if q.limit else rows
+        one = LogQuery(start=r["last_seen"], end=r["last_seen"] + 1, text=q.text,
+                       case=q.case, limit=1, filters=[
+                           *q.filters, Filter("template_id", "=", str(r["template_id"]))])
+        got = store.search(one).records
+        r["example"] = got[0]["message"] if got else None
+    return rows
 
 
 def _fetch(cur: Any) -> list[dict[str, Any]]:

@@ -360,6 +360,11 @@ def test_stats_templates_metrics(make_hub) -> None:
     status, one = hub.request("GET", f"/api/v1/templates/{tid}")
     assert status == 200, one
     assert one["count"] == 90 and one["hosts"] == ["h0", "h1", "h2"]
+    assert one["example"] == entry(89)["message"]           # the newest of them
+    assert one["first_seen"] == first and one["last_seen"] == last
+    _, tp = hub.request("GET", "/api/v1/templates?host=h1")  # filters apply, example too
+    assert tp["templates"][0]["count"] == 30
+    assert tp["templates"][0]["example"] == entry(88)["message"]       # 88 % 3 == 1
     _, text = hub.request("GET", "/metrics")
     text = text.decode()
     assert "mohlog_records_received_total 90.0" in text
