@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "search": ("server.client_cli", "search a hub (words, phrases, regex, fields, --semantic)"),
     "tail": ("server.client_cli", "follow new matching entries live"),
     "stats": ("server.client_cli", "counts per component/level/host, bytes, rates"),
+    "patterns": ("server.client_cli", "the kinds of messages (templates) among matches"),
     "export": ("server.client_cli", "export matching entries as ndjson, csv or parquet"),
     "token": ("server.client_cli", "create, list or revoke access tokens"),
     "archive": ("server.client_cli", "list or restore archived partitions"),

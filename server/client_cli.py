@@ -705,6 +705,39 @@ def cmd_archive(args: argparse.Namespace) -> int:
     return 0
 
 
+_NO_TEMPLATE = {True: "(not templated yet: received in the last seconds)",
+                False: "(template unknown)"}
+
+
+def cmd_patterns(args: argparse.Namespace) -> int:
+    """The kinds of messages among the matching records: per template, how many, since
+    and until when, on how many hosts, its text and its newest message; most frequent
+    first (``GET /api/v1/templates``)."""
+    params = {**query_params(args), "limit": args.limit}
+    rows = client(args).get("/api/v1/templates", params)["templates"]
+    if args.json:
+        for r in rows:
+            print(json.dumps(r))
+        return 0
+    width = max([len(f"{r['count']:,}") for r in rows] or [1])
+
+    def when(ns: int) -> str:
+        return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%m-%dT%H:%M")
+    for r in rows:
+        hosts = len(r["hosts"])
+        print(f"{r['count']:>{width},}  {when(r['first_seen'])}..{when(r['last_seen'])}Z  "
+              f"{hosts}{'+' if hosts >= 100 else ''} host{'s' if hosts != 1 else ''}  "
+              f"{visible(r['template'] or _NO_TEMPLATE[r['template_id'] is None])}")
+        if args.examples and r.get("example"):
+            print("    e.g. " + visible(r["example"].split("\n", 1)[0]))
+    if not rows:
+        print("no matching records", file=sys.stderr)
+    elif len(rows) == args.limit:
+        print(f"note: the {len(rows)} most frequent shown; --limit N for more",
+              file=sys.stderr)
+    return 0
+
+
 def _positive(text: str) -> int:
     try:
         n = int(text)
@@ -753,6 +786,13 @@ def parser(cmd: str) -> argparse.ArgumentParser:
         if cmd == "export":
             p.add_argument("--format", default="ndjson", choices=["ndjson", "csv", "parquet"])
             p.add_argument("-o", "--output", help="file (default stdout)")
+    elif cmd == "patterns":
+        p.add_argument("q", nargs="?", help='words, "a phrase", /regex/')
+        filters(p)
+        p.add_argument("--limit", type=_positive, default=20, help="templates shown")
+        p.add_argument("--examples", action="store_true",
+                       help="each template's newest matching message under it")
+        p.add_argument("--json", action="store_true", help="one JSON object per template")
     elif cmd == "stats":
         p.add_argument("--json", action="store_true", help="the hub's answer as it is")
     elif cmd == "token":
@@ -768,7 +808,8 @@ def parser(cmd: str) -> argparse.ArgumentParser:
 
 
 COMMANDS = {"ingest": cmd_ingest, "search": cmd_search, "tail": cmd_tail, "stats": cmd_stats,
-            "export": cmd_export, "token": cmd_token, "archive": cmd_archive}
+            "export": cmd_export, "token": cmd_token, "archive": cmd_archive,
+            "patterns": cmd_patterns}
 
 
 def main(argv: list[str]) -> int:

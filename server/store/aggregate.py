@@ -268,10 +268,12 @@ def template_stats(store: Store, q: LogQuery) -> list[dict[str, Any]]:
         info = infos.get(r["template_id"])
         r["template"] = info.text if info else None
         r["hosts"] = sorted(r["hosts"])[:100]
+        tid = r["template_id"]          # None: records just received, not mined yet
         one = LogQuery(start=r["last_seen"], end=r["last_seen"] + 1, text=q.text,
-                       case=q.case, limit=1, filters=[
-                           *q.filters, Filter("template_id", "=", str(r["template_id"]))])
-        got = store.search(one).records
+                       case=q.case, limit=1 if tid is not None else 100, filters=[
+                           *q.filters, *([Filter("template_id", "=", str(tid))]
+                                         if tid is not None else [])])
+        got = [x for x in store.search(one).records if x.get("template_id") == tid]
         r["example"] = got[0]["message"] if got else None
     return rows
 

@@ -259,6 +259,38 @@ def test_cli_shows_control_characters_escaped(hub: Hub) -> None:
     assert orjson.loads(raw.stdout)["message"] == evil
 
 
+def test_cli_patterns_lists_the_kinds_of_messages(hub: Hub) -> None:
+    """``mohlog patterns``: per template of the matching records, most frequent first,
+    the count, time range, hosts, text and (--examples) the newest message."""
+    rows = [entry(i, message=f"disk {i} full on /dev/sd{i % 3}") for i in range(30)] + \
+        [entry(100 + i, message=f"session {4100 + i} closed", host="h9") for i in range(5)]
+    hub.ingest(rows)
+    env = {**os.environ, "MOHLOG_HUB": hub.url, "MOHLOG_TOKEN": hub.token,
+           "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([*CLI, "patterns", "--examples"], env=env, capture_output=True,
+                         text=True, timeout=60)     # at once: maybe not mined yet, said so
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("35  ") and "not templated yet" in out.stdout or \
+        out.stdout.startswith("30  "), out.stdout
+    deadline = time.monotonic() + 30
+    while hub.request("GET", "/api/v1/stats")[1]["records_in_memory"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    out = subprocess.run([*CLI, "patterns", "--examples"], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("30  ") and "3 hosts" in lines[0] and "disk <*> full" in lines[0]
+    assert lines[1] == "    e.g. disk 29 full on /dev/sd2"
+    assert lines[2].startswith(" 5  ") and "1 host " in lines[2]
+    assert "session <*> closed" in lines[2]
+    out = subprocess.run([*CLI, "patterns", "--host", "h9", "--json"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    got = [orjson.loads(x) for x in out.stdout.splitlines()]
+    assert [(g["count"], g["hosts"], g["example"]) for g in got] == [
+        (5, ["h9"], "session 4104 closed")]
+
+
 def test_cli_token_ingest_search(hub: Hub, tmp_path: Path) -> None:
     env = {**os.environ, "MOHLOG_HUB": hub.url, "MOHLOG_TOKEN": hub.token,
            "PYTHONPATH": str(ROOT)}
