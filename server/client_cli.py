@@ -414,7 +414,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     c = client(args)
     if args.semantic:
         return _semantic(c, args)
-    if args.count or args.by:
+    if args.count or args.by or args.every:
         return _count(c, args)
     # --all: every match, --limit records per request; else the first --limit
     paging = _Paging()
@@ -435,7 +435,10 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def _count(c: Client, args: argparse.Namespace) -> int:
     """``--count [--by F]...``: one structured aggregation with the search's filters; the
-    groups largest first, cut at --limit."""
+    groups largest first, cut at --limit. With ``--every 5m``: a time series, one line
+    per interval (and group), oldest first, empty intervals shown as 0."""
+    if args.every:
+        return _series(c, args)
     params = query_params(args)
     filters = list(params.get("f", []))
     hosts = params.get("host") or []
@@ -463,6 +466,52 @@ def _count(c: Client, args: argparse.Namespace) -> int:
         if res.get("rows_total"):
             print(f"note: the {len(rows)} largest of {res['rows_total']} groups shown; "
                   "--limit N for more", file=sys.stderr)
+    return 0
+
+
+def _spec(args: argparse.Namespace, kind: str) -> dict[str, Any]:
+    """A structured query of ``kind`` with the search's text, times and filters."""
+    params = query_params(args)
+    filters = list(params.get("f", []))
+    spec: dict[str, Any] = {"type": kind, **{k: params[k] for k in ("q", "start", "end")
+                                             if k in params}}
+    if params.get("case"):
+        spec["case"] = True
+    if params.get("host"):
+        filters.append({"field": "host", "op": "=", "value": params["host"]})
+    if filters:
+        spec["filters"] = filters
+    return spec
+
+
+def _series(c: Client, args: argparse.Namespace) -> int:
+    """``--count --every 5m [--by F]``: matches per interval, oldest first; the intervals
+    between the first and the last with a match are all shown (0 when none)."""
+    spec = {**_spec(args, "time_series"), "interval": args.every, "group_by": args.by or []}
+    res = c.post_json("/api/v1/query", spec)
+    rows, step = res["rows"], int(res["interval_ns"])
+    if args.json:
+        for r in rows:
+            print(json.dumps(r))
+        return 0
+    if not rows:
+        print("no matching records", file=sys.stderr)
+        return 0
+    by: dict[int, list[dict[str, Any]]] = {}
+    for r in rows:
+        by.setdefault(int(r["bucket"]), []).append(r)
+    width = max(len(f"{r['count']:,}") for r in rows)
+    fmt = "%Y-%m-%dT%H:%M:%SZ" if step % 60_000_000_000 else "%Y-%m-%dT%H:%MZ"
+    first, last = min(by), max(by)
+    if (last - first) // step > 10_000:
+        raise MohlogError(f"{(last - first) // step + 1} intervals of {args.every}: give a "
+                          "larger --every or a shorter --start/--end")
+    for b in range(first, last + 1, step):
+        when = dt.datetime.fromtimestamp(b / 1e9, dt.UTC).strftime(fmt)
+        for r in by.get(b) or [{"count": 0}]:
+            key = visible("  ".join(str(r.get(f)) for f in args.by)) if args.by and \
+                "bucket" in r else ""
+            print(f"{when}  {r['count']:>{width},}" + (f"  {key}" if key else ""))
     return 0
 
 
@@ -783,6 +832,9 @@ def parser(cmd: str) -> argparse.ArgumentParser:
             p.add_argument("--by", action="append", metavar="FIELD",
                            help="with --count: per value of FIELD, largest first (repeat; "
                                 "e.g. host, level, process, metadata.user)")
+            p.add_argument("--every", metavar="INTERVAL",
+                           help="with --count: per interval (10s, 5m, 1h, 1d), oldest "
+                                "first: when did it start?")
         if cmd == "export":
             p.add_argument("--format", default="ndjson", choices=["ndjson", "csv", "parquet"])
             p.add_argument("-o", "--output", help="file (default stdout)")

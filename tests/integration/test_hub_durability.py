@@ -291,6 +291,28 @@ def test_cli_patterns_lists_the_kinds_of_messages(hub: Hub) -> None:
         (5, ["h9"], "session 4104 closed")]
 
 
+def test_cli_count_every_interval(hub: Hub) -> None:
+    """``search --count --every 1m``: matches per minute, oldest first, the quiet minutes
+    between shown as 0; ``--by`` splits each minute."""
+    t0 = 1_700_000_040 * 10**9                                  # a whole minute
+    rows = [entry(i, timestamp=t0 + m * 60 * 10**9 + i, level=lv)
+            for i, (m, lv) in enumerate([(0, "ERROR"), (0, "ERROR"), (0, "INFO"),
+                                         (3, "ERROR"), (4, "INFO")])]
+    hub.ingest(rows)
+    env = {**os.environ, "MOHLOG_HUB": hub.url, "MOHLOG_TOKEN": hub.token,
+           "PYTHONPATH": str(ROOT), "TZ": "UTC"}
+    out = subprocess.run([*CLI, "search", "-f", "level=ERROR", "--count", "--every", "1m"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["2023-11-14T22:14Z  2", "2023-11-14T22:15Z  0",
+                                       "2023-11-14T22:16Z  0", "2023-11-14T22:17Z  1"]
+    out = subprocess.run([*CLI, "search", "--count", "--every", "1m", "--by", "level"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.splitlines()[:2] == ["2023-11-14T22:14Z  2  ERROR",
+                                           "2023-11-14T22:14Z  1  INFO"]
+    assert out.stdout.splitlines()[-1] == "2023-11-14T22:18Z  1  INFO"
+
+
 def test_cli_token_ingest_search(hub: Hub, tmp_path: Path) -> None:
     env = {**os.environ, "MOHLOG_HUB": hub.url, "MOHLOG_TOKEN": hub.token,
            "PYTHONPATH": str(ROOT)}
