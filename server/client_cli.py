@@ -439,18 +439,8 @@ def _count(c: Client, args: argparse.Namespace) -> int:
     per interval (and group), oldest first, empty intervals shown as 0."""
     if args.every:
         return _series(c, args)
-    params = query_params(args)
-    filters = list(params.get("f", []))
-    hosts = params.get("host") or []
-    spec: dict[str, Any] = {"type": "aggregation", "group_by": args.by or [],
-                            "sort": "-count", "limit": args.limit,
-                            **{k: params[k] for k in ("q", "start", "end") if k in params}}
-    if params.get("case"):
-        spec["case"] = True
-    if hosts:
-        filters.append({"field": "host", "op": "=", "value": hosts})     # any of them
-    if filters:
-        spec["filters"] = filters
+    spec = {**_spec(args, "aggregation"), "group_by": args.by or [], "sort": "-count",
+            "limit": args.limit}
     res = c.post_json("/api/v1/query", spec)
     rows = res["rows"]
     if args.json:
@@ -477,7 +467,7 @@ def _spec(args: argparse.Namespace, kind: str) -> dict[str, Any]:
                                              if k in params}}
     if params.get("case"):
         spec["case"] = True
-    if params.get("host"):
+    if params.get("host"):                                  # any of them
         filters.append({"field": "host", "op": "=", "value": params["host"]})
     if filters:
         spec["filters"] = filters
