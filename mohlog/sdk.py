@@ -583,13 +583,21 @@ def level_from_logging(levelno: int) -> str:
     return "TRACE"
 
 
+# A LogRecord's own attributes (anything else on it came from ``extra``), and those the
+# handler reads itself.
+_RECORD_FIELDS = frozenset(logging.makeLogRecord({}).__dict__) | {
+    "message", "asctime", "metadata", "component", "taskName"}
+_JSON_TYPES = (str, int, float, bool, type(None), list, dict)
+
+
 class MohlogHandler(logging.Handler):
     """A ``logging.Handler`` that writes records through the SDK (non-blocking).
 
     Levels: CRITICAL, ERROR, WARNING, INFO, DEBUG map to the same names, below DEBUG to
     TRACE. The component is ``record.component`` (``extra={"component": ...}``) or the
-    handler's; ``extra={"metadata": {...}}`` is merged into the entry's metadata, which
-    also carries the logger name, file, line and function.
+    handler's. The entry's metadata carries the logger name, file, line and function,
+    every other ``extra`` field (``log.info("paid", extra={"order": 77})``: values that
+    are not JSON types as their text) and what ``extra={"metadata": {...}}`` holds.
     """
 
     def __init__(self, component: str = "APPLICATION", level: int = logging.NOTSET,
@@ -610,6 +618,9 @@ class MohlogHandler(logging.Handler):
     def _entry(self, record: logging.LogRecord, target: Client) -> dict[str, Any]:
         metadata = {"logger": record.name, "file": record.pathname, "line": record.lineno,
                     "function": record.funcName}
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_FIELDS:
+                metadata[key] = value if isinstance(value, _JSON_TYPES) else str(value)
         extra = getattr(record, "metadata", None)
         if isinstance(extra, dict):
             metadata.update(extra)

@@ -183,6 +183,12 @@ def test_logging_handler_maps_levels_and_extras(client: sdk.Client) -> None:
     assert seen[2]["metadata"]["logger"] == "test_sdk.handler"
     assert "ValueError: bad value" in seen[6]["message"]
     assert all(set(e) == set(FIELDS) for e in seen)
+    # plain extra fields (the usual way) become metadata too; not JSON: their text
+    logger.info("paid", extra={"order": 77, "user": "bob", "path": Path("/x")})
+    meta = seen[7]["metadata"]
+    assert (meta["order"], meta["user"], meta["path"]) == (77, "bob", "/x")
+    assert not {"msg", "args", "levelno", "exc_info", "created"} & set(meta)
+    assert set(seen[2]["metadata"]) == {"logger", "file", "line", "function"}
 
 
 def test_level_from_logging_rounds_custom_levels_down() -> None:
