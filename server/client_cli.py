@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -299,7 +299,7 @@ def ingest_file(c: Client, path: Path, args: argparse.Namespace) -> tuple[int, i
     sent, again, batch, t0 = 0, 0, [], time.monotonic()
     warned = False
 
-    def send() -> None:
+    def send(batch: list[bytes]) -> None:
         nonlocal sent, again, warned
         try:
             res = _send(c, batch, cctx, f"{where}\0{sent}")
@@ -322,22 +322,60 @@ def ingest_file(c: Client, path: Path, args: argparse.Namespace) -> tuple[int, i
         n = int(res["accepted"])
         sent, again = sent + n, again + (n if res.get("duplicate") else 0)
 
-    for doc in entries(path, args, read):
-        if doc is None:                 # a live stream gone quiet: send what it gave
-            if batch:
-                send()
+    # Batches go out on a thread of their own, in order, while the next ones are read
+    # and parsed (waiting for each answer took a quarter of the time).
+    sender = _Sender(send)
+    try:
+        for doc in entries(path, args, read):
+            if doc is None:             # a live stream gone quiet: send what it gave
+                if batch:
+                    sender.put(batch)
+                    batch = []
+                    _progress(path, sent, read[0], size, t0)
+                continue
+            batch.append(orjson.dumps(doc))
+            if len(batch) >= args.batch:
+                sender.put(batch)
                 batch = []
                 _progress(path, sent, read[0], size, t0)
-            continue
-        batch.append(orjson.dumps(doc))
-        if len(batch) >= args.batch:
-            send()
-            batch = []
-            _progress(path, sent, read[0], size, t0)
-    if batch:
-        send()
+        if batch:
+            sender.put(batch)
+    finally:
+        sender.close()                  # waits for the batches handed over (or stops)
     _progress(path, sent, read[0], size, t0, end=True)
     return sent, again
+
+
+class _Sender:
+    """``send(batch)`` for each batch put, in order, on one thread; at most two wait. The
+    first error stops it, and is raised by the next ``put`` or by ``close``."""
+
+    def __init__(self, send: Callable[[list[bytes]], None]) -> None:
+        self._send = send
+        self._queue: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="ingest-send", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (batch := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._send(batch)
+                except BaseException as err:  # noqa: BLE001 - raised on the main thread
+                    self._error = err
+
+    def put(self, batch: list[bytes]) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(batch)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        while self._thread.is_alive():
+            self._thread.join(0.2)      # (a join with a timeout lets ^C through)
+        if self._error is not None:
+            raise self._error
 
 
 _HUB_LINE = re.compile(r"^hub refused \(\d+\): line \d+: ")
