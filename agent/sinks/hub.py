@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import orjson
 
@@ -125,7 +126,7 @@ class HubSink:
         if not self.token_file:
             return False
         try:
-            token = open(self.token_file).read().strip()
+            token = Path(self.token_file).read_text().strip()
         except OSError:
             return False
         if not token or token == self.token:
