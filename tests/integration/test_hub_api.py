@@ -223,6 +223,17 @@ def test_field_filters_and_text(hub: Hub) -> None:
     status, err = hub.request("GET", "/api/v1/logs?f=nosuch=1")
     assert status == 400 and "valid" in err["error"]
     assert hub.request("GET", "/api/v1/logs?q=/([/")[0] == 400
+    # regexes are RE2 (linear time), checked at once: no lookaround nor backreference
+    for bad in ("q=/(%3F%3Drequest)r/", "q=/(a)%5C1/", "f=metadata.n+regex+(%3F!1)"):
+        status, err = hub.request("GET", f"/api/v1/logs?{bad}")
+        assert status == 400 and "RE2 syntax" in err["error"]["message"], (bad, err)
+    # a pattern that backtracks for ever in Python's engine, against a long metadata
+    # value: answered at once, and the hub goes on (it used to hold the GIL for good)
+    hub.ingest([entry(5000, metadata={"user": "a" * 40 + "b"})])
+    status, res = hub.request("GET", "/api/v1/logs?f=metadata.user+regex+(a%2B)%2B%24")
+    assert status == 200 and res["records"] == [], res
+    got = hub.search("f=metadata.user+regex+%5Ea%2Bb%24")["records"]
+    assert [r["id"] for r in got] == ["e00005000"]
     status, err = hub.request("GET", '/api/v1/logs?q="request+17')   # a quote left open
     assert status == 400 and "unterminated phrase" in err["error"]["message"], err
     assert hub.search('q=say"hi"')["records"] == []                   # a quote inside a word
