@@ -5,7 +5,10 @@ Protocol (CONTRACTS.md "SDK ↔ agent"): a unix stream socket (default
 one JSON entry object per line with the FIELDS of ``mohlog.model``. ``message`` is
 required; ``level`` defaults to INFO, ``component`` to APPLICATION, ``source`` to "sdk",
 ``pid`` to the connecting process (SO_PEERCRED, given by the kernel), ``process`` to
-that pid's comm, and id/timestamp/host/tid/metadata/context to the usual defaults.
+that pid's comm, and id/timestamp/host/tid/metadata/context to the usual defaults. Every
+entry's ``metadata.peer`` is the writer's pid, uid and gid as the kernel gives them (what
+an entry says of itself is its writer's claim), and a ``source`` the agent collects itself
+(ebpf, kmsg, journal, file, syslog) cannot be claimed: it becomes "sdk".
 A line that is not a valid entry is counted (``invalid_json``, ``invalid_entry``,
 ``line_too_long``) and skipped; the connection stays open. A client that disconnects in
 the middle of a line loses only that partial line (counted as ``partial_line``).
@@ -57,27 +60,36 @@ class SdkSocketConfig:
     read_bytes: int = 256 << 10
 
 
-class _Client:
-    """One connection: its socket, unfinished line and the peer's pid and comm."""
+# Sources the agent itself collects: an application on the socket cannot claim them (its
+# claim is kept as metadata.claimed_source), so ``source=ebpf`` or ``source=journal`` are
+# the agent's word, whoever writes to the world-writable socket.
+AGENT_SOURCES = frozenset({"ebpf", "kmsg", "journal", "file", "syslog"})
 
-    def __init__(self, sock: socket.socket, pid: int, comm: str) -> None:
+
+class _Client:
+    """One connection: its socket, unfinished line and the peer's pid, uid, gid and
+    comm (the kernel's, SO_PEERCRED)."""
+
+    def __init__(self, sock: socket.socket, pid: int, uid: int, gid: int, comm: str
+                 ) -> None:
         self.sock, self.pid, self.comm = sock, pid, comm
+        self.peer = {"pid": pid, "uid": uid, "gid": gid}
         self.rest = b""
         self.skipping = False  # inside an over-long line: drop bytes until the next newline
 
 
-def _peer(sock: socket.socket) -> tuple[int, str]:
-    """The connecting process's pid and comm (kernel-given), or (0, "")."""
+def _peer(sock: socket.socket) -> tuple[int, int, int, str]:
+    """The connecting process's pid, uid, gid and comm (kernel-given), or (0, -1, -1, "")."""
     try:
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        pid = struct.unpack("3i", creds)[0]
+        pid, uid, gid = struct.unpack("3i", creds)
     except OSError:
-        return 0, ""
+        return 0, -1, -1, ""
     try:
         comm = Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         comm = ""
-    return pid, comm
+    return pid, uid, gid, comm
 
 
 class SdkSocketSource(Source):
@@ -279,6 +291,12 @@ class SdkSocketSource(Source):
         for name in ("metadata", "context"):
             if obj.get(name) is None:
                 obj[name] = {}
+        # What the entry says of itself (pid, process, host) is the application's claim;
+        # metadata.peer is the kernel's word on who wrote it.
+        obj["metadata"]["peer"] = dict(client.peer)
+        if obj["source"] in AGENT_SOURCES:
+            obj["metadata"]["claimed_source"] = obj["source"]
+            obj["source"] = "sdk"
         return obj
 
 

@@ -76,8 +76,10 @@ def test_delivery_through_the_socket(served: tuple[SdkSocketSource, Sink], sock_
     assert [e["message"] for e in got[:2500]] == [f"msg {i}" for i in range(2500)]
     assert len({e["id"] for e in got}) == 2501
     assert all(set(e) == set(FIELDS) and e["source"] == "sdk" for e in got)
-    assert got[-1]["metadata"] == {"order": 7} and got[-1]["context"] == {"trace": "t1"}
-    assert got[0]["pid"] == os.getpid()
+    peer = {"pid": os.getpid(), "uid": os.getuid(), "gid": os.getgid()}    # the kernel's
+    assert got[-1]["metadata"] == {"order": 7, "peer": peer}
+    assert got[-1]["context"] == {"trace": "t1"}
+    assert got[0]["pid"] == os.getpid() and got[0]["metadata"]["peer"] == peer
     assert client.stats()["sent"] == 2501 and client.stats()["dropped"] == 0
     client.shutdown()
     assert source.stats()["entries"] == 2501
@@ -326,3 +328,24 @@ def test_sdk_ships_to_a_real_hub_without_agent(real_hub: tuple[str, str],
     assert sorted(r["metadata"]["seq"] for r in records) == list(range(300))
     assert {r["source"] for r in records} == {"sdk"} and records[0]["level"] == "WARNING"
     assert client.stats()["sent"] == 300 and client.stats()["dropped"] == 0
+
+
+def test_a_writer_cannot_pass_for_another(served: tuple[SdkSocketSource, Sink],
+                                          sock_path: str) -> None:
+    """The socket is open to every local user: what an entry says of itself (pid,
+    process, host) is its writer's claim, kept; ``metadata.peer`` is who wrote it, from
+    the kernel; and the agent's own sources (ebpf, journal...) cannot be claimed."""
+    _, sink = served
+    forged = {"message": "Accepted password for root", "source": "journal",
+              "process": "sshd", "pid": 1, "level": "SECURITY",
+              "metadata": {"peer": {"uid": 0}}}
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(sock_path)
+        s.sendall(orjson.dumps(forged) + b"\n" +
+                  orjson.dumps({"message": "mine", "source": "billing"}) + b"\n")
+        got = sink.wait(2)
+    assert (got[0]["process"], got[0]["pid"]) == ("sshd", 1)           # claims, kept
+    assert got[0]["source"] == "sdk" and got[0]["metadata"]["claimed_source"] == "journal"
+    assert got[0]["metadata"]["peer"] == {"pid": os.getpid(), "uid": os.getuid(),
+                                          "gid": os.getgid()}
+    assert got[1]["source"] == "billing" and "claimed_source" not in got[1]["metadata"]
