@@ -98,7 +98,8 @@ class TokenStore:
     def create(self, role: str, name: str = "", secret: str | None = None) -> dict[str, Any]:
         if role not in ROLES:
             raise InvalidInput(f"unknown role {role!r}", valid=list(ROLES))
-        if secret is not None and (len(secret) < 24 or not secret.isprintable()):
+        if secret is not None and (not isinstance(secret, str) or len(secret) < 24
+                                   or not secret.isprintable()):
             raise InvalidInput("a given token value must be at least 24 printable characters")
         secret = secret or PREFIX + secrets.token_urlsafe(32)
         tok = Token(secrets.token_hex(6), name or role, role, _hash(secret), time.time_ns())

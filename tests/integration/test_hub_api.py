@@ -142,6 +142,10 @@ def test_auth_required_and_roles(hub: Hub) -> None:
     assert hub.request("GET", "/api/v1/logs", token=ingest)[0] == 403
     assert hub.request("GET", "/api/v1/logs", token=read)[0] == 200
     assert hub.request("GET", "/api/v1/tokens", token=read)[0] == 403
+    for weak in ("short", 12345678901234567890123456, "x" * 23):   # a given value: ≥ 24
+        status, err = hub.request("POST", "/api/v1/tokens",
+                                  json.dumps({"role": "read", "token": weak}).encode())
+        assert status == 400 and "at least 24" in err["error"]["message"], (weak, err)
     tid = made["id"]
     assert hub.request("DELETE", f"/api/v1/tokens/{tid}")[0] == 200
     assert hub.ingest([entry(2)], token=ingest)[0] == 401
