@@ -208,15 +208,25 @@ async def export(request: web.Request) -> web.StreamResponse:
         raise InvalidInput(f"unknown export format {fmt!r}", valid=list(FORMATS))
     q = LogQuery.from_params(request.query)
     chunks = request.app[STORE].export(q, fmt)
+    # The first chunk before the answer starts: an error in the query is then a 400; one
+    # later (a segment gone unreadable) can only cut the stream short (clients see an
+    # incomplete transfer; mohlog export keeps no partial file).
+    chunk = await run(request, next, chunks, None)
     resp = web.StreamResponse(headers={"Content-Type": _CTYPES[fmt],
                                        "Content-Disposition": f"attachment; filename=logs.{fmt}"})
     await resp.prepare(request)
-    while True:
-        chunk = await run(request, next, chunks, None)
-        if chunk is None:
-            break
-        if chunk:
-            await resp.write(chunk)
+    try:
+        while chunk is not None:
+            if chunk:
+                await resp.write(chunk)
+            chunk = await run(request, next, chunks, None)
+    except ConnectionResetError:
+        raise                           # the client went away
+    except Exception as err:  # noqa: BLE001 - the status is sent: end the stream badly
+        log.hub.error("export cut short: %s", err)
+        if request.transport is not None:
+            request.transport.close()
+        return resp
     await resp.write_eof()
     return resp
 

@@ -47,6 +47,8 @@ def spec_query(spec: dict[str, Any]) -> LogQuery:
     if unknown:       # a misspelt key ("aggregations", "group") would be silently ignored
         raise InvalidInput(f"unknown key {unknown[0]!r} in the query", valid=list(SPEC_KEYS))
     search = spec.get("type", "search") == "search"
+    if not isinstance(spec.get("q"), str | None):
+        raise InvalidInput("q must be text: words, \"a phrase\", /regex/", param="q")
     q = LogQuery(start=parse_time(spec.get("start")), end=parse_time(spec.get("end")),
                  text=spec.get("q"), case=flag(spec.get("case"), "case"),
                  cursor=spec.get("cursor"),
@@ -124,9 +126,14 @@ def _column(name: str) -> str:
 
 def _metrics(spec: dict[str, Any]) -> list[tuple[str, str]]:
     out = []
-    for m in spec.get("metrics") or [{"op": "count"}]:
-        if not isinstance(m, dict) or m.get("op") not in METRIC_OPS:
-            raise InvalidInput(f"bad metric {m!r}", valid=list(METRIC_OPS))
+    metrics = spec.get("metrics") or [{"op": "count"}]
+    if not isinstance(metrics, list):
+        raise InvalidInput("metrics must be a list of {op, field}", valid=list(METRIC_OPS))
+    for m in metrics:
+        if not isinstance(m, dict) or m.get("op") not in METRIC_OPS or \
+                not isinstance(m.get("field"), str | None):
+            raise InvalidInput(f"bad metric {m!r}: {{\"op\": OP, \"field\": FIELD}}",
+                               valid=list(METRIC_OPS))
         op, fld = m["op"], m.get("field")
         if op == "count":
             out.append(("count", "count(*)"))
@@ -146,6 +153,9 @@ def _aggregate(store: Store, q: LogQuery, spec: dict[str, Any], bucket: int | No
     group = spec.get("group_by") or []
     if isinstance(group, str):
         group = [group]
+    if not isinstance(group, list) or not all(isinstance(g, str) for g in group):
+        raise InvalidInput("group_by must be a field name or a list of them",
+                           valid=[*FIELDS, "metadata.<key>"])
     keys = [(g, _column(g)) for g in group]
     metrics = _metrics(spec)
     if _rollup_answers(q, group, metrics, bucket):

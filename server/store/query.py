@@ -193,8 +193,9 @@ def check_filter(f: Filter) -> Filter:
         raise InvalidInput(f"unknown field {f.field!r}", valid=[*FIELDS, "metadata.<key>"])
     if f.op == "regex":
         _compile(f.value, True)
-    elif f.op in ("<", "<=", ">", ">=") and (f.field in INT_FIELDS or f.field == "level"):
-        f.int_value()
+    elif f.op in ("<", "<=", ">", ">=") and (f.field in INT_FIELDS or f.field == "level") \
+            or f.op in ("=", "!=") and f.field in INT_FIELDS:
+        f.int_value()                   # (pid=abc: a 400 now, not mid-way through a query)
     return f
 
 

@@ -285,11 +285,18 @@ def test_structured_queries(hub: Hub) -> None:
     status, err = hub.request("POST", "/api/v1/query", b'{"type": "nope"}')
     assert status == 400 and "time_series" in err["error"]["valid"]
     for bad in ({"type": "time_series", "interval": "0m"},        # made no buckets
+                {"type": "search", "q": 5}, {"type": "aggregation", "group_by": [1]},
+                {"type": "aggregation", "group_by": {"a": 1}},
+                {"type": "aggregation", "metrics": ["count"]},
+                {"type": "aggregation", "metrics": [{"op": "sum", "field": 5}]},
                 {"type": "aggregation", "metrics": [{"op": "avg", "field": "host"}]},
                 {"type": "aggregation", "metrics": [{"op": "sum", "field": "message"}]}):
         status, err = hub.request("POST", "/api/v1/query", json.dumps(bad).encode())
-        assert status == 400, (bad, err)
+        assert status == 400, (bad, err)                # (some were 500s: TypeError)
     assert "pid" in err["error"]["valid"] and "metadata.<key>" in err["error"]["valid"]
+    for path in ("/api/v1/logs?pid=abc", "/api/v1/export?pid=abc", "/api/v1/logs?f=tid!=x"):
+        status, err = hub.request("GET", path)      # export: a 400, not a stream cut short
+        assert status == 400 and "not an integer" in err["error"]["message"], (path, err)
 
 
 def test_aggregations_sort_and_limit_their_rows(hub: Hub) -> None:
