@@ -146,16 +146,18 @@ def parse_time(v: str | int | None, now: int | None = None) -> int | None:
     None stays None."""
     if v is None or v == "":
         return None
+    if isinstance(v, bool) or not isinstance(v, int | float | str):
+        raise InvalidInput(f"bad time {v!r}: use ns, ISO-8601 or -5m/-2h/-1d", param="time")
     if isinstance(v, int):
-        return v
+        return _in_range(v)
     s = str(v).strip()
     if s.lstrip("-").isdigit():
-        return int(s)
+        return _in_range(int(s))
     if s == "now":
         return now or time.time_ns()
     m = _REL.match(s)
     if m:
-        return (now or time.time_ns()) - int(float(m.group(1)) * _UNIT[m.group(2)])
+        return _in_range((now or time.time_ns()) - int(float(m.group(1)) * _UNIT[m.group(2)]))
     try:
         dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
     except ValueError as err:
@@ -163,7 +165,14 @@ def parse_time(v: str | int | None, now: int | None = None) -> int | None:
                            param="time") from err
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp() * 1e9)
+    return _in_range(int(dt.timestamp() * 1e9))
+
+
+def _in_range(ns: int) -> int:
+    if not -(2**63) <= ns < 2**63:
+        raise InvalidInput(f"bad time {ns}: out of range (ns since 1970 as a 64-bit integer)",
+                           param="time")
+    return ns
 
 
 def parse_filter(spec: str) -> Filter:

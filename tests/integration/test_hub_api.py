@@ -504,3 +504,31 @@ def test_a_tail_that_falls_behind_is_told_how_many_it_missed(hub: Hub) -> None:
     dropped = sum(d["dropped"] for name, d in events if name == "dropped")
     assert dropped > 0 and len(shown) + dropped == n, (len(shown), dropped, events)
     assert shown == sorted(shown)                  # in order, what was shown
+
+
+def test_no_malformed_query_is_a_server_error(hub: Hub) -> None:
+    """Every key of a structured query given values of every JSON type, and odd values
+    to the GET endpoints: each is answered (200 or a 4xx saying why), never a 500."""
+    hub.ingest([entry(1), entry(2, metadata={"n": 5, "s": "x"})])
+    values = [5, "x", None, True, [1], {"a": 1}, -1, 1e308, "", [[1, 2, 3]],
+              [{"field": 1, "op": "=", "value": 2}], ["level=INFO", 5]]
+    keys = ["type", "start", "end", "q", "case", "filters", "group_by", "metrics",
+            "interval", "sort", "limit", "cursor"]
+    failed = []
+    for key in keys:
+        for value in values:
+            for kind in ("search", "aggregation", "time_series"):
+                spec = {key: value} if key == "type" else {"type": kind, key: value}
+                status, body = hub.request("POST", "/api/v1/query", orjson.dumps(spec))
+                if status >= 500:
+                    failed.append((spec, status, body))
+    odd = ["start=1e999", "end=-99999d", "start=-99999999999999d", "end=9999-01-01",
+           "start=99999999999999999999999", "limit=1e3", "f=pid>abc", "f=timestamp<abc",
+           "f=metadata.n>abc", "f=metadata.=x", "f=template_id=abc", "host=%00", "q=/%00/",
+           "cursor=" + "A" * 500, "f=level", "f=", "pid=abc", "template_id=-1"]
+    for query in odd:
+        for path in ("/api/v1/logs", "/api/v1/export", "/api/v1/templates"):
+            status, body = hub.request("GET", f"{path}?{query}")
+            if status >= 500:
+                failed.append((path, query, status, body))
+    assert failed == []
