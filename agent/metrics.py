@@ -39,6 +39,12 @@ class AgentCollector(Collector):
         yield _gauge("mohlog_agent_spool_bytes", "Bytes waiting in the spool", a.spool.bytes)
         yield _gauge("mohlog_agent_spool_batches", "Batches waiting in the spool",
                      a.spool.batches)
+        yield _gauge("mohlog_agent_spool_memory_bytes",
+                     "Bytes of batches waiting in memory: the spool's disk refused them",
+                     a.spool.memory_bytes)
+        yield _counter("mohlog_agent_spool_disk_errors",
+                       "Spool writes the disk refused (full, quota, I/O error)",
+                       a.spool.disk_errors)
         yield _gauge("mohlog_agent_queue_records", "Entries waiting for a batch",
                      a.pipeline.depth)
         loaded = GaugeMetricFamily("mohlog_agent_probe_loaded", "1 when the probe runs",

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections import Counter
+import time
+from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,12 @@ class Spool:
         self._lock = threading.Lock()
         self._entries: list[_Entry] = []
         self._seq = 0
+        # Batches the disk had no room for (ENOSPC, a quota, an I/O error), in order after
+        # the spooled ones; written out once it has room again (see push).
+        self._memory: deque[tuple[int, Batch]] = deque()
+        self.memory_bytes = 0
+        self.disk_errors = 0
+        self._disk_said = 0.0
         self._scan()
 
     def _scan(self) -> None:
@@ -188,14 +195,18 @@ class Spool:
 
     @property
     def batches(self) -> int:
-        return len(self._entries)
+        return len(self._entries) + len(self._memory)
 
     @property
     def bytes(self) -> int:
         return sum(e.size for e in self._entries)
 
     def push(self, batch: Batch) -> None:
-        """Append a batch (making room by dropping the lowest levels first)."""
+        """Append a batch (making room by dropping the lowest levels first). When the disk
+        refuses it (full: the spool is on a filesystem of its own, or shares one that
+        filled), it waits in memory, written out in order once the disk takes it again, up
+        to MEMORY_MAX bytes beyond which the lowest levels go (CRITICAL and SECURITY are
+        kept)."""
         with self._lock:
             data = _encode(batch)
             while self.bytes + len(data) > self.max_bytes:
@@ -208,9 +219,52 @@ class Spool:
             if not batch.records:
                 return
             self._seq += 1
-            path = self.dir / f"{self._seq:016d}.batch"
-            _write(path, data)
-            self._entries.append(_Entry(self._seq, path, len(data), Counter(batch.levels)))
+            self._memory.append((self._seq, batch))
+            self.memory_bytes += len(data)
+            self._spill()
+
+    def _spill(self) -> None:
+        """Write the batches waiting in memory to disk, oldest first, while it takes them
+        (under the lock); when it refuses one, the rest wait, and past MEMORY_MAX their
+        levels go, lowest first."""
+        while self._memory:
+            seq, batch = self._memory[0]
+            data = _encode(batch)
+            path = self.dir / f"{seq:016d}.batch"
+            try:
+                _write(path, data)
+            except OSError as err:
+                self.disk_errors += 1
+                if time.monotonic() - self._disk_said > 60:     # once a minute
+                    self._disk_said = time.monotonic()
+                    log.agent.error("spool: cannot write to %s (%s); %d batches wait in "
+                                    "memory, the lowest levels go first", self.dir, err,
+                                    len(self._memory))
+                # (rewriting spooled files smaller would need room the disk has not)
+                self._bound_memory()
+                return
+            self._memory.popleft()
+            self.memory_bytes -= len(data)
+            self._entries.append(_Entry(seq, path, len(data), Counter(batch.levels)))
+        self.memory_bytes = 0
+
+    def _bound_memory(self) -> None:
+        """Past MEMORY_MAX bytes in memory, the lowest levels of the batches there go."""
+        while self.memory_bytes > MEMORY_MAX:
+            levels = {lv for _, b in self._memory for lv, n in b.levels.items() if n}
+            droppable = [lv for lv in levels if lv not in NEVER_DROP]
+            if not droppable:
+                return                          # CRITICAL and SECURITY only: kept
+            level = min(droppable, key=lambda lv: LEVEL_RANK.get(lv, 0))
+            kept: deque[tuple[int, Batch]] = deque()
+            for seq, b in self._memory:
+                if b.levels.get(level):
+                    b, n = b.without(level)
+                    self.dropped[level] += n
+                if b.records:
+                    kept.append((seq, b))
+            self._memory = kept
+            self.memory_bytes = sum(len(_encode(b)) for _, b in self._memory)
 
     def _lowest(self, batch: Batch) -> str | None:
         present: set[str] = set(batch.levels)
@@ -243,8 +297,9 @@ class Spool:
         return batch
 
     def peek(self) -> tuple[int, Batch] | None:
-        """The oldest batch (seq, batch), or None. A file that cannot be read any more (a
-        disk error, an edit by hand) is set aside, so the batches behind it still ship."""
+        """The oldest batch (seq, batch), or None: on disk, then in memory. A file that
+        cannot be read any more (a disk error, an edit by hand) is set aside, so the
+        batches behind it still ship."""
         with self._lock:
             while self._entries:
                 e = self._entries[0]
@@ -253,7 +308,7 @@ class Spool:
                 except _DAMAGED as err:
                     _set_aside(e.path, err)
                     self._entries.pop(0)
-            return None
+            return self._memory[0] if self._memory else None
 
     def remove(self, seq: int) -> None:
         with self._lock:
@@ -261,10 +316,16 @@ class Spool:
                 if e.seq == seq:
                     e.path.unlink(missing_ok=True)
                     self._entries.remove(e)
+                    if self._memory:
+                        self._spill()           # room again, maybe
                     return
+            if self._memory and self._memory[0][0] == seq:
+                _, batch = self._memory.popleft()
+                self.memory_bytes = max(0, self.memory_bytes - len(_encode(batch)))
 
 
 _DAMAGED = (OSError, ValueError, KeyError, TypeError, AttributeError)
+MEMORY_MAX = 64 << 20   # bytes of batches kept in memory while the disk refuses them
 
 
 def _set_aside(path: Path, err: BaseException) -> None:
@@ -305,10 +366,15 @@ def read(path: Path) -> Batch:
 
 def _write(path: Path, data: bytes) -> None:
     tmp = path.with_suffix(".tmp")
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+                       "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError:
+        tmp.unlink(missing_ok=True)         # (a full disk: not a half file taking room)
+        raise
     os.replace(tmp, path)
     fd = os.open(path.parent, os.O_RDONLY)
     try:

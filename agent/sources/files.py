@@ -72,8 +72,15 @@ class FilesSource(Source):
             last = self._last.get(path, b"") if at == off else _bytes_before(path, ino, at)
             state[path] = (ino, at, last.hex())
         tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_bytes(orjson.dumps(state))
-        os.replace(tmp, self.state_file)
+        try:
+            tmp.write_bytes(orjson.dumps(state))
+            os.replace(tmp, self.state_file)
+        except OSError as err:          # a full disk: positions kept in memory meanwhile
+            tmp.unlink(missing_ok=True)
+            self.counters["state_write_errors"] += 1
+            if self.counters["state_write_errors"] % 300 == 1:
+                log.agent.error("files: cannot save positions to %s (%s); kept in memory, "
+                                "saved again once it can", self.state_file, err)
 
     def held(self, path: str) -> int:
         """Bytes of ``path`` read but not handed on: a partial last line, the entry held."""

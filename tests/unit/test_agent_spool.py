@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections import Counter
 from pathlib import Path
 
 import orjson
+import pytest
 
 from agent.config import AgentConfig, DropRule
 from agent.pipeline import Filter, Pipeline
@@ -205,3 +207,46 @@ def test_runtime_tuning() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+@pytest.mark.privileged
+def test_a_full_disk_keeps_batches_in_memory_in_order(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The spool's disk fills (a 256 KB tmpfs) while the hub is away: pushing never
+    raises (it killed the agent's pipeline thread), the batches the disk refuses wait in
+    memory and ship in order after the spooled ones, are written out once there is room
+    again, and past the memory bound the lowest levels go while CRITICAL stays."""
+    from agent import spool as spoolmod
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], check=True)
+    try:
+        sp = Spool(mnt / "spool", 1 << 30)
+        for k in range(40):                          # ~40 x 25 KB: more than the disk
+            sp.push(_batch(f"b{k:02d}", ["INFO"] * 100))
+        assert sp.disk_errors > 0 and sp.memory_bytes > 0
+        on_disk = len(list((mnt / "spool").glob("*.batch")))
+        assert 0 < on_disk < 40 and sp.batches == 40
+        assert list((mnt / "spool").glob("*.tmp")) == []          # no half file left
+        seq, first = sp.peek()                       # shipping frees room: it spills
+        sp.remove(seq)
+        assert len(list((mnt / "spool").glob("*.batch"))) >= on_disk - 1
+        seen = [first.id]
+        while (item := sp.peek()) is not None:
+            seq, b = item
+            seen.append(b.id)
+            sp.remove(seq)
+        assert seen == [f"b{k:02d}" for k in range(40)] and sp.batches == 0
+        # past the memory bound: INFO goes, CRITICAL stays
+        monkeypatch.setattr(spoolmod, "MEMORY_MAX", 60_000)
+        for k in range(40):
+            sp.push(_batch(f"c{k:02d}", ["INFO"] * 90 + ["CRITICAL"] * 10))
+        assert sp.dropped["INFO"] > 0
+        crit = 0
+        while (item := sp.peek()) is not None:
+            seq, b = item
+            crit += b.levels["CRITICAL"]
+            sp.remove(seq)
+        assert crit == 400
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
