@@ -24,6 +24,7 @@ import orjson
 from agent import arrow_writer
 from agent.config import AgentConfig
 from agent.spool import Batch
+from mohlog import log
 from mohlog.model import LEVEL_RANK, NEVER_DROP, new_id
 
 Enricher = Callable[[dict[str, Any]], None]
@@ -137,7 +138,12 @@ class Pipeline:
             stopping = self._stop.is_set()
             batch = self._cut(stopping)
             if batch is not None:
-                self.submit(batch)
+                try:
+                    self.submit(batch)
+                except Exception:  # noqa: BLE001 - the thread must outlive one batch
+                    log.agent.exception("pipeline: a batch of %d entries could not be "
+                                        "handed to the spool; it is lost", batch.records)
+                    self.dropped[("spool", "error")] += batch.records
                 del batch
                 if self.after_batch is not None and len(self._queue) < self.cut_records:
                     self.after_batch()

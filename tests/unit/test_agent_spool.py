@@ -121,6 +121,26 @@ def test_pipeline_batches_by_records_and_counts() -> None:
     assert p.events[("test", "")] == 302
 
 
+def test_a_batch_the_spool_refuses_does_not_stop_the_pipeline() -> None:
+    """Whatever the hand-over raises (a disk error the spool did not expect), the
+    pipeline thread goes on with the next batches; the lost ones are counted."""
+    out: list[Batch] = []
+    calls = []
+
+    def submit(b: Batch) -> None:
+        calls.append(b.records)
+        if len(calls) == 1:
+            raise OSError(5, "Input/output error")
+        out.append(b)
+    p = Pipeline(AgentConfig(batch_max_records=10, batch_max_delay_s=0.0), submit, [])
+    p.accept([{"level": "INFO", "component": "APPLICATION", "source": "test",
+               "message": f"m{i}"} for i in range(30)])
+    p.start()
+    p.stop()
+    assert calls == [10, 10, 10] and sum(b.records for b in out) == 20
+    assert p.dropped[("spool", "error")] == 10
+
+
 def _entries(n: int, level: str = "WARNING") -> list[dict]:
     return [{"id": f"{i:032x}", "timestamp": 1_700_000_000_000_000_000 + i, "level": level,
              "source": "ebpf", "component": "KERNEL", "host": "h", "pid": 7, "tid": 7,
