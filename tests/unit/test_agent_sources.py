@@ -12,6 +12,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -255,3 +256,36 @@ def test_journal_record_to_entry() -> None:
     assert e["metadata"]["exe"] == "/usr/bin/app"
     e = to_entry({"__REALTIME_TIMESTAMP": "1", "PRIORITY": "x", "MESSAGE": None}, "me")
     assert (e["level"], e["message"], e["process"], e["pid"]) == ("INFO", "", "", 0)
+
+
+def test_a_source_that_fails_is_started_again(tmp_path: Path) -> None:
+    """A tailed path that cannot be read any more (here a directory where the file was:
+    reading it fails) ended the files source's thread, and the agent collected nothing
+    more from files. The source is started again, and goes on once the file is back."""
+    log = tmp_path / "app.log"
+    log.write_text("one\n")
+    src = FilesSource([str(log)], tmp_path / "pos.json", poll_s=0.05, multiline=False)
+    got: list[str] = []
+    lock = threading.Lock()
+
+    def emit(entries: list[dict]) -> None:
+        with lock:
+            got.extend(e["message"] for e in entries)
+
+    def wait(cond: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 15
+        while not cond() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    src.start(emit)
+    try:
+        wait(lambda: "one" in got)
+        log.unlink()
+        log.mkdir()                                  # stat works, reading fails
+        (log / "x").write_bytes(b"x" * 10_000)
+        wait(lambda: src.counters["restarts"] >= 1)
+        shutil.rmtree(log)
+        log.write_text("two\n")
+        wait(lambda: "two" in got)
+    finally:
+        src.stop()
+    assert got == ["one", "two"] and src.counters["restarts"] >= 1
