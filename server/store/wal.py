@@ -184,7 +184,13 @@ class Wal:
                     self._queue.put(None)
                     break
                 group.append(nxt)
-            self._commit(group)
+            try:
+                self._commit(group)
+            except Exception as err:  # noqa: BLE001 - the writer must outlive one group
+                log.store.exception("wal: a group commit failed")
+                for p in group:         # their requests get an error, not a wait for ever
+                    if not p.future.done():
+                        p.future.set_exception(err)
 
     def _commit(self, group: list[Pending]) -> None:
         with self.lock:

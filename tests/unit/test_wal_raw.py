@@ -129,3 +129,31 @@ def test_wal_records_compressed_or_not_decode_alike(compress: bool) -> None:
     table = b.table.select(batchmod.SCHEMA.names)
     key, got = decode(encode("k", table, compress=compress)[16:])
     assert key == "k" and got.equals(table)
+
+
+def test_the_wal_writer_outlives_a_group_that_fails(tmp_path: Path) -> None:
+    """An error the group commit does not expect (here its file descriptor closed under
+    it) gives that group's requests an error instead of a wait for ever, and the writer
+    goes on with the next groups."""
+    import errno
+    import os
+    from concurrent.futures import Future
+
+    from server.store.wal import Pending, Wal
+    wal = Wal(tmp_path / "wal", lambda s: None)
+    wal.open_next()
+    wal.start()
+    try:
+        assert wal._file is not None
+        os.close(wal._file)                          # EBADF for lseek and write
+        first: Future = Future()
+        wal.submit(Pending(b"x" * 100, first, lambda n: None))
+        err = first.exception(timeout=10)           # (a TimeoutError if it hung)
+        assert isinstance(err, OSError) and err.errno == errno.EBADF, err
+        wal._file = None
+        wal.open_next()
+        second: Future = Future()
+        wal.submit(Pending(b"y" * 100, second, lambda n: None))
+        assert second.result(timeout=10) == wal.number
+    finally:
+        wal.stop()
