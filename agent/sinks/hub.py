@@ -66,7 +66,14 @@ class HubSink:
                 self._wake.clear()
                 continue
             seq, batch = item
-            outcome = self.send(batch)
+            try:
+                outcome = self.send(batch)
+            except Exception:  # noqa: BLE001 - the thread must outlive one answer
+                # (an answer that is not the hub's: a proxy's HTML page with a 200...)
+                self.counters["retries"] += 1
+                if self.counters["retries"] % 20 == 1:
+                    log.agent.exception("shipping a batch failed; it waits in the spool")
+                outcome = "retry"
             if outcome == "again":              # a new token: at once
                 continue
             if outcome in ("ok", "rejected"):
