@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import http.client
 import logging
 import os
 import socket
@@ -182,7 +183,7 @@ class _HubTransport:
             if err.code in (400, 401, 403, 404, 413):
                 raise _Rejected(f"hub refused batch: HTTP {err.code}") from err
             raise _Retry(f"hub: HTTP {err.code}") from err
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, http.client.HTTPException) as err:
             raise _Retry(f"hub {self.url}: {err}") from err
 
     def close(self) -> None:
@@ -392,7 +393,12 @@ class Client:
         while not self._stop.is_set():
             self._wake.wait(backoff or self.config.flush_interval_s)
             self._wake.clear()
-            ok = self._drain()
+            try:
+                ok = self._drain()
+            except Exception as err:  # noqa: BLE001 - the sender must outlive one send
+                self._count("send_failures")
+                self._last_error = f"{type(err).__name__}: {err}"
+                ok = False
             backoff = 0.0 if ok else min(max(backoff * 2, 0.05), self.config.retry_max_s)
 
     def _drain(self) -> bool:

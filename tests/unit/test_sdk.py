@@ -252,3 +252,50 @@ def test_log_write_names_what_is_unknown(client: sdk.Client, level: str, compone
                                          reason: str) -> None:
     assert client.write(level, component, "m", ()) is False
     assert client.stats()["last_error"] == reason
+
+
+def test_a_server_that_does_not_speak_http_does_not_stop_the_sdk(tmp_path: Path) -> None:
+    """The hub address points at something that answers garbage (a wrong port): the send
+    fails and is retried; the SDK's sender thread goes on (it ended on the
+    BadStatusLine) and ships once a real answer comes."""
+    import socket
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    answers = [b"SSH-2.0-OpenSSH_9.2\r\n"]
+    got: list[bytes] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                data = conn.recv(1 << 20)
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(1 << 20)
+                head, body = data.split(b"\r\n\r\n", 1)
+                length = int(next(ln.split(b":")[1] for ln in head.split(b"\r\n")
+                                  if ln.lower().startswith(b"content-length")))
+                while len(body) < length:
+                    body += conn.recv(1 << 20)
+                if answers:
+                    conn.sendall(answers.pop(0))
+                    continue
+                got.append(body)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+    threading.Thread(target=serve, daemon=True).start()
+    c = sdk.Client(sdk.SdkConfig(socket_path=str(tmp_path / "none.sock"),
+                                 hub_url=f"127.0.0.1:{srv.getsockname()[1]}",
+                                 flush_interval_s=0.01, retry_max_s=0.1))
+    try:
+        assert c.write("ERROR", "APPLICATION", "after garbage %d", (1,))
+        assert c.flush(10)
+        assert c.stats()["send_failures"] >= 1 and c.stats()["sent"] == 1
+        assert b"after garbage 1" in got[0]
+    finally:
+        c.shutdown()
+        srv.close()
