@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import ssl
@@ -82,13 +83,19 @@ class Client:
             resp = urllib.request.urlopen(req, timeout=self.timeout, context=self._ctx())
         except urllib.error.HTTPError as err:
             raise _hub_error(err) from err
-        except (urllib.error.URLError, OSError) as err:
-            raise HubError(f"cannot reach the hub at {self.url}: {err}") from err
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+            raise HubError(f"cannot reach the hub at {self.url}: {err!r}"
+                           if isinstance(err, http.client.HTTPException) else
+                           f"cannot reach the hub at {self.url}: {err}") from err
         if stream:
             return resp
         with resp:
             data = resp.read()
-        return json.loads(data) if data else None
+        try:
+            return json.loads(data) if data else None
+        except ValueError as err:           # something else answers there (a proxy page)
+            raise HubError(f"{self.url} did not answer as a mohlog hub: "
+                           f"{data[:80]!r}") from err
 
     def get(self, path: str, params: Any = None) -> Any:
         return self.request("GET", path, params)

@@ -313,6 +313,48 @@ def test_cli_count_every_interval(hub: Hub) -> None:
     assert out.stdout.splitlines()[-1] == "2023-11-14T22:18Z  1  INFO"
 
 
+def test_cli_says_when_the_address_is_not_a_hub() -> None:
+    """A wrong port (an SSH banner) or a proxy's login page (HTML with a 200): the CLI
+    says so and exits 1, where it printed a traceback."""
+    import http.server
+    import socket
+    import threading
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            body = b"<html>please log in</html>"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+    page = http.server.HTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=page.serve_forever, daemon=True).start()
+    ssh = socket.socket()
+    ssh.bind(("127.0.0.1", 0))
+    ssh.listen(1)
+
+    def banner() -> None:
+        conn, _ = ssh.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+    threading.Thread(target=banner, daemon=True).start()
+    env = {**os.environ, "MOHLOG_TOKEN": "x", "PYTHONPATH": str(ROOT)}
+    try:
+        for port, said in ((page.server_port, "did not answer as a mohlog hub"),
+                           (ssh.getsockname()[1], "BadStatusLine")):
+            out = subprocess.run([*CLI, "stats", "--hub", f"127.0.0.1:{port}"], env=env,
+                                 capture_output=True, text=True, timeout=60)
+            assert out.returncode == 1 and said in out.stderr, out.stderr
+            assert "Traceback" not in out.stderr
+    finally:
+        page.shutdown()
+        ssh.close()
+
+
 def test_cli_token_ingest_search(hub: Hub, tmp_path: Path) -> None:
     env = {**os.environ, "MOHLOG_HUB": hub.url, "MOHLOG_TOKEN": hub.token,
            "PYTHONPATH": str(ROOT)}
