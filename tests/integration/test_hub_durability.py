@@ -316,22 +316,10 @@ def test_cli_count_every_interval(hub: Hub) -> None:
 def test_cli_says_when_the_address_is_not_a_hub() -> None:
     """A wrong port (an SSH banner) or a proxy's login page (HTML with a 200): the CLI
     says so and exits 1, where it printed a traceback."""
-    import http.server
     import socket
     import threading
 
-    class Page(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
-            body = b"<html>please log in</html>"
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-    page = http.server.HTTPServer(("127.0.0.1", 0), Page)
-    threading.Thread(target=page.serve_forever, daemon=True).start()
+    from tests.fake_http import answering
     ssh = socket.socket()
     ssh.bind(("127.0.0.1", 0))
     ssh.listen(1)
@@ -344,14 +332,14 @@ def test_cli_says_when_the_address_is_not_a_hub() -> None:
     threading.Thread(target=banner, daemon=True).start()
     env = {**os.environ, "MOHLOG_TOKEN": "x", "PYTHONPATH": str(ROOT)}
     try:
-        for port, said in ((page.server_port, "did not answer as a mohlog hub"),
-                           (ssh.getsockname()[1], "BadStatusLine")):
-            out = subprocess.run([*CLI, "stats", "--hub", f"127.0.0.1:{port}"], env=env,
-                                 capture_output=True, text=True, timeout=60)
-            assert out.returncode == 1 and said in out.stderr, out.stderr
-            assert "Traceback" not in out.stderr
+        with answering([b"<html>please log in</html>"]) as page:
+            for port, said in ((page.server_port, "did not answer as a mohlog hub"),
+                               (ssh.getsockname()[1], "BadStatusLine")):
+                out = subprocess.run([*CLI, "stats", "--hub", f"127.0.0.1:{port}"],
+                                     env=env, capture_output=True, text=True, timeout=60)
+                assert out.returncode == 1 and said in out.stderr, out.stderr
+                assert "Traceback" not in out.stderr
     finally:
-        page.shutdown()
         ssh.close()
 
 

@@ -275,36 +275,21 @@ def test_a_full_disk_keeps_batches_in_memory_in_order(tmp_path: Path,
 def test_an_answer_that_is_not_the_hubs_does_not_stop_shipping(tmp_path: Path) -> None:
     """A proxy in the way answers 200 with an HTML page: that send is retried (the batch
     stays in the spool) and the shipping thread goes on; it used to end there."""
-    import http.server
-    import threading
     import time
 
     from agent.sinks.hub import HubSink
-    answers = [b"<html>proxy says hi</html>", b'{"accepted": 3, "duplicate": false}']
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
-            self.rfile.read(int(self.headers["Content-Length"]))
-            body = answers.pop(0) if len(answers) > 1 else answers[0]
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    from tests.fake_http import answering
     spool = Spool(tmp_path / "spool", 10 << 20)
-    sink = HubSink(f"http://127.0.0.1:{server.server_port}", "t", spool)
-    sink.submit(_batch("b0", ["INFO"] * 3))
-    sink.start()
-    try:
-        deadline = time.monotonic() + 15
-        while spool.batches and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert spool.batches == 0 and sink.counters["records_shipped"] == 3
-        assert sink.counters["retries"] >= 1
-    finally:
-        sink.stop()
-        server.shutdown()
+    with answering([b"<html>proxy says hi</html>",
+                    b'{"accepted": 3, "duplicate": false}']) as server:
+        sink = HubSink(f"http://127.0.0.1:{server.server_port}", "t", spool)
+        sink.submit(_batch("b0", ["INFO"] * 3))
+        sink.start()
+        try:
+            deadline = time.monotonic() + 15
+            while spool.batches and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            sink.stop()
+    assert spool.batches == 0 and sink.counters["records_shipped"] == 3
+    assert sink.counters["retries"] >= 1
