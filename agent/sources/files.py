@@ -69,7 +69,8 @@ class FilesSource(Source):
         state = {}
         for path, (ino, off) in self.pos.items():
             at = max(0, off - self.held(path))
-            last = self._last.get(path, b"") if at == off else _bytes_before(path, ino, at)
+            last = self._last.get(path, b"") if at == off else \
+                _bytes_before(path, ino, at) or b""
             state[path] = (ino, at, last.hex())
         tmp = self.state_file.with_suffix(".tmp")
         try:
@@ -158,14 +159,8 @@ class FilesSource(Source):
         last = self._last.get(path)
         if not off or not last:
             return False
-        try:
-            with open(path, "rb") as f:
-                if os.fstat(f.fileno()).st_ino != st.st_ino:
-                    return False                # rotated meanwhile: the next poll sees it
-                now = os.pread(f.fileno(), len(last), off - len(last))
-        except OSError:
-            return False
-        if now == last:
+        now = _bytes_before(path, st.st_ino, off)
+        if now is None or now == last:          # (None: rotated meanwhile, or unreadable)
             return False
         log.agent.info("files: %s was truncated and written again (copytruncate?): read "
                        "from its start", path)
@@ -231,14 +226,14 @@ class FilesSource(Source):
         return e
 
 
-def _bytes_before(path: str, ino: int, at: int) -> bytes:
-    """The FINGERPRINT bytes of ``path`` before offset ``at`` (b"" when it is not the file
-    of inode ``ino`` any more, or unreadable)."""
+def _bytes_before(path: str, ino: int, at: int) -> bytes | None:
+    """The FINGERPRINT bytes of ``path`` before offset ``at``; None when it is not the
+    file of inode ``ino`` any more, or unreadable."""
     try:
         with open(path, "rb") as f:
             if os.fstat(f.fileno()).st_ino != ino:
-                return b""
+                return None
             n = min(at, FINGERPRINT)
             return os.pread(f.fileno(), n, at - n)
     except OSError:
-        return b""
+        return None
