@@ -171,7 +171,7 @@ class Spool:
         self._seq = 0
         # Batches the disk had no room for (ENOSPC, a quota, an I/O error), in order after
         # the spooled ones; written out once it has room again (see push).
-        self._memory: deque[tuple[int, Batch]] = deque()
+        self._memory: deque[tuple[int, Batch, int]] = deque()      # (seq, batch, bytes)
         self.memory_bytes = 0
         self.disk_errors = 0
         self._disk_said = 0.0
@@ -219,52 +219,57 @@ class Spool:
             if not batch.records:
                 return
             self._seq += 1
-            self._memory.append((self._seq, batch))
+            if not self._memory and self._written(self._seq, batch, data):
+                return
+            self._memory.append((self._seq, batch, len(data)))
             self.memory_bytes += len(data)
-            self._spill()
+            self._bound_memory()
+
+    def _written(self, seq: int, batch: Batch, data: bytes) -> bool:
+        """Write one batch to disk (under the lock); False when the disk refuses it."""
+        path = self.dir / f"{seq:016d}.batch"
+        try:
+            _write(path, data)
+        except OSError as err:
+            self.disk_errors += 1
+            if time.monotonic() - self._disk_said > 60:     # once a minute
+                self._disk_said = time.monotonic()
+                log.agent.error("spool: cannot write to %s (%s); batches wait in memory "
+                                "(%d), the lowest levels go first past %d MB", self.dir,
+                                err, len(self._memory) + 1, MEMORY_MAX >> 20)
+            return False
+        self._entries.append(_Entry(seq, path, len(data), Counter(batch.levels)))
+        return True
 
     def _spill(self) -> None:
         """Write the batches waiting in memory to disk, oldest first, while it takes them
-        (under the lock); when it refuses one, the rest wait, and past MEMORY_MAX their
-        levels go, lowest first."""
+        (under the lock). (Rewriting spooled files smaller would need room the disk has
+        not: past MEMORY_MAX, levels go from the batches in memory.)"""
         while self._memory:
-            seq, batch = self._memory[0]
-            data = _encode(batch)
-            path = self.dir / f"{seq:016d}.batch"
-            try:
-                _write(path, data)
-            except OSError as err:
-                self.disk_errors += 1
-                if time.monotonic() - self._disk_said > 60:     # once a minute
-                    self._disk_said = time.monotonic()
-                    log.agent.error("spool: cannot write to %s (%s); %d batches wait in "
-                                    "memory, the lowest levels go first", self.dir, err,
-                                    len(self._memory))
-                # (rewriting spooled files smaller would need room the disk has not)
-                self._bound_memory()
+            seq, batch, size = self._memory[0]
+            if not self._written(seq, batch, _encode(batch)):
                 return
             self._memory.popleft()
-            self.memory_bytes -= len(data)
-            self._entries.append(_Entry(seq, path, len(data), Counter(batch.levels)))
-        self.memory_bytes = 0
+            self.memory_bytes -= size
 
     def _bound_memory(self) -> None:
         """Past MEMORY_MAX bytes in memory, the lowest levels of the batches there go."""
         while self.memory_bytes > MEMORY_MAX:
-            levels = {lv for _, b in self._memory for lv, n in b.levels.items() if n}
+            levels = {lv for _, b, _ in self._memory for lv, n in b.levels.items() if n}
             droppable = [lv for lv in levels if lv not in NEVER_DROP]
             if not droppable:
                 return                          # CRITICAL and SECURITY only: kept
             level = min(droppable, key=lambda lv: LEVEL_RANK.get(lv, 0))
-            kept: deque[tuple[int, Batch]] = deque()
-            for seq, b in self._memory:
+            kept: deque[tuple[int, Batch, int]] = deque()
+            for seq, b, size in self._memory:
                 if b.levels.get(level):
                     b, n = b.without(level)
                     self.dropped[level] += n
+                    size = len(_encode(b))
                 if b.records:
-                    kept.append((seq, b))
+                    kept.append((seq, b, size))
             self._memory = kept
-            self.memory_bytes = sum(len(_encode(b)) for _, b in self._memory)
+            self.memory_bytes = sum(size for _, _, size in kept)
 
     def _lowest(self, batch: Batch) -> str | None:
         present: set[str] = set(batch.levels)
@@ -308,7 +313,7 @@ class Spool:
                 except _DAMAGED as err:
                     _set_aside(e.path, err)
                     self._entries.pop(0)
-            return self._memory[0] if self._memory else None
+            return self._memory[0][:2] if self._memory else None
 
     def remove(self, seq: int) -> None:
         with self._lock:
@@ -320,8 +325,7 @@ class Spool:
                         self._spill()           # room again, maybe
                     return
             if self._memory and self._memory[0][0] == seq:
-                _, batch = self._memory.popleft()
-                self.memory_bytes = max(0, self.memory_bytes - len(_encode(batch)))
+                self.memory_bytes -= self._memory.popleft()[2]
 
 
 _DAMAGED = (OSError, ValueError, KeyError, TypeError, AttributeError)
