@@ -288,14 +288,14 @@ def ingest_file(c: Client, path: Path, args: argparse.Namespace) -> tuple[int, i
     stored again. Standard input and pipes get keys of their own run (``echo x | mohlog
     ingest -`` twice stores x twice)."""
     # the bar's whole: a plain file's size (a compressed one's decompressed size is unknown)
-    size = path.stat().st_size if path.is_file() and not _compressed(path) else 0
     read = [0]
     cctx = zstandard.ZstdCompressor(level=3)
     if str(path) != "-" and path.is_file():
         st = path.stat()
+        size = 0 if _compressed(path) else st.st_size
         where = f"{path.resolve()}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}"
     else:
-        where = new_id()                        # this run's: retries alike, runs not
+        size, where = 0, new_id()               # this run's: retries alike, runs not
     sent, again, batch, t0 = 0, 0, [], time.monotonic()
     warned = False
 

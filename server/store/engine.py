@@ -170,7 +170,7 @@ class Store:
         self._lock = threading.RLock()
         self._flush_lock = threading.Lock()
         self._restore_lock = threading.Lock()
-        self._early_said = -3600.0              # when wrongly dated records were logged
+        self._dates_said = -3600.0              # when wrongly dated records were logged
         # (the names of the archive's files, its readable archives): see _archives
         self._archived: tuple[int, list[dict[str, Any]]] | None = None
         self._chunks: list[Chunk] = []
@@ -273,8 +273,7 @@ class Store:
             self.miner.load()
             return True
         except CorruptData as err:
-            aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
-            path.replace(aside)
+            aside = _set_aside(path)
             log.store.error("%s: moved to %s; template texts taken back from the segments",
                             err.message, aside.name)
             return False
@@ -317,8 +316,7 @@ class Store:
         try:
             return Manifest.load(path)
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
-            aside = path.with_name(f"manifest.json.damaged-{int(time.time())}")
-            path.replace(aside)
+            aside = _set_aside(path)
             log.store.error("manifest %s is damaged (%s): moved to %s; rebuilding it from "
                             "the segment files", path, err, aside.name)
             return self._rebuilt_manifest()
@@ -478,8 +476,8 @@ class Store:
             self.metrics.early.inc(b.early)
         if b.future:
             self.metrics.future.inc(b.future)
-        if (b.early or b.future) and time.monotonic() - self._early_said > 60:
-            self._early_said = time.monotonic()             # once a minute at most
+        if (b.early or b.future) and time.monotonic() - self._dates_said > 60:
+            self._dates_said = time.monotonic()             # once a minute at most
             log.store.warning("a sender's timestamps look wrong: %s", "; ".join(b.warnings))
         self._publish(b.table)
         return AppendResult(b.rows, False)
@@ -1494,6 +1492,13 @@ class Store:
         now = time.time()
         self._manifest.kept = {p: t for p, t in self._manifest.kept.items() if t > now}
         return set(self._manifest.kept)
+
+
+def _set_aside(path: Path) -> Path:
+    """Move a damaged state file to NAME.damaged-TIME (kept for whoever looks); where."""
+    aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
+    path.replace(aside)
+    return aside
 
 
 def _archived_segments(path: Path) -> list[dict[str, Any]]:
