@@ -13,6 +13,7 @@ from mohlog.errors import InvalidInput
 from server.store import filters
 from server.store.query import (
     FIELDS,
+    INT_FIELDS,
     Filter,
     LogQuery,
     any_of,
@@ -27,9 +28,10 @@ if TYPE_CHECKING:
     from server.store.engine import Store
 
 METRIC_OPS = ("count", "min", "max", "avg", "sum")
-NUMERIC_FIELDS = ("timestamp", "pid", "tid")
-TEXT_FIELDS = ("id", "level", "component", "source", "host", "process", "message",
-               "template_id")
+# Fields a metric can add up (a template id is a name, not a quantity); the others, and
+# metadata values that are not numbers, give null.
+NUMERIC_FIELDS = tuple(f for f in INT_FIELDS if f != "template_id")
+TEXT_FIELDS = tuple(f for f in FIELDS if f not in NUMERIC_FIELDS)
 _INTERVAL = re.compile(r"^(\d+)(ms|s|m|h|d)$")
 _NS = {"ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9, "d": 86400 * 10**9}
 
