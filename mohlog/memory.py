@@ -27,23 +27,19 @@ def tune_allocators() -> bool:
     for key, value in ALLOCATOR_ENV.items():
         os.environ.setdefault(key, value)
     huge_pages(False)
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_mmap_threshold, 32 << 20)
-                    and libc.mallopt(m_trim_threshold, 256 << 20))
-    except (OSError, AttributeError):   # not glibc
+    mallopt = getattr(libc(), "mallopt", None)
+    if mallopt is None:                 # not glibc
         return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_mmap_threshold, 32 << 20) and mallopt(m_trim_threshold, 256 << 20))
 
 
 def huge_pages(on: bool) -> bool:
     """Transparent huge pages on or off for this process and the children it starts
     from now (Linux >= 3.15). The hub's child that runs the embedding model turns them
     back on: its memory is the model's, allocated once. False where unsupported."""
-    try:
-        return ctypes.CDLL("libc.so.6").prctl(PR_SET_THP_DISABLE, int(not on), 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
+    prctl = getattr(libc(), "prctl", None)
+    return prctl is not None and prctl(PR_SET_THP_DISABLE, int(not on), 0, 0, 0) == 0
 
 
 @functools.cache
