@@ -86,8 +86,11 @@ def _describe(want: Any) -> str:
     return {list: "a list", tuple: "a list", dict: "a table"}.get(origin, str(want))
 
 
+# Nanoseconds of each unit of time, for every duration mohlog reads (settings, relative
+# query times, time-series intervals).
+UNIT_NS = {"ns": 1, "us": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9,
+           "h": 3600 * 10**9, "d": 86_400 * 10**9, "w": 7 * 86_400 * 10**9}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?\s*$", re.I)
-_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b)?\s*$", re.I)
 _POWERS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
 
@@ -100,7 +103,7 @@ def duration_s(value: Any, name: str) -> Any:
         if not m:
             raise InvalidInput(f"setting {name} must be a duration such as 3600, 90m, 12h, "
                                f"30d or 2w, not {value!r}", setting=name)
-        return int(float(m.group(1)) * _SECONDS[(m.group(2) or "s").lower()])
+        return int(float(m.group(1)) * UNIT_NS[(m.group(2) or "s").lower()] // 10**9)
     return value
 
 

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mohlog.errors import InvalidInput
+from mohlog.settings import UNIT_NS
 from server.store import filters
 from server.store.query import (
     FIELDS,
@@ -33,7 +34,6 @@ METRIC_OPS = ("count", "min", "max", "avg", "sum")
 NUMERIC_FIELDS = tuple(f for f in INT_FIELDS if f != "template_id")
 TEXT_FIELDS = tuple(f for f in FIELDS if f not in NUMERIC_FIELDS)
 _INTERVAL = re.compile(r"^(\d+)(ms|s|m|h|d)$")
-_NS = {"ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9, "d": 86400 * 10**9}
 
 
 SPEC_KEYS = ("type", "start", "end", "q", "case", "filters", "group_by", "metrics",
@@ -113,7 +113,7 @@ def _interval(v: Any) -> int:
     m = _INTERVAL.match(str(v))
     if not m or not int(m.group(1)):        # "0m" made no buckets at all
         raise InvalidInput(f"bad interval {v!r}: use e.g. 10s, 1m, 1h, 1d")
-    return int(m.group(1)) * _NS[m.group(2)]
+    return int(m.group(1)) * UNIT_NS[m.group(2)]
 
 
 def _column(name: str) -> str:

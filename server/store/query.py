@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 
 from mohlog.errors import InvalidInput
 from mohlog.model import COMPONENTS, LEVEL_RANK, LEVELS
+from mohlog.settings import UNIT_NS
 
 OPS = ("<=", ">=", "!=", "=", "<", ">", " contains ", " regex ")
 FIELDS = ("id", "timestamp", "level", "component", "source", "host", "pid", "tid", "process",
@@ -24,8 +25,6 @@ INT_FIELDS = ("timestamp", "pid", "tid", "template_id")
 EQ_PARAMS = ("host", "level", "component", "source", "pid", "tid", "process", "id",
              "template_id")
 _REL = re.compile(r"^-(\d+(?:\.\d+)?)(ns|us|ms|s|m|h|d|w)$")
-_UNIT = {"ns": 1, "us": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9,
-         "d": 86400 * 10**9, "w": 7 * 86400 * 10**9}
 _TERM = re.compile(r'"((?:[^"\\]|\\.)*)"|/((?:[^/\\]|\\.)+)/|(\S+)')
 
 
@@ -157,7 +156,7 @@ def parse_time(v: str | int | None, now: int | None = None) -> int | None:
         return now or time.time_ns()
     m = _REL.match(s)
     if m:
-        return _in_range((now or time.time_ns()) - int(float(m.group(1)) * _UNIT[m.group(2)]))
+        return _in_range((now or time.time_ns()) - int(float(m.group(1)) * UNIT_NS[m.group(2)]))
     try:
         dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
     except ValueError as err:
