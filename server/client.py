@@ -84,9 +84,8 @@ class Client:
         except urllib.error.HTTPError as err:
             raise _hub_error(err) from err
         except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
-            raise HubError(f"cannot reach the hub at {self.url}: {err!r}"
-                           if isinstance(err, http.client.HTTPException) else
-                           f"cannot reach the hub at {self.url}: {err}") from err
+            why = repr(err) if isinstance(err, http.client.HTTPException) else err
+            raise HubError(f"cannot reach the hub at {self.url}: {why}") from err
         if stream:
             return resp
         with resp:
