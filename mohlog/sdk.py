@@ -624,9 +624,9 @@ class MohlogHandler(logging.Handler):
     def _entry(self, record: logging.LogRecord, target: Client) -> dict[str, Any]:
         metadata = {"logger": record.name, "file": record.pathname, "line": record.lineno,
                     "function": record.funcName}
-        for key, value in record.__dict__.items():
-            if key not in _RECORD_FIELDS:
-                metadata[key] = value if isinstance(value, _JSON_TYPES) else str(value)
+        for key in record.__dict__.keys() - _RECORD_FIELDS:     # the extra fields
+            value = record.__dict__[key]
+            metadata[key] = value if isinstance(value, _JSON_TYPES) else str(value)
         extra = getattr(record, "metadata", None)
         if isinstance(extra, dict):
             metadata.update(extra)
