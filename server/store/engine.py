@@ -32,7 +32,7 @@ from mohlog.errors import Busy, Conflict, CorruptData, InvalidInput, NotFound
 from mohlog.memory import release_unused
 from mohlog.model import iso_utc
 from server.store import batch as batchmod
-from server.store import filters, words
+from server.store import filters, prune, words
 from server.store import params as paramsmod
 from server.store.cache import SizedLRU
 from server.store.config import StoreConfig
@@ -880,7 +880,8 @@ class Store:
         def sidecars() -> tuple[pa.Table, words.WordIndex, str, str]:
             agg = rollup(sub)
             index = words.build(staged.messages, self.cfg.row_group_rows,
-                                fields=sub.select(list(words.FIELDS)), order=staged.order)
+                                fields=sub.select(list(words.INDEXED)), order=staged.order,
+                                params=sub["params"])
             directory.mkdir(parents=True, exist_ok=True)
             return (agg, index, write_rollup(agg, directory / name),
                     _digest_of(words.write(index, directory / name)))
@@ -1008,7 +1009,8 @@ class Store:
             except (OSError, pa.ArrowInvalid, NotFound, InvalidInput) as err:
                 log.store.error("word index of segment %s cannot be rebuilt: %s", s.path, err)
                 return None
-            index = words.build(msgs, max(rg_rows, 1), fields=t.select(list(words.FIELDS)))
+            index = words.build(msgs, max(rg_rows, 1), fields=t.select(list(words.INDEXED)),
+                                params=t["params"])
             digest = _digest_of(words.write(index, path))
             with self._lock:
                 s.words_xxh64 = digest
@@ -1024,24 +1026,43 @@ class Store:
             self._classes = {}
         return self._classes
 
-    def _pruned(self, groups: list[RowGroup], q: LogQuery) -> list[RowGroup]:
+    def _pruned(self, groups: list[RowGroup], q: LogQuery,
+                sel: filters.Selector | None = None) -> list[RowGroup]:
         """Row groups whose word index may hold every word the query's terms require and
-        every field value its equality filters name."""
-        need = filters.required_words(q)
-        hashes = [h for h in (words.query_hashes(w) for w in need) if h is not None and len(h)]
+        every field value its equality filters name, and (with ``sel``) a match of each of
+        its phrases and regex literals (:mod:`server.store.prune`)."""
+        # A word with a k or an s may be spelled with a Kelvin sign or a long s where case
+        # is folded (regexes may fold whatever the flag says): row groups whose filter
+        # says it holds such spellings are kept for those words.
+        folding = not q.case or any(t.kind == "regex" for t in q.terms)
+        hashes, folded = [], []
+        for w in filters.required_words(q):
+            h = words.query_hashes(w)
+            if h is not None and len(h):
+                (folded if folding and set(w.lower()) & {"k", "s"} else hashes).append(h)
         for f in q.filters:
             if f.op == "=" and f.field in words.FIELDS:
                 value = np.array([f.int_value()]) if f.field == "pid" else [f.value]
                 hashes.append(words.field_hashes(f.field, value))
-        if not hashes:
+        needles = sel is not None and any(t.kind != "word" for t in q.terms)
+        if not hashes and not folded and not needles:
             return groups
-        allh = np.concatenate(hashes)
+        allh = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
+        foldh = np.concatenate(folded) if folded else np.zeros(0, np.uint64)
         out = []
         verdict: dict[str, np.ndarray | None] = {}
         for g in groups:
             if g.seg.path not in verdict:
                 index = self.word_index(g.seg)
-                verdict[g.seg.path] = None if index is None else index.row_groups_with(allh)
+                ok = None if index is None else index.row_groups_with(allh)
+                if ok is not None and len(foldh):
+                    spelled = index.words_present(_FOLDS)[:, 0] if index.has_params else False
+                    ok &= index.row_groups_with(foldh) | spelled
+                if ok is not None and needles and ok.any():
+                    more = prune.row_groups(sel, index)
+                    if more is not None:
+                        ok &= more
+                verdict[g.seg.path] = ok
             ok = verdict[g.seg.path]
             if ok is None or g.index >= len(ok) or ok[g.index]:
                 out.append(g)
@@ -1083,7 +1104,7 @@ class Store:
         cols = filters.scan_columns(q, cursor=cur is not None)
         desc = q.sort == "desc"
         every = self._row_groups(q, segs)
-        kept = self._pruned(every, q)
+        kept = self._pruned(every, q, sel)
         groups = batched(kept, desc)
         if len(kept) < len(every):
             # The word index kept these row groups for the query's words: they most
@@ -1181,7 +1202,7 @@ class Store:
                     t["template_id"].to_numpy(), t["params"].combine_chunks()))
             return t.select(out_cols)
 
-        groups = batched(self._pruned(self._row_groups(q, segs), q), q.sort == "desc", 32)
+        groups = batched(self._pruned(self._row_groups(q, segs), q, sel), q.sort == "desc", 32)
         parts += [t for t in self._prefetched(groups, work) if t is not None]
         if not parts:
             return filters.empty(self.miner).select(out_cols)
@@ -1492,6 +1513,9 @@ class Store:
         now = time.time()
         self._manifest.kept = {p: t for p, t in self._manifest.kept.items() if t > now}
         return set(self._manifest.kept)
+
+
+_FOLDS = np.array([words.FOLDS], np.uint64)
 
 
 def _set_aside(path: Path) -> Path:

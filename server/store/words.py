@@ -11,7 +11,14 @@ from a row group's filter skips that row group unread.
 
 The same filters hold the values of the fields host, level, component, source and pid
 (hashed apart from words: ``field_hashes``), so an equality filter on them skips the row
-groups that do not hold the value.
+groups that do not hold the value, and the row group's template ids.
+
+A second filter per row group (since 2026-12-02) holds the words of its messages'
+parameters that have no digit (a few hundred per row group, ~1 KB: the words with digits,
+~30,000 per row group, are left out), and the hash ``NON_ASCII`` when such a word holds a
+non-ASCII byte. With both, a phrase or a regex literal is looked for only in the row groups
+holding a template whose text may hold it, or parameters with the words it needs
+(:mod:`server.store.prune`). Indexes from before it have no such filter and prune as before.
 
 Building runs in C (native/words.c, compiled with the system's C compiler at first use and
 cached beside it or in ~/.cache/mohlog): ~0.35 s per million messages here. Without a
@@ -44,6 +51,13 @@ for _c in range(256):
     _ch = chr(_c)
     if _c >= 0x80 or _ch.isascii() and _ch.isalnum():
         _LUT[_c] = ord(_ch.lower()) if _c < 0x80 else _c
+# Set in a parameter filter when one of its words holds a non-ASCII byte: case folding
+# may then map it onto an ASCII word (the Kelvin sign onto k), so the filter cannot say no.
+NON_ASCII = 0x6D6F686C6F674E41
+# Set in a word filter (since parameter filters came) when one of its words holds a
+# Kelvin sign or a long s, the non-ASCII letters whose case folds are ASCII (k, s): a
+# case-insensitive word with a k or an s may then be there spelled with them.
+FOLDS = 0x6D6F686C6F67464B
 _pow_cache: list[np.ndarray] = [np.ones(1, np.uint64), np.ones(1, np.uint64)]
 
 
@@ -60,8 +74,11 @@ def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
     return _pow_cache[0][:n], _pow_cache[1][:n]
 
 
-def word_hashes(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Hashes (uint64) of every word of the strings ``data[offsets[i]:offsets[i+1]]``."""
+def word_hashes(data: np.ndarray, offsets: np.ndarray, letters_only: bool = False,
+                non_ascii: int = 0, folds: int = 0) -> np.ndarray:
+    """Hashes (uint64) of every word of the strings ``data[offsets[i]:offsets[i+1]]``
+    (``letters_only``: of the words without a digit), and the hash ``non_ascii`` if a word
+    holds a non-ASCII byte, ``folds`` if one holds a Kelvin sign or a long s (0: never)."""
     n = len(data)
     if n == 0:
         return np.zeros(0, np.uint64)
@@ -84,7 +101,21 @@ def word_hashes(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         h = (c[ends] - c[starts]) * inv[starts]
         h ^= (ends - starts).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
     h[h == 0] = 1
-    return h
+    def within(flag: np.ndarray) -> np.ndarray:
+        upto = np.concatenate(([0], np.cumsum(flag)))
+        return upto[ends] > upto[starts]
+    marks = []
+    if non_ascii and within(b >= 0x80).any():
+        marks.append(non_ascii)
+    if folds:
+        at = np.zeros(n, bool)
+        at[2:] |= (data[2:] == 0xAA) & (data[1:-1] == 0x84) & (data[:-2] == 0xE2)
+        at[1:] |= (data[1:] == 0xBF) & (data[:-1] == 0xC5)
+        if within(at).any():
+            marks.append(folds)
+    if letters_only:
+        h = h[~within((b >= ord("0")) & (b <= ord("9")))]
+    return np.append(h, np.array(marks, np.uint64)) if marks else h
 
 
 def query_hashes(text: str) -> np.ndarray | None:
@@ -104,25 +135,25 @@ def _positions(h: np.ndarray, m: int) -> np.ndarray:
         return ((h1[:, None] + i[None, :] * h2[:, None]) % np.uint64(m)).ravel()
 
 
-@dataclass
-class WordIndex:
-    blooms: list[np.ndarray]        # one packed bit array per row group
+class _Filters:
+    """One packed Bloom filter per row group, probed for all of them at once."""
 
-    def __post_init__(self) -> None:
-        sizes = np.array([len(b) for b in self.blooms], np.int64)
-        self._bits = np.concatenate(self.blooms) if self.blooms else np.zeros(0, np.uint8)
+    def __init__(self, blooms: list[np.ndarray]) -> None:
+        sizes = np.array([len(b) for b in blooms], np.int64)
+        self.count = len(blooms)
+        self._bits = np.concatenate(blooms) if blooms else np.zeros(0, np.uint8)
         self._start = (np.cumsum(sizes) - sizes) * 8        # bit offset of each filter
         self._m = (sizes * 8).astype(np.uint64)
 
     @property
     def nbytes(self) -> int:
-        return int(self._bits.nbytes * 2 + self._start.nbytes + self._m.nbytes)
+        return int(self._bits.nbytes + self._start.nbytes + self._m.nbytes)
 
-    def row_groups_with(self, hashes: np.ndarray) -> np.ndarray:
-        """For every row group at once: may it hold all these words?"""
-        if not len(self.blooms):
-            return np.zeros(0, bool)
+    def present(self, hashes: np.ndarray) -> np.ndarray:
+        """[row group, hash]: may the row group's filter hold the hash?"""
         h = np.asarray(hashes, np.uint64)
+        if not self.count or not len(h):
+            return np.ones((self.count, len(h)), bool)
         h1 = (h & np.uint64(0xFFFFFFFF))[None, :, None]
         h2 = ((h >> np.uint64(32)) | np.uint64(1))[None, :, None]
         i = np.arange(_K, dtype=np.uint64)[None, None, :]
@@ -130,7 +161,42 @@ class WordIndex:
             pos = (h1 + i * h2) % self._m[:, None, None]
         bit = pos.astype(np.int64) + self._start[:, None, None]
         got = (self._bits[bit >> 3] >> (7 - (bit & 7)).astype(np.uint8)) & 1
-        return got.reshape(len(self.blooms), -1).all(axis=1)
+        return got.all(axis=2).astype(bool)
+
+
+@dataclass
+class WordIndex:
+    blooms: list[np.ndarray]        # one packed bit array per row group
+    # per row group, the words without digits of its parameters (None: an index from
+    # before these filters, whose word filters do not hold the template ids either)
+    params: list[np.ndarray] | None = None
+
+    def __post_init__(self) -> None:
+        self._words = _Filters(self.blooms)
+        self._params = None if self.params is None else _Filters(self.params)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.nbytes for b in self.blooms) + self._words.nbytes + (
+            0 if self.params is None or self._params is None
+            else sum(b.nbytes for b in self.params) + self._params.nbytes)
+
+    @property
+    def has_params(self) -> bool:
+        return self._params is not None and self._params.count == self._words.count
+
+    def row_groups_with(self, hashes: np.ndarray) -> np.ndarray:
+        """For every row group at once: may it hold all these words?"""
+        return self._words.present(hashes).all(axis=1)
+
+    def words_present(self, hashes: np.ndarray) -> np.ndarray:
+        """[row group, hash] of the word filters (words, field values, template ids)."""
+        return self._words.present(hashes)
+
+    def param_words_present(self, hashes: np.ndarray) -> np.ndarray:
+        """[row group, hash] of the parameter filters (``has_params`` only)."""
+        assert self._params is not None
+        return self._params.present(hashes)
 
     def may_contain(self, rg: int, hashes: np.ndarray) -> bool:
         bits = self.blooms[rg]
@@ -140,11 +206,17 @@ class WordIndex:
                             .astype(np.uint8)) & 1))
 
     def to_table(self) -> pa.Table:
-        return pa.table({"bloom": pa.array([b.tobytes() for b in self.blooms], pa.binary())})
+        cols = {"bloom": pa.array([b.tobytes() for b in self.blooms], pa.binary())}
+        if self.params is not None:
+            cols["pbloom"] = pa.array([b.tobytes() for b in self.params], pa.binary())
+        return pa.table(cols)
 
     @classmethod
     def from_table(cls, t: pa.Table) -> WordIndex:
-        return cls([np.frombuffer(b, np.uint8) for b in t["bloom"].to_pylist()])
+        def filters(name: str) -> list[np.ndarray]:
+            return [np.frombuffer(b, np.uint8) for b in t[name].to_pylist()]
+        return cls(filters("bloom"),
+                   filters("pbloom") if "pbloom" in t.column_names else None)
 
 
 _SRC = Path(__file__).with_name("native") / "words.c"
@@ -153,9 +225,9 @@ _SRC = Path(__file__).with_name("native") / "words.c"
 def _declare(lib: ctypes.CDLL) -> None:
     fn = lib.mohlog_word_blooms
     fn.restype = ctypes.c_int64
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
-                   ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_int64,
-                   ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    fn.argtypes = [p, p, i64, i64, ctypes.c_int, ctypes.c_int, p, i64, p, p, p, p, p, i64,
+                   ctypes.c_int, ctypes.c_uint64, ctypes.c_uint64]
 
 
 def _native() -> ctypes.CDLL | None:
@@ -183,6 +255,7 @@ def string_buffers(strings: pa.Array | pa.ChunkedArray
 
 
 FIELDS = ("host", "level", "component", "source", "pid")
+INDEXED = (*FIELDS, "template_id")          # the columns ``build`` takes as ``fields``
 
 
 def field_hashes(field: str, values: Any) -> np.ndarray:
@@ -222,36 +295,76 @@ def _extra(fields: pa.Table | None, n: int, rg_rows: int) -> tuple[np.ndarray, n
 
 
 def build(messages: pa.Array | pa.ChunkedArray, rg_rows: int, native: bool = True,
-          fields: pa.Table | None = None, order: np.ndarray | None = None) -> WordIndex:
+          fields: pa.Table | None = None, order: np.ndarray | None = None,
+          params: pa.Array | pa.ChunkedArray | None = None) -> WordIndex:
     """The index of a segment whose messages, in stored order, are ``messages`` (or
-    ``messages.take(order)``, not copied) and the ``fields`` columns (stored order), and
-    whose row groups hold ``rg_rows`` rows each."""
+    ``messages.take(order)``, not copied), the ``fields`` columns (stored order: those of
+    ``INDEXED``) and the parameters ``params`` (stored order, lists or packed), and whose
+    row groups hold ``rg_rows`` rows each."""
     n = len(messages) if order is None else len(order)
+    n_rg = max(1, -(-n // rg_rows))
     extra, extra_off = _extra(fields, n, rg_rows)
+    bounds = np.minimum(np.arange(n_rg + 1) * rg_rows, n)
+    if params is None:
+        return WordIndex(_filters(messages, bounds, native, extra, extra_off, order))
+    values, pbounds = _param_strings(params, n_rg, rg_rows)
+    return WordIndex(_filters(messages, bounds, native, extra, extra_off, order, folds=FOLDS),
+                     _filters(values, pbounds, native, letters_only=True,
+                              non_ascii=NON_ASCII))
+
+
+def _param_strings(params: pa.Array | pa.ChunkedArray, n_rg: int, rg_rows: int
+                   ) -> tuple[pa.Array, np.ndarray]:
+    """The parameters as strings (packed rows, or the lists' values) and where each row
+    group's begin and end among them."""
+    if isinstance(params, pa.ChunkedArray):
+        params = params.combine_chunks()
+    n = len(params)
+    rows = np.minimum(np.arange(n_rg + 1) * rg_rows, n)
+    if not (pa.types.is_list(params.type) or pa.types.is_large_list(params.type)):
+        return params, rows
+    loff = params.offsets.to_numpy().astype(np.int64)
+    first = int(loff[0])
+    return params.values.slice(first, int(loff[-1]) - first), loff[rows] - first
+
+
+def _filters(strings: pa.Array | pa.ChunkedArray, bounds: np.ndarray, native: bool,
+             extra: np.ndarray | None = None, extra_off: np.ndarray | None = None,
+             order: np.ndarray | None = None, letters_only: bool = False,
+             non_ascii: int = 0, folds: int = 0) -> list[np.ndarray]:
+    """One filter per row group r over the words of strings [bounds[r], bounds[r+1]) (of
+    ``strings.take(order)``) and the hashes ``extra[extra_off[r]:extra_off[r+1]]``
+    (``word_hashes`` says what the other arguments do)."""
+    n_rg = len(bounds) - 1
+    if extra is None or extra_off is None:
+        extra, extra_off = np.zeros(0, np.uint64), np.zeros(n_rg + 1, np.int64)
+    n = len(strings) if order is None else len(order)
+    bounds = np.ascontiguousarray(bounds, np.int64)
     lib = _native() if native else None
     if lib is not None:
-        _, data, offsets = string_buffers(messages)
+        _, data, offsets = string_buffers(strings)
         perm = None if order is None else np.ascontiguousarray(order, np.int64)
-        n_rg = max(1, -(-n // rg_rows))
         cap = (len(data) // 2 + n + 1 + len(extra)) * _BITS_PER_WORD // 8 + 64 * n_rg
         out = np.empty(cap, np.uint8)
         sizes = np.zeros(n_rg, np.int64)
-        got = lib.mohlog_word_blooms(data.ctypes.data, offsets.ctypes.data, n, rg_rows,
+        got = lib.mohlog_word_blooms(data.ctypes.data, offsets.ctypes.data, n, 1,
                                      _BITS_PER_WORD, _K, out.ctypes.data, cap,
                                      sizes.ctypes.data, extra.ctypes.data,
                                      extra_off.ctypes.data,
-                                     None if perm is None else perm.ctypes.data)
+                                     None if perm is None else perm.ctypes.data,
+                                     bounds.ctypes.data, len(bounds), int(letters_only),
+                                     non_ascii, folds)
         if got == n_rg:
             ends = np.cumsum(sizes)
-            return WordIndex([out[e - s:e].copy() for s, e in zip(sizes, ends, strict=True)])
+            return [out[e - s:e].copy() for s, e in zip(sizes, ends, strict=True)]
         log.store.warning("word index: C helper failed (%d); using numpy", got)
-    if isinstance(messages, pa.ChunkedArray):
-        messages = messages.combine_chunks()
+    if isinstance(strings, pa.ChunkedArray):
+        strings = strings.combine_chunks()
     if order is not None:
-        messages = messages.take(pa.array(order))
+        strings = strings.take(pa.array(order))
     blooms = []
-    for r, start in enumerate(range(0, max(len(messages), 1), rg_rows)):
-        part = messages.slice(start, rg_rows)
+    for r in range(n_rg):
+        part = strings.slice(int(bounds[r]), int(bounds[r + 1] - bounds[r]))
         if part.type != pa.large_string():
             part = pc.cast(part, pa.large_string())
         offsets = np.frombuffer(part.buffers()[1], np.int64)[part.offset:
@@ -259,14 +372,15 @@ def build(messages: pa.Array | pa.ChunkedArray, rg_rows: int, native: bool = Tru
         data = np.frombuffer(part.buffers()[2], np.uint8) if part.buffers()[2] else \
             np.zeros(0, np.uint8)
         lo, hi = int(offsets[0]), int(offsets[-1])
-        h = np.concatenate([word_hashes(data[lo:hi], offsets - lo),
+        h = np.concatenate([word_hashes(data[lo:hi], offsets - lo, letters_only, non_ascii,
+                                        folds),
                             extra[extra_off[r]:extra_off[r + 1]]])
         h = pc.unique(pa.array(h)).to_numpy()
         m = max(64, (len(h) * _BITS_PER_WORD + 63) // 64 * 64)
         bits = np.zeros(m, bool)
         bits[_positions(h, m)] = True
         blooms.append(np.packbits(bits))
-    return WordIndex(blooms)
+    return blooms
 
 
 def path_for(seg_path: Path) -> Path:

@@ -42,25 +42,36 @@ static int insert(uint64_t **setp, uint64_t *capp, int64_t *distinct, uint64_t h
     return 0;
 }
 
-/* Row group r's filter holds the words of strings [r*rg_rows, (r+1)*rg_rows) and the
- * extra hashes extra[extra_off[r]:extra_off[r+1]] (field values; extra may be NULL).
- * With order (else NULL), string s is the one at offsets[order[s]] (stored order given
- * as a permutation: the strings need not be copied into it).
+/* Row group r's filter holds the words of strings [r*rg_rows, (r+1)*rg_rows) (with
+ * bounds, else NULL: [bounds[r], bounds[r+1]), for the parameters of a row group's rows)
+ * and the extra hashes extra[extra_off[r]:extra_off[r+1]] (field values; extra may be
+ * NULL). With order (else NULL), string s is the one at offsets[order[s]] (stored order
+ * given as a permutation: the strings need not be copied into it). With letters_only,
+ * words holding an ASCII digit are left out. A word holding a non-ASCII byte also sets the
+ * hash non_ascii, one holding a Kelvin sign or a long s (UTF-8 E2 84 AA, C5 BF: their case
+ * folds are k and s) the hash folds, unless 0 (see words.py).
  * Returns the number of row groups, or -1 when out_cap is too small or memory runs out. */
 int64_t mohlog_word_blooms(const uint8_t *data, const int64_t *offsets, int64_t n_strings,
                            int64_t rg_rows, int bits_per_word, int k, uint8_t *out,
                            int64_t out_cap, int64_t *out_sizes, const uint64_t *extra,
-                           const int64_t *extra_off, const int64_t *order) {
+                           const int64_t *extra_off, const int64_t *order,
+                           const int64_t *bounds, int64_t n_bounds, int letters_only,
+                           uint64_t non_ascii, uint64_t folds) {
     if (!lut['a']) init_lut();
     int64_t used = 0, n_rg = 0;
-    for (int64_t first = 0; first < n_strings || (n_strings == 0 && n_rg == 0); first += rg_rows) {
-        int64_t last = first + rg_rows < n_strings ? first + rg_rows : n_strings;
+    int64_t groups = bounds ? n_bounds - 1 : (n_strings + rg_rows - 1) / rg_rows;
+    if (groups < 1) groups = 1;                /* an empty segment: one empty filter */
+    for (int64_t r = 0; r < groups; r++) {
+        int64_t lo = bounds ? bounds[r] : r * rg_rows;
+        int64_t last = bounds ? bounds[r + 1] : lo + rg_rows;
+        if (last > n_strings) last = n_strings;
         uint64_t cap = 1 << 16;
         uint64_t *set = calloc(cap, sizeof(uint64_t));
         if (!set) return -1;
         int64_t distinct = 0;
-        for (int64_t s = first; s < last; s++) {
+        for (int64_t s = lo; s < last; s++) {
             uint64_t h = 0, pw = 1, len = 0;
+            int digit = 0, high = 0, fold = 0;
             int64_t at = order ? order[s] : s, end = offsets[at + 1];
             for (int64_t i = offsets[at]; i <= end; i++) {
                 uint8_t b = i < end ? lut[data[i]] : 0;
@@ -68,12 +79,21 @@ int64_t mohlog_word_blooms(const uint8_t *data, const int64_t *offsets, int64_t 
                     h += (uint64_t)b * pw;
                     pw *= P;
                     len++;
+                    digit |= b <= '9';
+                    high |= b >= 0x80;
+                    fold |= (b == 0xAA && len >= 3 && data[i - 1] == 0x84 && data[i - 2] == 0xE2)
+                            || (b == 0xBF && len >= 2 && data[i - 1] == 0xC5);
                     continue;
                 }
                 if (!len) continue;
                 h ^= len * GOLD;
-                if (insert(&set, &cap, &distinct, h)) { free(set); return -1; }
-                h = 0; pw = 1; len = 0;
+                if (!(letters_only && digit) &&
+                    insert(&set, &cap, &distinct, h)) { free(set); return -1; }
+                if (non_ascii && high &&
+                    insert(&set, &cap, &distinct, non_ascii)) { free(set); return -1; }
+                if (folds && fold &&
+                    insert(&set, &cap, &distinct, folds)) { free(set); return -1; }
+                h = 0; pw = 1; len = 0; digit = 0; high = 0; fold = 0;
             }
         }
         if (extra)
@@ -99,7 +119,6 @@ int64_t mohlog_word_blooms(const uint8_t *data, const int64_t *offsets, int64_t 
         free(set);
         out_sizes[n_rg++] = (int64_t)(m / 8);
         used += (int64_t)(m / 8);
-        if (n_strings == 0) break;
     }
     return n_rg;
 }

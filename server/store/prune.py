@@ -1,0 +1,272 @@
+"""Row groups a phrase or a regex literal cannot occur in, from a segment's word index.
+
+The word filter of a row group holds every word of its messages, so it cannot tell a rare
+``Accepted password for`` from the common ``Failed password for``: both hold the words.
+It also holds the row group's template ids, and a second filter holds the words of its
+parameters that have no digit (:mod:`server.store.words`). With those, a needle (a
+phrase, or a literal part of a regex) can occur in a message of template T only
+
+- inside T's fixed text: T holds it (``Selector._decide`` says 2);
+- across an edge between T's text and a parameter: some slot's parameter meets one of the
+  slot's needs (``_slot_needs``: end with ``accepted password for`` before the text
+  `` from ``...);
+- inside a parameter.
+
+A parameter holding the needle holds, as whole words, the needle's words that other
+characters bound on both sides ("password" in "accepted password for "); one meeting a need
+holds the need's words likewise, and those at the need's edge that is the parameter's edge
+(the need "end with 'accepted password for'" needs "password" and "for"). So in a row group
+whose parameters hold none of those words (without digits: the ones the filter knows), the
+needle can occur only in rows of the templates that hold it, or whose needs name no such
+word. A row group holding none of these templates is not read.
+
+A parameter word with a non-ASCII byte may fold onto an ASCII word (the Kelvin sign onto
+k): a row group holding one is always read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from embeddings.miner import RAW_TEMPLATE_ID
+from server.store import words
+from server.store.filters import _WORD_PY
+
+_NON_ASCII = np.array([words.NON_ASCII], np.uint64)
+_PROBED = 256       # more templates than this in a group: taken as present, not probed
+
+
+@dataclass
+class _Group:
+    """Templates with the same requirements: the word hashes of each alternative set."""
+    sets: list[np.ndarray]
+    templates: np.ndarray           # template-id hashes (as the word filter holds them)
+
+
+@dataclass
+class _Needle:
+    known: int                      # templates known when worked out
+    always: np.ndarray              # template-id hashes of the templates needing no word
+    groups: list[_Group]
+    prunes: bool                    # False: too many templates need no word to prune
+
+
+_Sets = list[frozenset[str]]
+
+
+def _words(s: str, open_left: bool, open_right: bool) -> list[str]:
+    """ASCII words without digits of ``s``, but those touching an open side."""
+    out = []
+    for m in _WORD_PY.finditer(s):
+        if (m.start() == 0 and open_left) or (m.end() == len(s) and open_right):
+            continue
+        w = m.group()
+        if w.isascii() and not any(c.isdigit() for c in w):
+            out.append(w.lower())
+    return out
+
+
+class _Minimal:
+    """The minimal sets among those added (a superset adds nothing to an "any of"); past
+    ``most`` of them, their intersection alone (weaker, so still sound)."""
+
+    def __init__(self, most: int) -> None:
+        self.most = most
+        self.sets: _Sets = []
+
+    @property
+    def always(self) -> bool:
+        return bool(self.sets) and not self.sets[0]
+
+    def add(self, s: frozenset[str]) -> None:
+        if self.always or any(x <= s for x in self.sets):
+            return
+        if not s:
+            self.sets = [s]
+            return
+        self.sets = [x for x in self.sets if not s <= x] + [s]
+        if len(self.sets) > self.most:
+            self.sets = [frozenset.intersection(*self.sets)]
+
+
+class _Segments:
+    """Words of ``needle[x:y]`` a parameter holding just that part holds as whole words:
+    ASCII words without digits (those the parameter filter knows), but those touching an
+    open side (where the parameter may go on)."""
+
+    def __init__(self, needle: str) -> None:
+        self.needle = needle
+        self._got: dict[tuple[int, int, bool, bool], frozenset[str]] = {}
+
+    def __call__(self, x: int, y: int, open_left: bool, open_right: bool) -> frozenset[str]:
+        key = (x, y, open_left, open_right)
+        got = self._got.get(key)
+        if got is None:
+            got = self._got[key] = frozenset(_words(self.needle[x:y], open_left, open_right))
+        return got
+
+
+class Placements:
+    """``requirements`` of templates for one needle, with what templates share cached: a
+    piece matters only through where the needle may cross it (its ``_shape``), so
+    templates whose pieces have the same shapes have the same requirements."""
+
+    def __init__(self, needle: str, most: int = 16) -> None:
+        self.needle, self.most = needle, most
+        self.words_of = _Segments(needle)
+        self._shapes: dict[str, tuple] = {}
+        self._done: dict[tuple, _Sets] = {}
+
+    def _shape(self, piece: str) -> tuple:
+        got = self._shapes.get(piece)
+        if got is None:
+            needle, n = self.needle, len(self.needle)
+            got = self._shapes[piece] = (
+                needle in piece, min(len(piece), n),
+                tuple(y for y in range(n) if needle.startswith(piece[:n - y], y)),
+                tuple(len(piece) - o for o in range(max(0, len(piece) - n + 1), len(piece))
+                      if needle.startswith(piece[o:])))
+        return got
+
+    def requirements(self, pieces: list[str]) -> _Sets:
+        """When can a message of a template (its fixed ``pieces``, case folded like the
+        needle) hold the needle? Only when its parameters hold, as whole words, every word
+        of one of the returned sets: [] never, [frozenset()] always (the text holds it, or
+        a placement needs no word the parameter filter knows).
+
+        Every placement of the needle on the message is looked at: it begins inside a
+        piece (running on past its end) or inside a parameter; each parameter it crosses
+        holds a part of it, whole at a side where the parameter meets a piece or where
+        another parameter begins or ends."""
+        shapes = tuple(self._shape(p) for p in pieces)
+        got = self._done.get(shapes)
+        if got is None:
+            got = self._done[shapes] = self._placements(shapes)
+        return got
+
+    def _placements(self, shapes: tuple) -> _Sets:
+        n, k, most, words_of = len(self.needle), len(shapes) - 1, self.most, self.words_of
+        if any(sh[0] for sh in shapes):
+            return [frozenset()]
+        if not n or not k:
+            return []
+        memo: dict[tuple[int, int, bool], _Sets] = {}
+
+        def from_param(j: int, x: int, closed: bool) -> _Sets:
+            """needle[x:] begins in parameter j (1..k), at its beginning when ``closed``."""
+            key = (j, x, closed)
+            got = memo.get(key)
+            if got is not None:
+                return got
+            out = _Minimal(most)
+            out.add(words_of(x, n, not closed, True))       # it ends in the parameter
+            size, fits = shapes[j][1], shapes[j][2]
+            for y in fits:                                  # the parameter ends at y,
+                if out.always:                              # the piece after it fits
+                    break
+                if y < x:
+                    continue
+                part = words_of(x, y, not closed, False)
+                if y + size >= n:
+                    out.add(part)                           # it ends in the piece
+                elif j < k:                                 # it runs on past the piece
+                    for rest in from_param(j + 1, y + size, True):
+                        out.add(part | rest)
+            memo[key] = out.sets
+            return out.sets
+
+        found = _Minimal(most)
+        for j in range(1, k + 1):
+            for s in from_param(j, 0, False):
+                found.add(s)
+        for j in range(k):
+            for m in shapes[j][3]:          # the piece ends with the needle's first m
+                if found.always:
+                    return found.sets
+                for s in from_param(j + 1, m, True):
+                    found.add(s)
+        return found.sets
+
+
+def _needle(sel: Any, needle: str, case: bool) -> _Needle:
+    """What ``needle`` requires of each known template (cached for the store's queries
+    while no template is added)."""
+    infos = sel._templates()
+    key = ("prune", needle, case)
+    got = sel._class.get(key)
+    if isinstance(got, _Needle) and got.known == len(infos):
+        return got
+    placements = Placements(needle)
+    by_sets: dict[frozenset[frozenset[str]], list[int]] = {}
+    texts = [(RAW_TEMPLATE_ID, "<*>")] + [(t, i.text) for t, i in infos.items()]
+    for tid, text in texts:
+        sets = placements.requirements((text if case else text.lower()).split("<*>"))
+        if sets:
+            by_sets.setdefault(frozenset(sets), []).append(tid)
+
+    def tids(xs: list[int]) -> np.ndarray:
+        return words.field_hashes("template_id", np.array(xs, np.uint64))
+    always = by_sets.pop(frozenset([frozenset()]), [])
+    groups = [_Group([_hashes(sorted(x)) for x in sets], tids(ids))
+              for sets, ids in by_sets.items()]
+    got = _Needle(len(infos), tids(always), groups, len(always) <= _PROBED)
+    sel._class[key] = got
+    return got
+
+
+def _hashes(ws: list[str]) -> np.ndarray:
+    got = [words.query_hashes(w) for w in ws]
+    return np.concatenate([h for h in got if h is not None] or [np.zeros(0, np.uint64)])
+
+
+def row_groups(sel: Any, index: words.WordIndex) -> np.ndarray | None:
+    """For each row group of the segment ``index`` describes: may it hold a match of every
+    phrase and regex literal of ``sel``'s query? None: the index cannot tell (one from
+    before parameter filters) or no needle prunes."""
+    if not index.has_params:
+        return None
+    keep: np.ndarray | None = None
+    for term, needles in zip(sel.terms, sel.needles, strict=True):
+        if term.kind == "word":
+            continue                # the word filter decides words (engine._pruned)
+        case = sel.q.case and term.kind != "regex"
+        for needle in needles:
+            if not case and not needle.isascii():
+                continue            # case folding beyond ASCII is not modelled
+            nd = _needle(sel, needle, case)
+            if not nd.prunes:
+                continue
+            got = _may_occur(nd, index)
+            keep = got if keep is None else keep & got
+            if not keep.any():
+                return keep
+    return keep
+
+
+def _may_occur(nd: _Needle, index: words.WordIndex) -> np.ndarray:
+    """Per row group: may it hold a message of a template that may hold the needle?"""
+    wanted = np.unique(np.concatenate([_NON_ASCII, *(h for g in nd.groups for h in g.sets)]))
+    present = index.param_words_present(wanted)
+    col = {h: i for i, h in enumerate(wanted.tolist())}
+
+    def all_of(hs: np.ndarray) -> np.ndarray:
+        return present[:, [col[h] for h in hs.tolist()]].all(axis=1)
+    keep = all_of(_NON_ASCII)
+    for g in nd.groups:
+        alive = np.zeros(len(keep), bool)
+        for hs in g.sets:
+            alive |= all_of(hs)
+        alive &= ~keep
+        if not alive.any():
+            continue
+        if len(g.templates) > _PROBED:
+            keep |= alive
+        else:
+            held = index.words_present(g.templates)
+            keep |= alive & held.any(axis=1)
+    if len(nd.always):
+        keep |= index.words_present(nd.always).any(axis=1)
+    return keep

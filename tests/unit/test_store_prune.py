@@ -1,0 +1,198 @@
+"""Row groups skipped for phrases and regex literals (server.store.prune): the parameter
+word filters, the template ids in the word filters, and the placements of a needle on a
+template, each against brute force."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pytest
+
+from server.store import filters, prune, words
+from server.store.config import StoreConfig
+from server.store.engine import Store
+from server.store.query import LogQuery
+from tests.unit.test_store_search import T0, oracle
+
+_WORD = re.compile(r"(?:[0-9A-Za-z]|[^\x00-\x7f])+")
+
+
+def param_words(params: list[str]) -> set[str]:
+    """What the parameter filter holds for these parameters (as words, not hashes)."""
+    out = set()
+    for p in params:
+        for w in _WORD.findall(p):
+            if w.isascii() and not any(c.isdigit() for c in w):
+                out.add(w.lower())
+    return out
+
+
+def test_placements_hold_for_every_message_holding_the_needle() -> None:
+    """Random templates (slots next to letters, spaces, other slots), random parameters
+    and needles cut from the messages: whenever a message holds the needle, its
+    parameters hold every word of one of the template's requirement sets. And the sets
+    are not always empty (the check says something)."""
+    rnd = random.Random(5)
+    alphabet = ["ab", "ba", "for", "pass", "word", "x1", " ", " ", ":", "-", "."]
+
+    def text(k: int) -> str:
+        return "".join(rnd.choice(alphabet) for _ in range(k))
+    checked = pruning = 0
+    for _ in range(400):
+        pieces = [text(rnd.randint(0, 3)) for _ in range(rnd.randint(1, 5))]
+        for _ in range(30):
+            params = [text(rnd.randint(0, 4)) for _ in range(len(pieces) - 1)]
+            msg = "".join(p + v for p, v in zip(pieces, params + [""], strict=True)).lower()
+            if not msg:
+                continue
+            a = rnd.randrange(len(msg))
+            needle = msg[a:a + rnd.randint(1, 14)]
+            sets = prune.Placements(needle).requirements([p.lower() for p in pieces])
+            assert sets, (pieces, params, needle)
+            have = param_words(params)
+            assert any(s <= have for s in sets), (pieces, params, needle, sets)
+            checked += 1
+            pruning += bool(sets[0])
+    assert checked > 5000 and pruning > 500
+
+
+def test_placements_say_never_when_no_placement_fits() -> None:
+    assert prune.Placements("abc").requirements(["no slot here"]) == []
+    assert prune.Placements("abc").requirements(["xx abc yy"]) == [frozenset()]
+    got = prune.Placements("accepted password for ").requirements(
+        ["", " sshd: failed password for ", " from ", ""])
+    assert got and all({"password", "for"} <= s or "accepted" in s or len(s) > 1
+                       for s in got)
+
+
+def random_params(rnd: random.Random, n: int) -> list[list[str]]:
+    vocab = ["root", "Admin", "x42", "k\u212aey", "caf\u00e9", "for", "", "a b", "9",
+             "pass word", "B\u00dcRO"]
+    return [[rnd.choice(vocab) + rnd.choice(["", "-1", " z"]) for _ in range(rnd.randint(0, 3))]
+            for _ in range(n)]
+
+
+@pytest.mark.parametrize("rg_rows", [1, 7, 64])
+def test_parameter_filters_native_equal_numpy_and_hold_every_word(rg_rows: int) -> None:
+    rnd = random.Random(rg_rows)
+    lists = random_params(rnd, 300)
+    params = pa.array(lists, pa.list_(pa.string())).slice(11)
+    lists = lists[11:]
+    texts = [" ".join(rnd.choice(["disK", "ſun", "ok", "K", "xé"])
+                      for _ in range(3)) for _ in lists]
+    msgs = pa.array(texts)
+    a = words.build(msgs, rg_rows, params=params)
+    b = words.build(msgs, rg_rows, native=False, params=params)
+    assert a.has_params and a.params is not None and b.params is not None
+    assert len(a.params) == len(a.blooms) == -(-len(lists) // rg_rows)
+    assert all(np.array_equal(x, y) for x, y in zip(a.params, b.params, strict=True))
+    assert all(np.array_equal(x, y) for x, y in zip(a.blooms, b.blooms, strict=True))
+    folds = a.words_present(np.array([words.FOLDS], np.uint64))[:, 0]
+    for r in range(len(a.blooms)):
+        spelled = any(c in t for t in texts[r * rg_rows:(r + 1) * rg_rows]
+                      for c in "Kſ")
+        assert folds[r] or not spelled
+    for r in range(len(a.blooms)):
+        rows = lists[r * rg_rows:(r + 1) * rg_rows]
+        have = param_words([v for row in rows for v in row])
+        for w in have:
+            h = words.query_hashes(w)
+            assert h is not None and a.param_words_present(h)[r].all()
+        non_ascii = any(not v.isascii() for row in rows for v in row)
+        marker = a.param_words_present(np.array([words.NON_ASCII], np.uint64))[r, 0]
+        assert marker or not non_ascii
+        assert not a.param_words_present(words.query_hashes("x42"))[r].all() or \
+            rg_rows > 1          # words with digits are left out (but by chance)
+    back = words.WordIndex.from_table(a.to_table())
+    assert back.has_params and all(np.array_equal(x, y)
+                                   for x, y in zip(back.params or [], a.params, strict=True))
+    old = words.WordIndex.from_table(a.to_table().drop_columns(["pbloom"]))
+    assert not old.has_params
+
+
+def ssh_records(n: int, rare_every: int = 997) -> list[dict[str, Any]]:
+    rnd = random.Random(3)
+    users = ["root", "admin", "oracle", "test", "guest", "ubuntu", "user", "pi"]
+    out = []
+    for i in range(n):
+        ip = f"10.{i % 7}.{i % 13}.{i % 251}"
+        if i % rare_every == 5:
+            msg = f"Accepted password for fztu from {ip} port {i} ssh2"
+        elif i % 3:
+            msg = f"Failed password for {rnd.choice(users)} from {ip} port {i} ssh2"
+        else:
+            msg = f"Received block blk_{i * 7919} of size {i % 97} from {ip}"
+        out.append({"id": f"s{i:06d}", "timestamp": T0 + i * 1000, "level": "INFO",
+                    "component": "APPLICATION", "source": "t", "host": "h", "pid": 1,
+                    "tid": 1, "process": "sshd", "message": msg, "metadata": {},
+                    "context": {}})
+    return out
+
+
+def open_store(path: Path, recs: list[dict], **cfg: Any) -> tuple[Store, Any]:
+    loop = asyncio.new_event_loop()
+    st = Store(StoreConfig(data_dir=path, row_group_rows=256, flush_interval_s=3600, **cfg))
+    loop.run_until_complete(st.open())
+    for start in range(0, len(recs), 4000):
+        body = b"\n".join(orjson.dumps(r) for r in recs[start:start + 4000])
+        loop.run_until_complete(st.append(st.parse(body)))
+        st.flush()
+    return st, loop
+
+
+def kept_row_groups(st: Store, q: LogQuery) -> tuple[int, int, int]:
+    """(row groups, kept by the words alone, kept with the needles too)"""
+    sel = filters.Selector(q, st.miner, None, st._class_cache())
+    segs, _ = st._snapshot()
+    every = st._row_groups(q, segs)
+    return len(every), len(st._pruned(every, q)), len(st._pruned(every, q, sel))
+
+
+def test_a_rare_phrase_or_regex_reads_only_the_row_groups_that_may_hold_it(
+        tmp_path: Path) -> None:
+    recs = ssh_records(12_000)
+    st, loop = open_store(tmp_path, recs)
+    try:
+        for text in ("/Accepted password for \\w+ from/", '"accepted password for fztu"',
+                     '"password for fztu"', "/password for root from/", '"Failed password"'):
+            for sort, limit in (("desc", 5), ("asc", 100_000)):
+                q = LogQuery(text=text, sort=sort, limit=limit)
+                assert [r["id"] for r in st.search(q).records] == oracle(recs, q), text
+        every, by_words, by_needles = kept_row_groups(
+            st, LogQuery(text="/Accepted password for \\w+ from/", limit=10))
+        holding = len({(i // 256) for i, r in enumerate(recs)
+                       if r["message"].startswith("Accepted")})
+        assert by_words == every and holding <= by_needles < every // 2
+        # a phrase inside the text of the common template prunes nothing
+        assert kept_row_groups(st, LogQuery(text='"Failed password for"'))[2] == every
+    finally:
+        loop.run_until_complete(st.close())
+        loop.close()
+
+
+def test_needles_inside_parameters_are_found_case_folded(tmp_path: Path) -> None:
+    """Without templates every message is one parameter: a needle is found through the
+    parameter filters, also where case folding maps a non-ASCII letter onto an ASCII one
+    (the Kelvin sign onto k)."""
+    recs = ssh_records(3000)
+    recs[1700]["message"] = "then the \u212aernel panic came"
+    recs[2900]["message"] = "the kernel panic again"
+    st, loop = open_store(tmp_path, recs, templates=False)
+    try:
+        for text in ("/the kernel panic/", "/Accepted password for \\w+ from/",
+                     '"password for fztu"', "kernel", '"the kernel"'):
+            q = LogQuery(text=text, limit=100_000)
+            got = [r["id"] for r in st.search(q).records]
+            assert got == oracle(recs, q) and got, text
+        every, _, by_needles = kept_row_groups(st, LogQuery(text='"password for fztu from"'))
+        assert by_needles < every
+    finally:
+        loop.run_until_complete(st.close())
+        loop.close()
