@@ -180,6 +180,7 @@ class Store:
         self._compacting: Future[int] | None = None
         self._compacted_at = time.monotonic()   # first look one flush interval after
         self._unmergeable: set[str] = set()     # a merge of theirs failed: left alone
+        self._indexed: set[str] = set()     # word index with parameter filters (or none)
         self._doomed: list[tuple[float, list[str]]] = []   # merged away: (when, paths)
         self._manifest = Manifest([])
         self._keys: OrderedDict[str, int] = OrderedDict()
@@ -654,8 +655,7 @@ class Store:
         """Hand a merge to the writer thread (after the segment writes queued before it:
         one writer, so merges never race them) when a partition has enough small
         segments and no merge is in flight; whether one was handed."""
-        if not self.cfg.compact_segments or (self._compacting is not None and
-                                             not self._compacting.done()):
+        if self._compacting is not None and not self._compacting.done():
             return False
         if self._compacting is not None:
             self._wait_compaction()
@@ -663,8 +663,12 @@ class Store:
         if now - self._compacted_at < max(1.0, self.cfg.flush_interval_s):
             return False                    # looked at most once per flush interval
         self._compacted_at = now
-        if self._mergeable():
+        if self.cfg.compact_segments and self._mergeable():
             self._compacting = self._writer.submit(self.compact)
+            return True
+        if self.rate() < self.cfg.index_idle_rate and self._incomplete() is not None:
+            # CPU to spare: segments get their parameter filters (ingest leaves them out)
+            self._compacting = self._writer.submit(self._complete_indexes)
             return True
         return False
 
@@ -880,8 +884,7 @@ class Store:
         def sidecars() -> tuple[pa.Table, words.WordIndex, str, str]:
             agg = rollup(sub)
             index = words.build(staged.messages, self.cfg.row_group_rows,
-                                fields=sub.select(list(words.INDEXED)), order=staged.order,
-                                params=sub["params"])
+                                fields=sub.select(list(words.INDEXED)), order=staged.order)
             directory.mkdir(parents=True, exist_ok=True)
             return (agg, index, write_rollup(agg, directory / name),
                     _digest_of(words.write(index, directory / name)))
@@ -1000,23 +1003,86 @@ class Store:
             if s.words_xxh64:
                 log.store.warning("word index of segment %s missing or corrupt: rebuilt",
                                   s.path)
-            try:
-                t = unpacked(pq.read_table(path, columns=["template_id", "params",
-                                                          *words.FIELDS]))
-                msgs = self.miner.render_many(t["template_id"].to_numpy(),
-                                              t["params"].combine_chunks())
-                rg_rows = pq.read_metadata(path).row_group(0).num_rows
-            except (OSError, pa.ArrowInvalid, NotFound, InvalidInput) as err:
-                log.store.error("word index of segment %s cannot be rebuilt: %s", s.path, err)
+            index = self._index_segment(s)
+            if index is None:
                 return None
-            index = words.build(msgs, max(rg_rows, 1), fields=t.select(list(words.INDEXED)),
-                                params=t["params"])
+        self._words.put(s.path, index)
+        return index
+
+    def _index_segment(self, s: SegmentInfo) -> words.WordIndex | None:
+        """Build a segment's word index from its rows and write it beside it (None: the
+        segment cannot be read)."""
+        path = self.seg_dir / s.path
+        try:
+            t = unpacked(pq.read_table(path, columns=["params", *words.INDEXED]))
+            msgs = self.miner.render_many(t["template_id"].to_numpy(),
+                                          t["params"].combine_chunks())
+            rg_rows = pq.read_metadata(path).row_group(0).num_rows
+        except (OSError, pa.ArrowInvalid, NotFound, InvalidInput) as err:
+            log.store.error("word index of segment %s cannot be rebuilt: %s", s.path, err)
+            return None
+        index = words.build(msgs, max(rg_rows, 1), fields=t.select(list(words.INDEXED)),
+                            params=t["params"])
+        digest = _digest_of(words.write(index, path))
+        with self._lock:
+            s.words_xxh64 = digest
+            self._manifest.save(self.dir / "manifest.json")
+        return index
+
+    def _incomplete(self, most: int = 64) -> SegmentInfo | None:
+        """A segment (newest first) whose word index lacks parameter filters (written
+        without them at ingest, or from before them); each segment is looked at once,
+        ``most`` of them a call (their indexes' schemas)."""
+        with self._lock:
+            segs = [x for x in self._segments if x.path not in self._indexed]
+        for seg in sorted(segs, key=lambda x: x.max_ts, reverse=True)[:most]:
+            got = words.state(self.seg_dir / seg.path)
+            if got is not None and not got[1]:
+                return seg
+            self._indexed.add(seg.path)     # (None: missing, rebuilt when first read)
+        return None
+
+    def _complete_indexes(self, budget_s: float = 2.0) -> int:
+        """Give segments their parameter filters, newest first, for up to ``budget_s``
+        and while ingest stays below ``index_idle_rate`` (on the writer thread: no merge
+        or retention removes a segment meanwhile); how many."""
+        t0 = time.monotonic()
+        done = 0
+        while time.monotonic() - t0 < budget_s and self.rate() < self.cfg.index_idle_rate:
+            seg = self._incomplete()
+            if seg is None:
+                break
+            with self._lock:
+                if seg not in self._segments:
+                    continue
+            self._complete_index(seg)
+            self._indexed.add(seg.path)
+            done += 1
+        return done
+
+    def _complete_index(self, s: SegmentInfo) -> None:
+        """The parameter filters of a segment, added to its word index (read from its
+        parameters alone); an index from before template ids is built again whole."""
+        path = self.seg_dir / s.path
+        index = self.word_index(s)
+        if index is None or index.version < 2:
+            index = self._index_segment(s)
+        else:
+            try:
+                meta = pq.read_metadata(path)
+                params = pq.read_table(path, columns=["params"])["params"]
+            except (OSError, pa.ArrowInvalid) as err:
+                log.store.error("segment %s unreadable: %s", s.path, err)
+                return
+            rows = np.concatenate(([0], np.cumsum([meta.row_group(i).num_rows
+                                                   for i in range(meta.num_row_groups)])))
+            index = words.with_params(index, params, rows)
             digest = _digest_of(words.write(index, path))
             with self._lock:
                 s.words_xxh64 = digest
                 self._manifest.save(self.dir / "manifest.json")
-        self._words.put(s.path, index)
-        return index
+        if index is not None:
+            self._words.put(s.path, index)
 
     def _class_cache(self) -> dict[tuple, Any]:
         """Template decisions shared by queries (bounded: emptied past 1M decisions, an
@@ -1056,7 +1122,8 @@ class Store:
                 index = self.word_index(g.seg)
                 ok = None if index is None else index.row_groups_with(allh)
                 if ok is not None and len(foldh):
-                    spelled = index.words_present(_FOLDS)[:, 0] if index.has_params else False
+                    spelled = index.words_present(_FOLDS)[:, 0] if index.version >= 2 \
+                        else False
                     ok &= index.row_groups_with(foldh) | spelled
                 if ok is not None and needles and ok.any():
                     more = prune.row_groups(sel, index)
@@ -1278,6 +1345,9 @@ class Store:
             "compression_ratio": round(raw / (stored + index), 2) if stored else None,
             "ingest_rate": self.rate(10.0),
             "segments": len(segs), "corrupt_segments": list(self._corrupt),
+            # segments whose word index may still lack parameter filters (added when
+            # ingest leaves CPU to spare: ``index_idle_rate``)
+            "segments_indexing": sum(s.path not in self._indexed for s in segs),
             "archive": {"archives": len(archives), "bytes": sum(a["bytes"] for a in archives),
                         "records": sum(a["records"] for a in archives)},
             "partitions": sorted({s.partition for s in segs}),

@@ -77,8 +77,9 @@ def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
 def word_hashes(data: np.ndarray, offsets: np.ndarray, letters_only: bool = False,
                 non_ascii: int = 0, folds: int = 0) -> np.ndarray:
     """Hashes (uint64) of every word of the strings ``data[offsets[i]:offsets[i+1]]``
-    (``letters_only``: of the words without a digit), and the hash ``non_ascii`` if a word
-    holds a non-ASCII byte, ``folds`` if one holds a Kelvin sign or a long s (0: never)."""
+    (``letters_only``: of the words without a digit), and the hash ``non_ascii`` if one of
+    those holds a non-ASCII byte, ``folds`` if one holds a Kelvin sign or a long s (0:
+    never)."""
     n = len(data)
     if n == 0:
         return np.zeros(0, np.uint64)
@@ -104,17 +105,18 @@ def word_hashes(data: np.ndarray, offsets: np.ndarray, letters_only: bool = Fals
     def within(flag: np.ndarray) -> np.ndarray:
         upto = np.concatenate(([0], np.cumsum(flag)))
         return upto[ends] > upto[starts]
+    kept = ~within((b >= ord("0")) & (b <= ord("9"))) if letters_only else \
+        np.ones(len(h), bool)
     marks = []
-    if non_ascii and within(b >= 0x80).any():
+    if non_ascii and (within(b >= 0x80) & kept).any():
         marks.append(non_ascii)
     if folds:
         at = np.zeros(n, bool)
         at[2:] |= (data[2:] == 0xAA) & (data[1:-1] == 0x84) & (data[:-2] == 0xE2)
         at[1:] |= (data[1:] == 0xBF) & (data[:-1] == 0xC5)
-        if within(at).any():
+        if (within(at) & kept).any():
             marks.append(folds)
-    if letters_only:
-        h = h[~within((b >= ord("0")) & (b <= ord("9")))]
+    h = h[kept]
     return np.append(h, np.array(marks, np.uint64)) if marks else h
 
 
@@ -167,9 +169,11 @@ class _Filters:
 @dataclass
 class WordIndex:
     blooms: list[np.ndarray]        # one packed bit array per row group
-    # per row group, the words without digits of its parameters (None: an index from
-    # before these filters, whose word filters do not hold the template ids either)
+    # per row group, the words without digits of its parameters (None: not built yet,
+    # see ``with_params``, or an index from before them)
     params: list[np.ndarray] | None = None
+    # 2: the word filters also hold the template ids and ``FOLDS``; 1: from before
+    version: int = 2
 
     def __post_init__(self) -> None:
         self._words = _Filters(self.blooms)
@@ -183,7 +187,9 @@ class WordIndex:
 
     @property
     def has_params(self) -> bool:
-        return self._params is not None and self._params.count == self._words.count
+        """Can ``server.store.prune`` use it (template ids and parameter filters)?"""
+        return self.version >= 2 and self._params is not None and \
+            self._params.count == self._words.count
 
     def row_groups_with(self, hashes: np.ndarray) -> np.ndarray:
         """For every row group at once: may it hold all these words?"""
@@ -209,14 +215,23 @@ class WordIndex:
         cols = {"bloom": pa.array([b.tobytes() for b in self.blooms], pa.binary())}
         if self.params is not None:
             cols["pbloom"] = pa.array([b.tobytes() for b in self.params], pa.binary())
-        return pa.table(cols)
+        return pa.table(cols).replace_schema_metadata({_VERSION: str(self.version)})
 
     @classmethod
     def from_table(cls, t: pa.Table) -> WordIndex:
         def filters(name: str) -> list[np.ndarray]:
             return [np.frombuffer(b, np.uint8) for b in t[name].to_pylist()]
         return cls(filters("bloom"),
-                   filters("pbloom") if "pbloom" in t.column_names else None)
+                   filters("pbloom") if "pbloom" in t.column_names else None,
+                   _version_of(t.schema))
+
+
+_VERSION = "mohlog.words.version"
+
+
+def _version_of(schema: pa.Schema) -> int:
+    raw = (schema.metadata or {}).get(_VERSION.encode())
+    return int(raw) if raw is not None and raw.isdigit() else 1
 
 
 _SRC = Path(__file__).with_name("native") / "words.c"
@@ -299,28 +314,35 @@ def build(messages: pa.Array | pa.ChunkedArray, rg_rows: int, native: bool = Tru
           params: pa.Array | pa.ChunkedArray | None = None) -> WordIndex:
     """The index of a segment whose messages, in stored order, are ``messages`` (or
     ``messages.take(order)``, not copied), the ``fields`` columns (stored order: those of
-    ``INDEXED``) and the parameters ``params`` (stored order, lists or packed), and whose
-    row groups hold ``rg_rows`` rows each."""
+    ``INDEXED``; without template ids, a version 1 index) and the parameters ``params``
+    (stored order, lists or packed; None: no parameter filters, see ``with_params``), and
+    whose row groups hold ``rg_rows`` rows each."""
     n = len(messages) if order is None else len(order)
     n_rg = max(1, -(-n // rg_rows))
     extra, extra_off = _extra(fields, n, rg_rows)
     bounds = np.minimum(np.arange(n_rg + 1) * rg_rows, n)
-    if params is None:
-        return WordIndex(_filters(messages, bounds, native, extra, extra_off, order))
-    values, pbounds = _param_strings(params, n_rg, rg_rows)
-    return WordIndex(_filters(messages, bounds, native, extra, extra_off, order, folds=FOLDS),
-                     _filters(values, pbounds, native, letters_only=True,
-                              non_ascii=NON_ASCII))
+    index = WordIndex(_filters(messages, bounds, native, extra, extra_off, order, folds=FOLDS),
+                      version=2 if fields is not None and
+                      "template_id" in fields.column_names else 1)
+    return index if params is None else with_params(index, params, bounds, native)
 
 
-def _param_strings(params: pa.Array | pa.ChunkedArray, n_rg: int, rg_rows: int
+def with_params(index: WordIndex, params: pa.Array | pa.ChunkedArray, rows: np.ndarray,
+                native: bool = True) -> WordIndex:
+    """``index`` with the parameter filters of its row groups, whose rows are
+    [rows[r], rows[r+1]) of the segment's parameters ``params`` (lists or packed)."""
+    values, bounds = _param_strings(params, rows)
+    return WordIndex(index.blooms, _filters(values, bounds, native, letters_only=True,
+                                            non_ascii=NON_ASCII), index.version)
+
+
+def _param_strings(params: pa.Array | pa.ChunkedArray, rows: np.ndarray
                    ) -> tuple[pa.Array, np.ndarray]:
     """The parameters as strings (packed rows, or the lists' values) and where each row
-    group's begin and end among them."""
+    group's (rows ``rows[r]`` to ``rows[r+1]``) begin and end among them."""
     if isinstance(params, pa.ChunkedArray):
         params = params.combine_chunks()
-    n = len(params)
-    rows = np.minimum(np.arange(n_rg + 1) * rg_rows, n)
+    rows = np.asarray(rows, np.int64)
     if not (pa.types.is_list(params.type) or pa.types.is_large_list(params.type)):
         return params, rows
     loff = params.offsets.to_numpy().astype(np.int64)
@@ -399,6 +421,18 @@ def write(index: WordIndex, seg_path: Path) -> Path:
     os.replace(tmp, path)
     fsync_dir(path.parent)
     return path
+
+
+def state(seg_path: Path) -> tuple[int, bool] | None:
+    """(version, has parameter filters) of the segment's index, from its schema; None: no
+    readable index."""
+    import pyarrow.ipc as ipc
+    try:
+        with pa.memory_map(str(path_for(seg_path))) as src:
+            schema = ipc.open_file(src).schema
+    except (OSError, pa.ArrowInvalid):
+        return None
+    return _version_of(schema), "pbloom" in schema.names
 
 
 def read(seg_path: Path) -> WordIndex | None:

@@ -19,6 +19,7 @@ from server.store import filters, prune, words
 from server.store.config import StoreConfig
 from server.store.engine import Store
 from server.store.query import LogQuery
+from server.store.segments import file_digest
 from tests.unit.test_store_search import T0, oracle
 
 _WORD = re.compile(r"(?:[0-9A-Za-z]|[^\x00-\x7f])+")
@@ -73,7 +74,7 @@ def test_placements_say_never_when_no_placement_fits() -> None:
 
 
 def random_params(rnd: random.Random, n: int) -> list[list[str]]:
-    vocab = ["root", "Admin", "x42", "k\u212aey", "caf\u00e9", "for", "", "a b", "9",
+    vocab = ["root", "Admin", "x42", "k\u212aey", "caf\u00e9", "for", "", "a b", "9", "\u00e94x",
              "pass word", "B\u00dcRO"]
     return [[rnd.choice(vocab) + rnd.choice(["", "-1", " z"]) for _ in range(rnd.randint(0, 3))]
             for _ in range(n)]
@@ -88,8 +89,10 @@ def test_parameter_filters_native_equal_numpy_and_hold_every_word(rg_rows: int) 
     texts = [" ".join(rnd.choice(["disK", "ſun", "ok", "K", "xé"])
                       for _ in range(3)) for _ in lists]
     msgs = pa.array(texts)
-    a = words.build(msgs, rg_rows, params=params)
-    b = words.build(msgs, rg_rows, native=False, params=params)
+    fields = pa.table({"template_id": pa.array(np.arange(len(texts)) % 5, pa.uint64())})
+    a = words.build(msgs, rg_rows, params=params, fields=fields)
+    b = words.build(msgs, rg_rows, native=False, params=params, fields=fields)
+    assert not words.build(msgs, rg_rows, params=params).has_params   # no template ids
     assert a.has_params and a.params is not None and b.params is not None
     assert len(a.params) == len(a.blooms) == -(-len(lists) // rg_rows)
     assert all(np.array_equal(x, y) for x, y in zip(a.params, b.params, strict=True))
@@ -105,7 +108,8 @@ def test_parameter_filters_native_equal_numpy_and_hold_every_word(rg_rows: int) 
         for w in have:
             h = words.query_hashes(w)
             assert h is not None and a.param_words_present(h)[r].all()
-        non_ascii = any(not v.isascii() for row in rows for v in row)
+        non_ascii = any(not w.isascii() and not any(c.isdigit() for c in w)
+                        for row in rows for v in row for w in _WORD.findall(v))
         marker = a.param_words_present(np.array([words.NON_ASCII], np.uint64))[r, 0]
         assert marker or not non_ascii
         assert not a.param_words_present(words.query_hashes("x42"))[r].all() or \
@@ -136,14 +140,20 @@ def ssh_records(n: int, rare_every: int = 997) -> list[dict[str, Any]]:
     return out
 
 
-def open_store(path: Path, recs: list[dict], **cfg: Any) -> tuple[Store, Any]:
+def open_store(path: Path, recs: list[dict], complete: bool = True, **cfg: Any
+               ) -> tuple[Store, Any]:
+    """A store holding ``recs`` in several segments; ``complete``: their word indexes given
+    their parameter filters at once (as the background does with CPU to spare)."""
     loop = asyncio.new_event_loop()
-    st = Store(StoreConfig(data_dir=path, row_group_rows=256, flush_interval_s=3600, **cfg))
+    st = Store(StoreConfig(data_dir=path, row_group_rows=256,
+                           **{"flush_interval_s": 3600, **cfg}))
     loop.run_until_complete(st.open())
     for start in range(0, len(recs), 4000):
         body = b"\n".join(orjson.dumps(r) for r in recs[start:start + 4000])
         loop.run_until_complete(st.append(st.parse(body)))
         st.flush()
+    if complete:
+        st._complete_indexes(budget_s=600)
     return st, loop
 
 
@@ -195,4 +205,58 @@ def test_needles_inside_parameters_are_found_case_folded(tmp_path: Path) -> None
         assert by_needles < every
     finally:
         loop.run_until_complete(st.close())
+        loop.close()
+
+
+def test_parameter_filters_are_added_in_the_background(tmp_path: Path) -> None:
+    """Word indexes as ingest writes them (no parameter filters), and one from before
+    template ids: queries prune by words only; with CPU to spare the hub adds the filters
+    (building the old index again whole), the same query then skips row groups, its pages
+    stay the oracle's, and the stats say when it is done."""
+    import time
+    recs = ssh_records(9000)
+    st, loop = open_store(tmp_path, recs, complete=False, flush_interval_s=0.2)
+    try:
+        q = LogQuery(text="/Accepted password for \\w+ from/", limit=100_000)
+        segs, _ = st._snapshot()
+        assert len(segs) >= 2
+        st._compacted_at = time.monotonic() + 3600      # no upgrade while we set up
+        for seg in segs:
+            new = st.word_index(seg)
+            assert new is not None and new.version == 2
+            # as ingest writes it (no parameter filters), and one from before them
+            old = words.WordIndex(new.blooms, version=2 if seg is not segs[0] else 1)
+            seg.words_xxh64 = file_digest(words.write(old, st.seg_dir / seg.path))[0]
+            st._words.pop(seg.path)
+        st._indexed.clear()
+        every, _, before = kept_row_groups(st, q)
+        assert before == every
+        assert [r["id"] for r in st.search(q).records] == oracle(recs, q)
+        st._compacted_at = 0.0
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(
+                words.state(st.seg_dir / s.path) == (2, True) for s in segs):
+            time.sleep(0.1)
+        st._wait_compaction()
+        assert all(words.state(st.seg_dir / s.path) == (2, True) for s in segs)
+        deadline = time.monotonic() + 10
+        while st.stats()["segments_indexing"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert st.stats()["segments_indexing"] == 0
+        every, _, after = kept_row_groups(st, q)
+        assert after < every
+        assert [r["id"] for r in st.search(q).records] == oracle(recs, q)
+    finally:
+        loop.run_until_complete(st.close())
+        loop.close()
+    # the manifest names the new indexes' checksums: reopened, nothing is rebuilt
+    st2 = Store(StoreConfig(data_dir=tmp_path, row_group_rows=256))
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(st2.open())
+    try:
+        for s in st2._snapshot()[0]:
+            index = st2.word_index(s)
+            assert index is not None and index.has_params
+    finally:
+        loop.run_until_complete(st2.close())
         loop.close()

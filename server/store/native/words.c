@@ -47,9 +47,9 @@ static int insert(uint64_t **setp, uint64_t *capp, int64_t *distinct, uint64_t h
  * and the extra hashes extra[extra_off[r]:extra_off[r+1]] (field values; extra may be
  * NULL). With order (else NULL), string s is the one at offsets[order[s]] (stored order
  * given as a permutation: the strings need not be copied into it). With letters_only,
- * words holding an ASCII digit are left out. A word holding a non-ASCII byte also sets the
- * hash non_ascii, one holding a Kelvin sign or a long s (UTF-8 E2 84 AA, C5 BF: their case
- * folds are k and s) the hash folds, unless 0 (see words.py).
+ * words holding an ASCII digit are left out. A word kept holding a non-ASCII byte also sets
+ * the hash non_ascii, one holding a Kelvin sign or a long s (UTF-8 E2 84 AA, C5 BF: their
+ * case folds are k and s) the hash folds, unless 0 (see words.py).
  * Returns the number of row groups, or -1 when out_cap is too small or memory runs out. */
 int64_t mohlog_word_blooms(const uint8_t *data, const int64_t *offsets, int64_t n_strings,
                            int64_t rg_rows, int bits_per_word, int k, uint8_t *out,
@@ -87,12 +87,13 @@ int64_t mohlog_word_blooms(const uint8_t *data, const int64_t *offsets, int64_t 
                 }
                 if (!len) continue;
                 h ^= len * GOLD;
-                if (!(letters_only && digit) &&
-                    insert(&set, &cap, &distinct, h)) { free(set); return -1; }
-                if (non_ascii && high &&
-                    insert(&set, &cap, &distinct, non_ascii)) { free(set); return -1; }
-                if (folds && fold &&
-                    insert(&set, &cap, &distinct, folds)) { free(set); return -1; }
+                int kept = !(letters_only && digit);
+                if ((kept && insert(&set, &cap, &distinct, h)) ||
+                    (kept && non_ascii && high && insert(&set, &cap, &distinct, non_ascii)) ||
+                    (kept && folds && fold && insert(&set, &cap, &distinct, folds))) {
+                    free(set);
+                    return -1;
+                }
                 h = 0; pw = 1; len = 0; digit = 0; high = 0; fold = 0;
             }
         }
