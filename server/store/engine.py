@@ -1029,7 +1029,7 @@ class Store:
             self._manifest.save(self.dir / "manifest.json")
         return index
 
-    def _incomplete(self, most: int = 64) -> SegmentInfo | None:
+    def _incomplete(self, most: int = 1024) -> SegmentInfo | None:
         """A segment (newest first) whose word index lacks parameter filters (written
         without them at ingest, or from before them); each segment is looked at once,
         ``most`` of them a call (their indexes' schemas)."""
@@ -1126,7 +1126,7 @@ class Store:
                         else False
                     ok &= index.row_groups_with(foldh) | spelled
                 if ok is not None and needles and ok.any():
-                    more = prune.row_groups(sel, index)
+                    more = prune.row_groups(sel, index, g.seg.path)
                     if more is not None:
                         ok &= more
                 verdict[g.seg.path] = ok
@@ -1134,6 +1134,18 @@ class Store:
             if ok is None or g.index >= len(ok) or ok[g.index]:
                 out.append(g)
         return out
+
+    def _possible(self, sel: filters.Selector, g: RowGroup, t: pa.Table
+                  ) -> np.ndarray | None:
+        """Rows of ``t`` (read from ``g``) whose template may hold the query's phrases and
+        regex literals in their row group (``prune.rows``); None: any row."""
+        if g.seg.path not in sel.allowed or "template_id" not in t.column_names:
+            return None
+        meta = self.reader.metadata(g.seg)
+        runs = [(i, meta.row_group(i).num_rows) for i in (g.indices or (g.index,))]
+        if sum(n for _, n in runs) != t.num_rows:
+            return None
+        return prune.rows(sel, g.seg.path, runs, t["template_id"])
 
     def rollups(self, q: LogQuery) -> list[pa.Table]:
         """Per-minute counts of every record in q's time range (q's filters not applied):
@@ -1183,7 +1195,7 @@ class Store:
             t = self._read(g, cols, packed=sel.takes_packed)
             if t is None:
                 return None
-            idx = sel.select(t, q.limit)
+            idx = sel.select(t, q.limit, self._possible(sel, g, t))
             if not len(idx):
                 return None
             try:
@@ -1260,7 +1272,7 @@ class Store:
             t = self._read(g, read)
             if t is None:
                 return None
-            idx = sel.select(t, None)
+            idx = sel.select(t, None, self._possible(sel, g, t))
             if not len(idx):
                 return None
             t = t.take(pa.array(idx))

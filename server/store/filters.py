@@ -305,20 +305,27 @@ class Selector:
         self._class: dict[tuple, Any] = {} if cache is None else cache
         self._infos: dict[int, Any] | None = None
         self._anywhere: bool | None = None
+        # per segment, per needle, per row group: the templates that may hold the needle
+        # there (None: any), for ``select``'s ``among`` (server.store.prune)
+        self.allowed: dict[str, list[list[np.ndarray | None]]] = {}
         self.rendered = 0
         # Terms are checked on the packed parameters of segments as read (in C, a row at
         # a time): lists are unpacked only for the rows that need them.
         self.takes_packed = bool(self.terms) and not self.render_all and \
             not any("\x1f" in n for ns in self.needles for n in ns) and _native() is not None
 
-    def select(self, t: pa.Table, top: int | None) -> np.ndarray:
+    def select(self, t: pa.Table, top: int | None, among: np.ndarray | None = None
+               ) -> np.ndarray:
+        """Rows of ``t`` that match (of those ``among`` leaves, when given), at most the
+        ``top`` newest (oldest for ascending order) and their ties."""
         if not self.takes_packed:
             t = paramsmod.unpacked(t)
         mask = _cheap_mask(t, self.q, self.cursor)
         if mask is None:
-            idx = np.arange(t.num_rows)
+            idx = np.arange(t.num_rows) if among is None else np.flatnonzero(among)
         else:
-            idx = np.flatnonzero(pc.fill_null(mask, False).to_numpy(zero_copy_only=False))
+            keep = pc.fill_null(mask, False).to_numpy(zero_copy_only=False)
+            idx = np.flatnonzero(keep if among is None else keep & among)
         if len(idx) and (self.terms or self.render_all):
             if top is not None and len(idx) > top and not self.render_all and \
                     all(term.kind != "regex" for term in self.terms) and self._in_templates():

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from embeddings.miner import RAW_TEMPLATE_ID
 from server.store import words
@@ -43,13 +45,14 @@ _PROBED = 256       # more templates than this in a group: taken as present, not
 class _Group:
     """Templates with the same requirements: the word hashes of each alternative set."""
     sets: list[np.ndarray]
-    templates: np.ndarray           # template-id hashes (as the word filter holds them)
+    ids: np.ndarray                 # template ids
+    templates: np.ndarray           # their hashes (as the word filter holds them)
 
 
 @dataclass
 class _Needle:
     known: int                      # templates known when worked out
-    always: np.ndarray              # template-id hashes of the templates needing no word
+    always: _Group                  # the templates needing no word
     groups: list[_Group]
     prunes: bool                    # False: too many templates need no word to prune
 
@@ -207,12 +210,12 @@ def _needle(sel: Any, needle: str, case: bool) -> _Needle:
         if sets:
             by_sets.setdefault(frozenset(sets), []).append(tid)
 
-    def tids(xs: list[int]) -> np.ndarray:
-        return words.field_hashes("template_id", np.array(xs, np.uint64))
-    always = by_sets.pop(frozenset([frozenset()]), [])
-    groups = [_Group([_hashes(sorted(x)) for x in sets], tids(ids))
-              for sets, ids in by_sets.items()]
-    got = _Needle(len(infos), tids(always), groups, len(always) <= _PROBED)
+    def group(sets: list[np.ndarray], ids: list[int]) -> _Group:
+        arr = np.array(ids, np.uint64)
+        return _Group(sets, arr, words.field_hashes("template_id", arr))
+    always = group([], by_sets.pop(frozenset([frozenset()]), []))
+    groups = [group([_hashes(sorted(x)) for x in sets], ids) for sets, ids in by_sets.items()]
+    got = _Needle(len(infos), always, groups, len(always.ids) <= _PROBED)
     sel._class[key] = got
     return got
 
@@ -222,13 +225,15 @@ def _hashes(ws: list[str]) -> np.ndarray:
     return np.concatenate([h for h in got if h is not None] or [np.zeros(0, np.uint64)])
 
 
-def row_groups(sel: Any, index: words.WordIndex) -> np.ndarray | None:
+def row_groups(sel: Any, index: words.WordIndex, key: str) -> np.ndarray | None:
     """For each row group of the segment ``index`` describes: may it hold a match of every
     phrase and regex literal of ``sel``'s query? None: the index cannot tell (one from
-    before parameter filters) or no needle prunes."""
+    before parameter filters) or no needle prunes. Which templates may hold each needle in
+    each row group is kept in ``sel.allowed[key]`` for ``rows``."""
     if not index.has_params:
         return None
     keep: np.ndarray | None = None
+    allowed: list[list[np.ndarray | None]] = []
     for term, needles in zip(sel.terms, sel.needles, strict=True):
         if term.kind == "word":
             continue                # the word filter decides words (engine._pruned)
@@ -239,34 +244,73 @@ def row_groups(sel: Any, index: words.WordIndex) -> np.ndarray | None:
             nd = _needle(sel, needle, case)
             if not nd.prunes:
                 continue
-            got = _may_occur(nd, index)
+            got, ids = _may_occur(nd, index)
+            allowed.append(ids)
             keep = got if keep is None else keep & got
             if not keep.any():
-                return keep
+                break
+    sel.allowed[key] = allowed
     return keep
 
 
-def _may_occur(nd: _Needle, index: words.WordIndex) -> np.ndarray:
-    """Per row group: may it hold a message of a template that may hold the needle?"""
+def rows(sel: Any, key: str, groups: list[tuple[int, int]], tids: pa.ChunkedArray
+         ) -> np.ndarray | None:
+    """Of a read of row groups ``groups`` ((row group, rows) of segment ``key``, in the
+    order read; template ids ``tids``), the rows whose template may hold every needle in
+    their row group (``row_groups`` said which); None: any row may."""
+    per_needle = sel.allowed.get(key)
+    if not per_needle:
+        return None
+    mask = np.ones(len(tids), bool)
+    start = 0
+    for rg, n in groups:
+        for allowed in per_needle:
+            ids = allowed[rg] if rg < len(allowed) else None
+            if ids is not None:
+                part = tids.slice(start, n)
+                mask[start:start + n] &= pc.is_in(part, value_set=pa.array(ids, pa.uint64())
+                                                  ).to_numpy(zero_copy_only=False)
+        start += n
+    return mask
+
+
+def _may_occur(nd: _Needle, index: words.WordIndex
+               ) -> tuple[np.ndarray, list[np.ndarray | None]]:
+    """Per row group: may it hold a message of a template that may hold the needle, and
+    which templates may (None: any)?"""
     wanted = np.unique(np.concatenate([_NON_ASCII, *(h for g in nd.groups for h in g.sets)]))
     present = index.param_words_present(wanted)
     col = {h: i for i, h in enumerate(wanted.tolist())}
 
     def all_of(hs: np.ndarray) -> np.ndarray:
         return present[:, [col[h] for h in hs.tolist()]].all(axis=1)
-    keep = all_of(_NON_ASCII)
-    for g in nd.groups:
-        alive = np.zeros(len(keep), bool)
+    folded = all_of(_NON_ASCII)
+    n_rg = len(folded)
+    alive = np.zeros((n_rg, len(nd.groups)), bool)
+    for j, g in enumerate(nd.groups):
         for hs in g.sets:
-            alive |= all_of(hs)
-        alive &= ~keep
-        if not alive.any():
+            alive[:, j] |= all_of(hs)
+    keep = folded.copy()
+    if len(nd.always.ids):
+        keep |= index.words_present(nd.always.templates).any(axis=1)
+    for j, g in enumerate(nd.groups):
+        rgs = alive[:, j] & ~keep
+        if not rgs.any():
             continue
         if len(g.templates) > _PROBED:
-            keep |= alive
+            keep |= rgs
         else:
-            held = index.words_present(g.templates)
-            keep |= alive & held.any(axis=1)
-    if len(nd.always):
-        keep |= index.words_present(nd.always).any(axis=1)
-    return keep
+            keep[rgs] |= index.words_present(g.templates)[rgs].any(axis=1)
+    made: dict[bytes, np.ndarray] = {}
+    ids: list[np.ndarray | None] = []
+    for r in range(n_rg):
+        if folded[r] or not keep[r]:
+            ids.append(None)
+            continue
+        which = alive[r].tobytes()
+        if which not in made:
+            made[which] = np.concatenate(
+                [nd.always.ids, *(g.ids for g, a in zip(nd.groups, alive[r], strict=True)
+                                  if a)])
+        ids.append(made[which])
+    return keep, ids

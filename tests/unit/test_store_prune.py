@@ -182,6 +182,22 @@ def test_a_rare_phrase_or_regex_reads_only_the_row_groups_that_may_hold_it(
         assert by_words == every and holding <= by_needles < every // 2
         # a phrase inside the text of the common template prunes nothing
         assert kept_row_groups(st, LogQuery(text='"Failed password for"'))[2] == every
+        # in the row groups read, only the rows of the template holding the needle are
+        # looked at (the others cannot hold it: their parameters lack the words)
+        q = LogQuery(text="/Accepted password for \\w+ from/", limit=10)
+        sel = filters.Selector(q, st.miner, None, st._class_cache())
+        looked = 0
+        for g in st._pruned(st._row_groups(q, st._snapshot()[0]), q, sel):
+            t = st._read(g, None)
+            assert t is not None
+            among = st._possible(sel, g, t)
+            assert among is not None
+            msgs = st.miner.render_many(t["template_id"].to_numpy(),
+                                        t["params"].combine_chunks()).to_pylist()
+            accepted = np.array([m.startswith("Accepted") for m in msgs])
+            assert np.array_equal(among, accepted)
+            looked += int(among.sum())
+        assert looked == sum(r["message"].startswith("Accepted") for r in recs)
     finally:
         loop.run_until_complete(st.close())
         loop.close()
