@@ -1023,11 +1023,15 @@ class Store:
             return None
         index = words.build(msgs, max(rg_rows, 1), fields=t.select(list(words.INDEXED)),
                             params=t["params"])
-        digest = _digest_of(words.write(index, path))
+        self._write_index(s, index)
+        return index
+
+    def _write_index(self, s: SegmentInfo, index: words.WordIndex) -> None:
+        """Write a segment's word index beside it; the manifest names its checksum."""
+        digest = _digest_of(words.write(index, self.seg_dir / s.path))
         with self._lock:
             s.words_xxh64 = digest
             self._manifest.save(self.dir / "manifest.json")
-        return index
 
     def _incomplete(self, most: int = 1024) -> SegmentInfo | None:
         """A segment (newest first) whose word index lacks parameter filters (written
@@ -1064,7 +1068,9 @@ class Store:
         """The parameter filters of a segment, added to its word index (read from its
         parameters alone); an index from before template ids is built again whole."""
         path = self.seg_dir / s.path
-        index = self.word_index(s)
+        index = self.word_index(s)          # (rebuilt whole when missing or corrupt)
+        if index is not None and index.has_params:
+            return
         if index is None or index.version < 2:
             index = self._index_segment(s)
         else:
@@ -1077,10 +1083,7 @@ class Store:
             rows = np.concatenate(([0], np.cumsum([meta.row_group(i).num_rows
                                                    for i in range(meta.num_row_groups)])))
             index = words.with_params(index, params, rows)
-            digest = _digest_of(words.write(index, path))
-            with self._lock:
-                s.words_xxh64 = digest
-                self._manifest.save(self.dir / "manifest.json")
+            self._write_index(s, index)
         if index is not None:
             self._words.put(s.path, index)
 

@@ -18,7 +18,9 @@ parameters that have no digit (a few hundred per row group, ~1 KB: the words wit
 ~30,000 per row group, are left out), and the hash ``NON_ASCII`` when such a word holds a
 non-ASCII byte. With both, a phrase or a regex literal is looked for only in the row groups
 holding a template whose text may hold it, or parameters with the words it needs
-(:mod:`server.store.prune`). Indexes from before it have no such filter and prune as before.
+(:mod:`server.store.prune`). Ingest writes indexes without it (``with_params`` adds it
+later, from the parameters column alone, when the hub has CPU to spare); indexes from
+before template ids (version 1 in their schema) are built again whole then.
 
 Building runs in C (native/words.c, compiled with the system's C compiler at first use and
 cached beside it or in ~/.cache/mohlog): ~0.35 s per million messages here. Without a

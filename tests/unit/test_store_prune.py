@@ -114,6 +114,13 @@ def test_parameter_filters_native_equal_numpy_and_hold_every_word(rg_rows: int) 
         assert marker or not non_ascii
         assert not a.param_words_present(words.query_hashes("x42"))[r].all() or \
             rg_rows > 1          # words with digits are left out (but by chance)
+    from server.store.params import pack
+    packed = pack(params)
+    assert packed is not None
+    rows = np.minimum(np.arange(len(a.blooms) + 1) * rg_rows, len(lists))
+    c = words.with_params(words.build(msgs, rg_rows, fields=fields), packed, rows)
+    assert c.params is not None and all(
+        np.array_equal(x, y) for x, y in zip(a.params, c.params, strict=True))
     back = words.WordIndex.from_table(a.to_table())
     assert back.has_params and all(np.array_equal(x, y)
                                    for x, y in zip(back.params or [], a.params, strict=True))
