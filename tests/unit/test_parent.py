@@ -37,7 +37,9 @@ def test_watch_calls_back_once_the_parent_is_gone(tmp_path: Path) -> None:
         a.kill()
         a.wait()
         deadline = time.monotonic() + 10
-        while not mark.exists() and time.monotonic() < deadline:
+        # (B creates the file, then writes it: wait for the words, not the file)
+        while not (mark.exists() and mark.read_text() == "gone") and \
+                time.monotonic() < deadline:
             time.sleep(0.05)
         assert mark.exists() and mark.read_text() == "gone"
     finally:
