@@ -1062,6 +1062,9 @@ class Store:
             self._complete_index(seg)
             self._indexed.add(seg.path)
             done += 1
+        if done:
+            log.store.info("parameter filters added to the word indexes of %d segments "
+                           "(%.1f s)", done, time.monotonic() - t0)
         return done
 
     def _complete_index(self, s: SegmentInfo) -> None:
