@@ -283,3 +283,46 @@ def test_parameter_filters_are_added_in_the_background(tmp_path: Path) -> None:
     finally:
         loop.run_until_complete(st2.close())
         loop.close()
+
+
+@pytest.mark.data
+def test_loghub_phrases_and_regexes_match_brute_force(loghub: Path, tmp_path: Path) -> None:
+    """8,000 lines of the nine loghub samples (their templates mined by the hub),
+    searched for phrases and regexes cut from random lines: every page equals a brute-force
+    scan of the records (no match lost to pruning), and pruning skips row groups for many
+    of them (the check is not idle)."""
+    rnd = random.Random(11)
+    lines = []
+    for f in sorted(loghub.glob("*/*_2k.log")):
+        lines += [x for x in f.read_text(errors="replace").splitlines() if x.strip()]
+    rnd.shuffle(lines)
+    lines = lines[:8000]
+    recs = [{"id": f"l{i:05d}", "timestamp": T0 + i * 1000, "level": "INFO",
+             "component": "APPLICATION", "source": "t", "host": "h", "pid": 1, "tid": 1,
+             "process": "p", "message": m, "metadata": {}, "context": {}}
+            for i, m in enumerate(lines)]
+    st, loop = open_store(tmp_path, recs)
+    try:
+        pruned = 0
+        queries = []
+        while len(queries) < 60:
+            m = rnd.choice(lines)
+            a = rnd.randrange(len(m))
+            cut = m[a:a + rnd.randint(8, 30)].strip()
+            if len(cut) < 6 or '"' in cut or "\\" in cut:
+                continue
+            if rnd.random() < 0.5:
+                queries.append(f'"{cut}"')
+            else:
+                k = rnd.randint(2, len(cut) - 2)
+                queries.append("/" + re.escape(cut[:k]) + ".{0,12}" + re.escape(cut[k:]) + "/")
+        for text in queries:
+            q = LogQuery(text=text, limit=100_000, sort="asc")
+            want = oracle(recs, q)
+            assert [r["id"] for r in st.search(q).records] == want, text
+            every, _, kept = kept_row_groups(st, q)
+            pruned += kept < every
+        assert pruned >= 10
+    finally:
+        loop.run_until_complete(st.close())
+        loop.close()
