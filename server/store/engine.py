@@ -40,7 +40,7 @@ from server.store.fsutil import fsync_dir
 from server.store.metrics import StoreMetrics
 from server.store.params import unpacked
 from server.store.query import LogQuery, decode_cursor, encode_cursor
-from server.store.scan import RowGroup, SegmentReader, batched
+from server.store.scan import DICTIONARY, RowGroup, SegmentReader, batched
 from server.store.segments import (
     ROLLUP_KEYS,
     SEG_COLUMNS,
@@ -957,10 +957,10 @@ class Store:
             log.store.error("segment %s unreadable: %s", s.path, err)
             return []
 
-    def _read(self, g: RowGroup, columns: list[str] | None, packed: bool = False
-              ) -> pa.Table | None:
+    def _read(self, g: RowGroup, columns: list[str] | None, packed: bool = False,
+              dictionary: tuple[str, ...] = ()) -> pa.Table | None:
         try:
-            return self.reader.read(g, columns, packed)
+            return self.reader.read(g, columns, packed, dictionary)
         except (OSError, pa.ArrowInvalid) as err:
             log.store.error("segment %s row group %d unreadable: %s", g.seg.path, g.index, err)
             return None
@@ -1197,8 +1197,11 @@ class Store:
             # group costs ~1 ms less than two).
             cols = list(SEG_COLUMNS)
 
+        # columns only fetched (not filtered on) stay dictionaries until the rows are taken
+        lazy = tuple(c for c in DICTIONARY if c in cols and c not in filters.scan_columns(q))
+
         def work(g: RowGroup) -> pa.Table | None:
-            t = self._read(g, cols, packed=sel.takes_packed)
+            t = self._read(g, cols, packed=sel.takes_packed, dictionary=lazy)
             if t is None:
                 return None
             idx = sel.select(t, q.limit, self._possible(sel, g, t))

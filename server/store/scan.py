@@ -19,6 +19,18 @@ import pyarrow.parquet as pq
 from server.store import params
 from server.store.segments import SEG_COLUMNS, SegmentInfo
 
+# Text columns stored dictionary-encoded that a query may read as dictionaries when it
+# does not filter on them: a run of 8 row groups read ~20 % faster (no string per row).
+DICTIONARY = ("level", "source", "component", "host", "process", "metadata", "context")
+
+
+def decoded(t: pa.Table) -> pa.Table:
+    """``t`` with its dictionary columns as plain arrays of their values."""
+    for i, field in enumerate(t.schema):
+        if pa.types.is_dictionary(field.type):
+            t = t.set_column(i, field.name, t[field.name].cast(field.type.value_type))
+    return t
+
 
 @dataclass(frozen=True)
 class RowGroup:
@@ -108,11 +120,15 @@ class SegmentReader:
         return [g for g in groups if (start is None or g.max_ts >= start)
                 and (end is None or g.min_ts < end)]
 
-    def read(self, rg: RowGroup, columns: list[str] | None = None, packed: bool = False
-             ) -> pa.Table:
+    def read(self, rg: RowGroup, columns: list[str] | None = None, packed: bool = False,
+             dictionary: tuple[str, ...] = ()) -> pa.Table:
         """Columns of a row group (or run), the parameters as lists whatever the segment
-        holds (packed or not), or as the segment holds them with ``packed``."""
-        pf = pq.ParquetFile(self.seg_dir / rg.seg.path, metadata=self.metadata(rg.seg))
+        holds (packed or not), or as the segment holds them with ``packed``; the columns
+        ``dictionary`` names as dictionary arrays (as stored: no strings made for every
+        row; ``decoded`` makes them after a take). The column chunks are read in one
+        coalesced pass (``pre_buffer``: a run of 8 row groups ~25 % faster here)."""
+        pf = pq.ParquetFile(self.seg_dir / rg.seg.path, metadata=self.metadata(rg.seg),
+                            pre_buffer=True, read_dictionary=list(dictionary) or None)
         try:
             if len(rg.indices) > 1:
                 t = pf.read_row_groups(list(rg.indices), columns=columns)
@@ -130,11 +146,11 @@ class SegmentReader:
         rest = None
         if missing:
             part, local = self._holding(rg, idx.to_numpy(zero_copy_only=False))
-            rest = self.read(part, missing).take(pa.array(local))
+            rest = self.read(part, missing, dictionary=DICTIONARY).take(pa.array(local))
         got = params.unpacked(have.take(idx))
         cols = {c: (got[c] if c in got.column_names else rest[c])  # type: ignore[index]
                 for c in SEG_COLUMNS}
-        return pa.table(cols)
+        return decoded(pa.table(cols))
 
     def _holding(self, rg: RowGroup, idx: np.ndarray) -> tuple[RowGroup, np.ndarray]:
         """The run of the row groups of ``rg`` holding rows ``idx`` and their positions in

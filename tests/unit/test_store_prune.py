@@ -177,11 +177,20 @@ def test_a_rare_phrase_or_regex_reads_only_the_row_groups_that_may_hold_it(
     recs = ssh_records(12_000)
     st, loop = open_store(tmp_path, recs)
     try:
+        by_id = {r["id"]: r for r in recs}
         for text in ("/Accepted password for \\w+ from/", '"accepted password for fztu"',
                      '"password for fztu"', "/password for root from/", '"Failed password"'):
             for sort, limit in (("desc", 5), ("asc", 100_000)):
                 q = LogQuery(text=text, sort=sort, limit=limit)
-                assert [r["id"] for r in st.search(q).records] == oracle(recs, q), text
+                got = st.search(q).records
+                assert [r["id"] for r in got] == oracle(recs, q), text
+                # whole records, their text fields plain (read as dictionaries, decoded)
+                for r in got[:50]:
+                    want = by_id[r["id"]]
+                    assert {k: r[k] for k in ("host", "level", "component", "source",
+                                              "process", "message", "metadata")} == \
+                        {k: want[k] for k in ("host", "level", "component", "source",
+                                              "process", "message", "metadata")}
         every, by_words, by_needles = kept_row_groups(
             st, LogQuery(text="/Accepted password for \\w+ from/", limit=10))
         holding = len({(i // 256) for i, r in enumerate(recs)
