@@ -1,27 +1,27 @@
-"""Row groups a phrase or a regex literal cannot occur in, from a segment's word index.
+"""Row groups and rows a phrase or a regex literal cannot occur in, from a segment's word
+index.
 
 The word filter of a row group holds every word of its messages, so it cannot tell a rare
 ``Accepted password for`` from the common ``Failed password for``: both hold the words.
 It also holds the row group's template ids, and a second filter holds the words of its
 parameters that have no digit (:mod:`server.store.words`). With those, a needle (a
-phrase, or a literal part of a regex) can occur in a message of template T only
+phrase, or a literal part of a regex) is looked for only where it may be.
 
-- inside T's fixed text: T holds it (``Selector._decide`` says 2);
-- across an edge between T's text and a parameter: some slot's parameter meets one of the
-  slot's needs (``_slot_needs``: end with ``accepted password for`` before the text
-  `` from ``...);
-- inside a parameter.
+A message of template T is T's fixed pieces with parameters between them. A placement of
+the needle on it lies inside a piece (T holds it: always possible), or begins in a piece
+or a parameter and runs over parameters and pieces, the pieces' characters agreeing with
+the needle's. Each parameter it crosses holds a part of the needle, and the words of that
+part that the parameter's own edges or the part's other characters bound are whole words
+of the parameter: for ``Failed password for <*> from …`` and the needle
+"accepted password for ", a parameter ending with "accepted password for" (before
+" from"), so holding "password" and "for". ``Placements`` lists, per template, the sets
+of such words (without digits: those the filter knows) one of which its parameters must
+hold; a brute-force test checks them.
 
-A parameter holding the needle holds, as whole words, the needle's words that other
-characters bound on both sides ("password" in "accepted password for "); one meeting a need
-holds the need's words likewise, and those at the need's edge that is the parameter's edge
-(the need "end with 'accepted password for'" needs "password" and "for"). So in a row group
-whose parameters hold none of those words (without digits: the ones the filter knows), the
-needle can occur only in rows of the templates that hold it, or whose needs name no such
-word. A row group holding none of these templates is not read.
-
+A row group is read only if it holds a template whose requirements its parameter filter
+meets (or that needs none); in it, only the rows of such templates are checked (``rows``).
 A parameter word with a non-ASCII byte may fold onto an ASCII word (the Kelvin sign onto
-k): a row group holding one is always read.
+k): a row group holding one is read whole.
 """
 
 from __future__ import annotations
