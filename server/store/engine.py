@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import logging
 import os
 import shutil
 import tarfile
@@ -1063,8 +1064,11 @@ class Store:
             self._indexed.add(seg.path)
             done += 1
         if done:
-            log.store.info("parameter filters added to the word indexes of %d segments "
-                           "(%.1f s)", done, time.monotonic() - t0)
+            # (a low-rate agent's hub adds them to one new segment per flush: said at
+            # debug level; a backlog, after a burst or an upgrade, at info level)
+            log.store.log(logging.INFO if done >= 10 else logging.DEBUG,
+                          "parameter filters added to the word indexes of %d segment(s) "
+                          "(%.1f s)", done, time.monotonic() - t0)
         return done
 
     def _complete_index(self, s: SegmentInfo) -> None:
