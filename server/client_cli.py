@@ -688,7 +688,10 @@ def stats_text(st: dict[str, Any]) -> str:
         f"stored      {size(st['stored_bytes'])} + {size(st['index_bytes'])} of indexes for "
         f"{size(st['raw_bytes'])} as NDJSON" + (f" ({ratio}:1)" if ratio else ""),
         f"segments    {st['segments']} in {len(parts)} partition(s)"
-        + (f", {parts[0]} .. {parts[-1]}" if parts else ""),
+        + (f", {parts[0]} .. {parts[-1]}" if parts else "")
+        + (f"; {st['segments_indexing']} still getting their parameter filters (rare "
+           "phrases and regexes skip fewer row groups there until then)"
+           if st.get("segments_indexing") else ""),
         f"templates   {st['templates']:,}",
         *([f"archive     {st['archive']['archives']} archive(s), "
            f"{size(st['archive']['bytes'])}, {st['archive']['records']:,} records "

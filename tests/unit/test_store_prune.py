@@ -335,3 +335,17 @@ def test_loghub_phrases_and_regexes_match_brute_force(loghub: Path, tmp_path: Pa
     finally:
         loop.run_until_complete(st.close())
         loop.close()
+
+
+def test_stats_text_says_how_many_segments_still_get_parameter_filters() -> None:
+    from server.client_cli import stats_text
+    st = {"records": 10, "records_in_memory": 0, "wal_bytes": 0, "oldest": None,
+          "newest": None, "ingest_rate": 0.0, "stored_bytes": 1, "index_bytes": 1,
+          "raw_bytes": 10, "compression_ratio": 5.0, "segments": 3, "partitions": ["p"],
+          "templates": 1, "by_level": {}, "by_component": {}, "by_host": {},
+          "segments_indexing": 2}
+    line = next(x for x in stats_text(st).splitlines() if x.startswith("segments"))
+    assert "2 still getting their parameter filters" in line
+    st["segments_indexing"] = 0
+    line = next(x for x in stats_text(st).splitlines() if x.startswith("segments"))
+    assert line == "segments    3 in 1 partition(s), p .. p"
