@@ -1082,13 +1082,11 @@ class Store:
             index = self._index_segment(s)
         else:
             try:
-                meta = pq.read_metadata(path)
+                rows = np.concatenate(([0], np.cumsum(self.reader.sizes(s))))
                 params = pq.read_table(path, columns=["params"])["params"]
             except (OSError, pa.ArrowInvalid) as err:
                 log.store.error("segment %s unreadable: %s", s.path, err)
                 return
-            rows = np.concatenate(([0], np.cumsum([meta.row_group(i).num_rows
-                                                   for i in range(meta.num_row_groups)])))
             index = words.with_params(index, params, rows)
             self._write_index(s, index)
         if index is not None:
@@ -1151,8 +1149,8 @@ class Store:
         regex literals in their row group (``prune.rows``); None: any row."""
         if g.seg.path not in sel.allowed or "template_id" not in t.column_names:
             return None
-        meta = self.reader.metadata(g.seg)
-        runs = [(i, meta.row_group(i).num_rows) for i in (g.indices or (g.index,))]
+        which = g.indices or (g.index,)
+        runs = list(zip(which, self.reader.sizes(g.seg, which).tolist(), strict=True))
         if sum(n for _, n in runs) != t.num_rows:
             return None
         return prune.rows(sel, g.seg.path, runs, t["template_id"])
@@ -1190,7 +1188,7 @@ class Store:
             if hit.num_rows:
                 found.append(_order(hit, q.sort).slice(0, q.limit))
         sel = filters.Selector(q, self.miner, cur, self._class_cache())
-        cols = filters.scan_columns(q, cursor=cur is not None)
+        cols = need = filters.scan_columns(q, cursor=cur is not None)
         desc = q.sort == "desc"
         every = self._row_groups(q, segs)
         kept = self._pruned(every, q, sel)
@@ -1202,7 +1200,7 @@ class Store:
             cols = list(SEG_COLUMNS)
 
         # columns only fetched (not filtered on) stay dictionaries until the rows are taken
-        lazy = tuple(c for c in DICTIONARY if c in cols and c not in filters.scan_columns(q))
+        lazy = tuple(c for c in DICTIONARY if c in cols and c not in need)
 
         def work(g: RowGroup) -> pa.Table | None:
             t = self._read(g, cols, packed=sel.takes_packed, dictionary=lazy)

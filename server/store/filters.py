@@ -307,7 +307,7 @@ class Selector:
         self._anywhere: bool | None = None
         # per segment, per needle, per row group: the templates that may hold the needle
         # there (None: any), for ``select``'s ``among`` (server.store.prune)
-        self.allowed: dict[str, list[list[np.ndarray | None]]] = {}
+        self.allowed: dict[str, list[list[pa.Array | None]]] = {}
         self.rendered = 0
         # Terms are checked on the packed parameters of segments as read (in C, a row at
         # a time): lists are unpacked only for the rows that need them.

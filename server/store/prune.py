@@ -214,15 +214,12 @@ def _needle(sel: Any, needle: str, case: bool) -> _Needle:
         arr = np.array(ids, np.uint64)
         return _Group(sets, arr, words.field_hashes("template_id", arr))
     always = group([], by_sets.pop(frozenset([frozenset()]), []))
-    groups = [group([_hashes(sorted(x)) for x in sets], ids) for sets, ids in by_sets.items()]
+    # (the words are ASCII: query_hashes of them joined gives each one's hash)
+    groups = [group([words.query_hashes(" ".join(sorted(x))) for x in sets], ids)
+              for sets, ids in by_sets.items()]
     got = _Needle(len(infos), always, groups, len(always.ids) <= _PROBED)
     sel._class[key] = got
     return got
-
-
-def _hashes(ws: list[str]) -> np.ndarray:
-    got = [words.query_hashes(w) for w in ws]
-    return np.concatenate([h for h in got if h is not None] or [np.zeros(0, np.uint64)])
 
 
 def row_groups(sel: Any, index: words.WordIndex, key: str) -> np.ndarray | None:
@@ -233,7 +230,7 @@ def row_groups(sel: Any, index: words.WordIndex, key: str) -> np.ndarray | None:
     if not index.has_params:
         return None
     keep: np.ndarray | None = None
-    allowed: list[list[np.ndarray | None]] = []
+    allowed: list[list[pa.Array | None]] = []
     for term, needles in zip(sel.terms, sel.needles, strict=True):
         if term.kind == "word":
             continue                # the word filter decides words (engine._pruned)
@@ -268,14 +265,14 @@ def rows(sel: Any, key: str, groups: list[tuple[int, int]], tids: pa.ChunkedArra
             ids = allowed[rg] if rg < len(allowed) else None
             if ids is not None:
                 part = tids.slice(start, n)
-                mask[start:start + n] &= pc.is_in(part, value_set=pa.array(ids, pa.uint64())
+                mask[start:start + n] &= pc.is_in(part, value_set=ids
                                                   ).to_numpy(zero_copy_only=False)
         start += n
     return mask
 
 
 def _may_occur(nd: _Needle, index: words.WordIndex
-               ) -> tuple[np.ndarray, list[np.ndarray | None]]:
+               ) -> tuple[np.ndarray, list[pa.Array | None]]:
     """Per row group: may it hold a message of a template that may hold the needle, and
     which templates may (None: any)?"""
     wanted = np.unique(np.concatenate([_NON_ASCII, *(h for g in nd.groups for h in g.sets)]))
@@ -301,16 +298,16 @@ def _may_occur(nd: _Needle, index: words.WordIndex
             keep |= rgs
         else:
             keep[rgs] |= index.words_present(g.templates)[rgs].any(axis=1)
-    made: dict[bytes, np.ndarray] = {}
-    ids: list[np.ndarray | None] = []
+    made: dict[bytes, pa.Array] = {}
+    ids: list[pa.Array | None] = []
     for r in range(n_rg):
         if folded[r] or not keep[r]:
             ids.append(None)
             continue
         which = alive[r].tobytes()
         if which not in made:
-            made[which] = np.concatenate(
+            made[which] = pa.array(np.concatenate(
                 [nd.always.ids, *(g.ids for g, a in zip(nd.groups, alive[r], strict=True)
-                                  if a)])
+                                  if a)]), pa.uint64())
         ids.append(made[which])
     return keep, ids

@@ -91,6 +91,12 @@ class SegmentReader:
                 self._meta[s.path] = meta
         return meta
 
+    def sizes(self, s: SegmentInfo, indices: tuple[int, ...] | None = None) -> np.ndarray:
+        """Rows of the segment's row groups ``indices`` (default: all), from its footer."""
+        meta = self.metadata(s)
+        which = range(meta.num_row_groups) if indices is None else indices
+        return np.array([meta.row_group(i).num_rows for i in which], np.int64)
+
     def footer_bytes(self) -> int:
         """Bytes of the cached footers: as serialised, or about (~120 bytes a column
         chunk, plus the key-value metadata) for those kept from the writer, which has not
@@ -157,8 +163,7 @@ class SegmentReader:
         it (``rg`` itself when they are spread over all of its row groups)."""
         if len(rg.indices) <= 1:
             return rg, idx
-        meta = self.metadata(rg.seg)
-        sizes = np.array([meta.row_group(i).num_rows for i in rg.indices], np.int64)
+        sizes = self.sizes(rg.seg, rg.indices)
         starts = np.concatenate(([0], np.cumsum(sizes)))
         which = np.searchsorted(starts, idx, "right") - 1
         used = np.unique(which)
