@@ -332,10 +332,10 @@ def test_word_index_field_values_per_row_group() -> None:
 
 
 def test_word_index_native_equals_numpy_on_random_strings() -> None:
-    """The C builder reads 64 bytes at a time: words across those blocks, longer than 64
-    bytes, at the very end of a string or of the buffer, next to non-ASCII bytes and to
-    the ASCII neighbours of letters and digits ('/', ':', '@', '[', '`', '{', DEL) give
-    the same filters as the numpy builder."""
+    """The C builder takes P**i from a table for a word's first 64 bytes: words of 63,
+    64, 65 bytes and longer, at the very end of a string or of the buffer, next to
+    non-ASCII bytes and to the ASCII neighbours of letters and digits ('/', ':', '@', '[',
+    '`', '{', DEL) give the same filters as the numpy builder."""
     import random
 
     import numpy as np
@@ -364,6 +364,39 @@ def test_word_index_native_equals_numpy_on_random_strings() -> None:
         h = words.query_hashes(msgs[i])
         if h is not None:
             assert one.may_contain(i, h)
+
+
+def test_word_index_native_equals_numpy_with_marks_and_a_set_that_grows() -> None:
+    """The C builder's options (words without digits only; the NON_ASCII and FOLDS marks)
+    give numpy's bits. A row group with more distinct words than the C set's first size
+    holds (49,152) grows it; the row groups after it, in that set cleared, still get
+    exactly their own words."""
+    import random
+
+    import numpy as np
+    import pyarrow as pa
+
+    from server.store import words
+    rnd = random.Random(12)
+    alphabet = "aZk09sS/:@ _-\u00e9\u212a\u017f"
+    msgs = ["".join(rnd.choice(alphabet) for _ in range(rnd.randrange(60)))
+            for _ in range(2000)]
+    many = [f"w{i} x{i}y{'ab' * (i % 40)}" for i in range(40_000)]    # 80,000 words
+    arr = pa.array(msgs[:1000] + many + msgs[1000:])
+    bounds = np.array([0, 1000, 41_000, 41_500, 43_000])
+    for letters_only in (False, True):
+        kw = {"letters_only": letters_only, "non_ascii": words.NON_ASCII,
+              "folds": words.FOLDS}
+        a = words._filters(arr, bounds, True, **kw)
+        b = words._filters(arr, bounds, False, **kw)
+        assert len(a) == len(b) == 4
+        assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+        if not letters_only:
+            assert len(a[1]) > 20 * len(a[2])       # the big row group's filter, and after
+    whole = words._filters(arr, bounds, True)
+    for r, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        alone = words._filters(arr.slice(int(lo), int(hi - lo)), np.array([0, hi - lo]), True)
+        assert np.array_equal(whole[r], alone[0])
 
 
 def test_word_index_all_row_groups_at_once_equals_one_by_one() -> None:
