@@ -126,6 +126,38 @@ def test_too_large_is_413(make_hub) -> None:
     assert hub.search("")["records"] == []
 
 
+def test_a_body_cut_short_stores_nothing_and_a_whole_one_is_stored(hub: Hub) -> None:
+    """A bulk body (above 16 KB, read into a buffer of its Content-Length) whose sender
+    stops half-way: nothing of it is stored and the hub goes on; then the same body whole,
+    and a gzip one of that size, are stored entire."""
+    import socket
+    from urllib.parse import urlsplit
+
+    batch = [entry(i) for i in range(400)]
+    body = b"\n".join(orjson.dumps(e) for e in batch)
+    assert len(body) > 16 << 10
+    url = urlsplit(hub.url)
+    assert url.hostname is not None and url.port is not None
+    with socket.create_connection((url.hostname, url.port), timeout=30) as s:
+        s.sendall((f"POST /api/v1/logs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                   f"{hub.token}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+                  + body[:len(body) // 2])
+        s.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    assert not reply.startswith(b"HTTP/1.1 200"), reply[:200]
+    assert hub.request("GET", "/healthz", token=None)[0] == 200
+    assert hub.search("limit=1000")["records"] == []
+    assert hub.request("POST", "/api/v1/logs", body) == (
+        200, {"accepted": 400, "duplicate": False})
+    more = [entry(i) for i in range(400, 2400)]
+    g = gzip.compress(b"\n".join(orjson.dumps(e) for e in more))
+    assert len(g) > 16 << 10
+    assert hub.request("POST", "/api/v1/logs", g, {"Content-Encoding": "gzip"})[0] == 200
+    assert sorted(hub.all_ids("")) == sorted(e["id"] for e in batch + more)
+
+
 def test_auth_required_and_roles(hub: Hub) -> None:
     assert hub.request("GET", "/healthz", token=None) == (200, {"status": "ok"})
     status, err = hub.request("GET", "/api/v1/logs", token=None)

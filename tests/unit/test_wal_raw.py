@@ -36,7 +36,7 @@ def body(n: int, with_ids: bool, compressed: bool = True) -> bytes:
 def test_raw_record_rebuilds_the_same_table(with_ids: bool) -> None:
     b = batchmod.parse(body(5000, with_ids), None, ARROW, 1 << 30)
     assert b.raw is not None and b.defaults is not None
-    key, table = decode(encode_raw("k1", b.raw, b.defaults)[16:])
+    key, table = decode(b"".join(encode_raw("k1", b.raw, b.defaults))[16:])
     assert key == "k1" and table.equals(b.table)
     assert table["id"].null_count == 0 and table["timestamp"].null_count == 0
 
