@@ -144,20 +144,28 @@ async def post_once(hub: BenchHub, bodies: list[tuple[bytes, int]], key: str = "
     return total
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def chdb_run(table: pa.Table, ndjson_bytes: int) -> dict:
     from chdb import session
     d = tempfile.mkdtemp(prefix="chdb-bench-")
     s = session.Session(d)
     s.query(CHDB_DDL)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), process_cpu_s(os.getpid())
     for start in range(0, table.num_rows, 100_000):
         part = table.slice(start, 100_000)  # noqa: F841 - read by chDB's Python()
         s.query("INSERT INTO b.logs SELECT * FROM Python(part)")
     elapsed = time.perf_counter() - t0
+    cpu = process_cpu_s(os.getpid()) - cpu0
     s.query("OPTIMIZE TABLE b.logs FINAL")
     size = int(str(s.query("SELECT sum(bytes_on_disk) FROM system.parts WHERE "
                            "database='b' AND table='logs' AND active", "CSV")).strip())
     return {"rate": table.num_rows / elapsed, "bytes": size, "ratio": ndjson_bytes / size,
+            "cpu_us_per_record": cpu / table.num_rows * 1e6,
             "dir": d, "session": s}
 
 
@@ -168,7 +176,10 @@ def run_format(name: str, bodies: list[tuple[bytes, int]], headers: dict[str, st
         settings["flush_rows"] = args.flush_rows
     hub = BenchHub(settings).start()
     try:
+        assert hub.proc is not None
+        cpu0 = process_cpu_s(hub.proc.pid)
         res = asyncio.run(drive(hub, bodies, headers, args.duration, args.concurrency))
+        res["cpu_us_per_record"] = (process_cpu_s(hub.proc.pid) - cpu0) / res["acked"] * 1e6
         res["searchable_after_s"] = searchable_after(hub, res["acked"])
         return res
     except Exception:
@@ -214,7 +225,8 @@ def main() -> None:
     results["stored"]["entropy_floor_bytes_per_record"] = floor
     results["stored"]["best_possible_ratio"] = ndjson_bytes / table.num_rows / floor
     ch = chdb_run(table, ndjson_bytes)
-    results["chdb"] = {k: v for k, v in ch.items() if k in ("rate", "bytes", "ratio")}
+    results["chdb"] = {k: v for k, v in ch.items()
+                       if k in ("rate", "bytes", "ratio", "cpu_us_per_record")}
     print_table(results)
     print(f"saved {save('hub_ingest', results)}")
 
@@ -234,6 +246,12 @@ def print_table(r: dict) -> None:
     for key in ("hub_ndjson", "hub_arrow"):
         if key in r:
             print(f"{key}/chDB: rate x{r[key]['rate_median_5s'] / ch['rate']:.2f}")
+    # CPU per record is steadier than a rate on a shared machine: the hub's process
+    # (all its threads) while the load ran, chDB's while it inserted
+    cpu = [f"{key} {r[key]['cpu_us_per_record']:.2f}" for key in ("hub_ndjson", "hub_arrow")
+           if key in r and "cpu_us_per_record" in r[key]]
+    if cpu and "cpu_us_per_record" in ch:
+        print(f"CPU per record (us): {', '.join(cpu)}; chDB {ch['cpu_us_per_record']:.2f}")
     st = r["stored"]
     print(f"\nstored, one pass over {st['records']:,} unique records: hub "
           f"{st['stored_bytes'] / 1e6:.1f} MB, ratio {st['ratio']:.1f}:1; chDB "
