@@ -123,12 +123,16 @@ async def metrics(request: web.Request) -> web.Response:
 SMALL_BODY = 16 << 10       # bytes, uncompressed bodies only
 
 
+PREALLOCATED_BODY = 16 << 20  # bytes: larger bodies are read as they come (memory on arrival)
+
+
 async def _body(request: web.Request) -> bytes | bytearray:
-    """The request body. One of a stated length above SMALL_BODY is read into a buffer of
-    that size, chunk by chunk as it arrives: ``request.read()`` grows a buffer and then
-    copies it, two more passes over a bulk sender's ~1 MB batches on the event loop."""
+    """The request body. One of a stated length above SMALL_BODY (up to
+    PREALLOCATED_BODY) is read into a buffer of that size, chunk by chunk as it arrives:
+    ``request.read()`` grows a buffer and then copies it, two more passes over a bulk
+    sender's ~1 MB batches on the event loop."""
     n = request.content_length
-    if n is None or n <= SMALL_BODY:
+    if n is None or n <= SMALL_BODY or n > PREALLOCATED_BODY:
         return await request.read()
     buf = bytearray(n)
     got = 0
