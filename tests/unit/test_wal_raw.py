@@ -157,3 +157,31 @@ def test_the_wal_writer_outlives_a_group_that_fails(tmp_path: Path) -> None:
         assert second.result(timeout=10) == wal.number
     finally:
         wal.stop()
+
+
+def test_write_all_writes_every_piece_in_order(tmp_path: Path, monkeypatch) -> None:
+    """Records go to the WAL as pieces with writev: more pieces than one call takes
+    (IOV_MAX), empty ones, memoryviews, and short writes (the kernel may write less than
+    asked: simulated by a writev that takes at most 777 bytes) all land whole, in order."""
+    import os
+    import random
+
+    from server.store import wal
+    rnd = random.Random(3)
+    pieces: list = [rnd.randbytes(rnd.choice([0, 1, 5, 300, 4000])) for _ in range(3000)]
+    pieces[7] = bytearray(b"a bytearray")
+    pieces[8] = memoryview(b"0123456789")[2:6]
+    want = b"".join(bytes(p) for p in pieces)
+    assert sum(1 for p in pieces if len(p)) > wal._IOV_MAX
+    real = os.writev
+    for short in (False, True):
+        if short:
+            monkeypatch.setattr(wal.os, "writev", lambda fd, bufs: real(
+                fd, [memoryview(b"".join(bytes(b) for b in bufs))[:777]]))
+        path = tmp_path / f"out-{short}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+        try:
+            wal.write_all(fd, pieces)
+        finally:
+            os.close(fd)
+        assert path.read_bytes() == want
