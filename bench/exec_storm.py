@@ -20,7 +20,6 @@ ceiling. ``--method spawn`` uses posix_spawn() instead of vfork()+execve().
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from agent_common import (  # noqa: E402
     Exitsnoop,
     Hub,
     build_c,
+    cpu_seconds,
     drops_by_stage,
     hub_ids,
     keep_logs,
@@ -49,12 +49,6 @@ from agent_common import (  # noqa: E402
     wait_stable_count,
     workdir,
 )
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def spawner_cmd(args: argparse.Namespace, spawner: Path, target: Path) -> list[str]:

@@ -29,6 +29,7 @@ import pyarrow as pa
 import zstandard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from agent_common import cpu_seconds  # noqa: E402
 from gen_corpus import load, ndjson_batches  # noqa: E402
 from hub_common import CHDB_DDL, BenchHub, dir_bytes, save  # noqa: E402
 
@@ -144,23 +145,17 @@ async def post_once(hub: BenchHub, bodies: list[tuple[bytes, int]], key: str = "
     return total
 
 
-def process_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system, all threads) a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def chdb_run(table: pa.Table, ndjson_bytes: int) -> dict:
     from chdb import session
     d = tempfile.mkdtemp(prefix="chdb-bench-")
     s = session.Session(d)
     s.query(CHDB_DDL)
-    t0, cpu0 = time.perf_counter(), process_cpu_s(os.getpid())
+    t0, cpu0 = time.perf_counter(), cpu_seconds(os.getpid())
     for start in range(0, table.num_rows, 100_000):
         part = table.slice(start, 100_000)  # noqa: F841 - read by chDB's Python()
         s.query("INSERT INTO b.logs SELECT * FROM Python(part)")
     elapsed = time.perf_counter() - t0
-    cpu = process_cpu_s(os.getpid()) - cpu0
+    cpu = cpu_seconds(os.getpid()) - cpu0
     s.query("OPTIMIZE TABLE b.logs FINAL")
     size = int(str(s.query("SELECT sum(bytes_on_disk) FROM system.parts WHERE "
                            "database='b' AND table='logs' AND active", "CSV")).strip())
@@ -177,9 +172,9 @@ def run_format(name: str, bodies: list[tuple[bytes, int]], headers: dict[str, st
     hub = BenchHub(settings).start()
     try:
         assert hub.proc is not None
-        cpu0 = process_cpu_s(hub.proc.pid)
+        cpu0 = cpu_seconds(hub.proc.pid)
         res = asyncio.run(drive(hub, bodies, headers, args.duration, args.concurrency))
-        res["cpu_us_per_record"] = (process_cpu_s(hub.proc.pid) - cpu0) / res["acked"] * 1e6
+        res["cpu_us_per_record"] = (cpu_seconds(hub.proc.pid) - cpu0) / res["acked"] * 1e6
         res["searchable_after_s"] = searchable_after(hub, res["acked"])
         return res
     except Exception:

@@ -28,6 +28,7 @@ from agent_common import (  # noqa: E402
     Bpftrace,
     Hub,
     build_c,
+    cpu_seconds,
     drops_by_stage,
     keep_logs,
     log,
@@ -88,12 +89,6 @@ def storm(args: argparse.Namespace, work: Path, name: str) -> dict[str, object]:
         "agent_rss_mb_end_of_storm": rss_mb, "agent_peak_rss_mb": hwm_mb,
         "load_avg_after": os.getloadavg(),
     }
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def memory_mb(pid: int, key: str = "VmRSS") -> float:
