@@ -85,7 +85,8 @@ def decode_body(body: bytes, encoding: str | None, limit: int) -> bytes:
 
 def _unzstd(body: bytes, limit: int) -> bytes:
     try:
-        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body))
+        # (the body itself as the source: no copy into a BytesIO, which copies a bytearray)
+        reader = zstandard.ZstdDecompressor().stream_reader(body)
         out = reader.read(limit + 1)
     except zstandard.ZstdError as err:
         raise InvalidInput(f"body is not valid zstd: {err}", reason="bad zstd") from err

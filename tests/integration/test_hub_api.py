@@ -158,6 +158,21 @@ def test_a_body_cut_short_stores_nothing_and_a_whole_one_is_stored(hub: Hub) -> 
     assert sorted(hub.all_ids("")) == sorted(e["id"] for e in batch + more)
 
 
+def test_a_body_that_is_not_its_content_encoding_is_400(hub: Hub) -> None:
+    """Bytes that are not the zstd or gzip they claim to be, small and bulk (the two ways a
+    body is read), and an encoding the hub does not take: a 400 that says so, nothing
+    stored."""
+    import os
+
+    for size in (100, 100_000):
+        junk = os.urandom(size)
+        for enc, says in (("zstd", "not valid zstd"), ("gzip", "not valid gzip"),
+                          ("br", "unsupported content-encoding")):
+            status, err = hub.request("POST", "/api/v1/logs", junk, {"Content-Encoding": enc})
+            assert status == 400 and says in err["error"]["message"], (size, enc, err)
+    assert hub.search("limit=10")["records"] == []
+
+
 def test_auth_required_and_roles(hub: Hub) -> None:
     assert hub.request("GET", "/healthz", token=None) == (200, {"status": "ok"})
     status, err = hub.request("GET", "/api/v1/logs", token=None)
