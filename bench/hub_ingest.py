@@ -241,6 +241,13 @@ def print_table(r: dict) -> None:
     for key in ("hub_ndjson", "hub_arrow"):
         if key in r:
             print(f"{key}/chDB: rate x{r[key]['rate_median_5s'] / ch['rate']:.2f}")
+    # Acks run ahead of segment writing at first (up to the hub's max_tail_rows); the
+    # windows after the first 20 s show the rate the hub holds.
+    for key in ("hub_ndjson", "hub_arrow"):
+        w = r.get(key, {}).get("rates_5s", [])
+        if len(w) > 4:
+            print(f"{key} 5 s windows: {', '.join(f'{v / 1000:.0f}k' for v in w)}; "
+                  f"median after the first 20 s {statistics.median(w[4:]):,.0f}")
     # CPU per record is steadier than a rate on a shared machine: the hub's process
     # (all its threads) while the load ran, chDB's while it inserted
     cpu = [f"{key} {r[key]['cpu_us_per_record']:.2f}" for key in ("hub_ndjson", "hub_arrow")
