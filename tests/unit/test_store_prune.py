@@ -349,3 +349,20 @@ def test_stats_text_says_how_many_segments_still_get_parameter_filters() -> None
     st["segments_indexing"] = 0
     line = next(x for x in stats_text(st).splitlines() if x.startswith("segments"))
     assert line == "segments    3 in 1 partition(s), p .. p"
+
+
+def test_stats_text_says_when_nothing_is_in_segments_yet() -> None:
+    """Before the first flush, "stored 0 B + 0 B of indexes for 0 B" said nothing useful;
+    the line says where the records are instead, and the bytes once segments exist."""
+    from server.client_cli import stats_text
+    st = {"records": 4000, "records_in_memory": 4000, "wal_bytes": 118_000, "oldest": None,
+          "newest": None, "ingest_rate": 400.0, "stored_bytes": 0, "index_bytes": 0,
+          "raw_bytes": 0, "compression_ratio": None, "segments": 0, "partitions": [],
+          "templates": 0, "by_level": {}, "by_component": {}, "by_host": {},
+          "segments_indexing": 0}
+    line = next(x for x in stats_text(st).splitlines() if x.startswith("stored"))
+    assert "nothing in segments yet" in line and "memory" in line
+    st.update(segments=2, partitions=["p"], stored_bytes=2048, index_bytes=1024,
+              raw_bytes=30_720, compression_ratio=10.0)
+    line = next(x for x in stats_text(st).splitlines() if x.startswith("stored"))
+    assert line.startswith("stored      2.0 KB + 1.0 KB of indexes for 30.0 KB as NDJSON"), line
