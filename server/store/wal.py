@@ -39,15 +39,22 @@ _IPC = pa.ipc.IpcWriteOptions(compression="zstd")
 _IPC_PLAIN = pa.ipc.IpcWriteOptions()
 
 
-def encode(key: str | None, table: pa.Table, compress: bool = True) -> bytes:
+def _record(prefix: bytes, body: Buffer) -> tuple[bytes, Buffer]:
+    """A record in two pieces written one after the other, ``MAGIC | length | xxh64 |
+    prefix`` and the body itself: the body (~1 MB from a bulk sender) is not copied."""
+    digest = xxhash.xxh64(prefix)
+    digest.update(body)
+    return _HEAD.pack(MAGIC, len(prefix) + len(body), digest.intdigest()) + prefix, body
+
+
+def encode(key: str | None, table: pa.Table, compress: bool = True) -> tuple[bytes, Buffer]:
     """A WAL record of the table (Arrow IPC, zstd-compressed unless ``compress`` is False:
     the reader takes either)."""
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema, options=_IPC if compress else _IPC_PLAIN) as w:
         w.write_table(table)
     k = (key or "").encode()
-    body = struct.pack("<H", len(k)) + k + sink.getvalue().to_pybytes()
-    return _HEAD.pack(MAGIC, len(body), xxhash.xxh64_intdigest(body)) + body
+    return _record(struct.pack("<H", len(k)) + k, memoryview(sink.getvalue()))
 
 
 _RAW = 0x8000   # flag in the key length: the payload holds an Arrow body as received
@@ -55,17 +62,12 @@ _RAW = 0x8000   # flag in the key length: the payload holds an Arrow body as rec
 
 def encode_raw(key: str | None, raw: Buffer, defaults: dict) -> tuple[bytes, Buffer]:
     """A record holding a validated Arrow body as received plus the defaults that rebuild
-    the stored table from it (server.store.batch.rebuild): no re-encoding. In two pieces,
-    the head and the body itself, written one after the other: the body (~1 MB from a
-    bulk sender) is not copied into the record."""
+    the stored table from it (server.store.batch.rebuild): no re-encoding."""
     k = (key or "").encode()
     if len(k) >= _RAW:
         raise ValueError("key too long for a raw record")
     head = orjson.dumps(defaults)
-    prefix = struct.pack("<HI", len(k) | _RAW, len(head)) + k + head
-    digest = xxhash.xxh64(prefix)
-    digest.update(raw)
-    return _HEAD.pack(MAGIC, len(prefix) + len(raw), digest.intdigest()) + prefix, raw
+    return _record(struct.pack("<HI", len(k) | _RAW, len(head)) + k + head, raw)
 
 
 def decode(body: bytes) -> tuple[str | None, pa.Table]:
@@ -84,7 +86,7 @@ def decode(body: bytes) -> tuple[str | None, pa.Table]:
 
 @dataclass
 class Pending:
-    record: bytes | tuple[Buffer, ...]     # the record, or its pieces in order
+    record: tuple[Buffer, ...]     # the record's pieces, written in order
     future: Future
     # Called in the writer thread after the fsync, with the WAL file number.
     on_durable: Callable[[int], None]
@@ -204,9 +206,7 @@ class Wal:
             assert self._file is not None
             start = os.lseek(self._file, 0, os.SEEK_END)
             try:
-                write_all(self._file, [piece for p in group for piece in
-                                       ((p.record,) if isinstance(p.record, bytes)
-                                        else p.record)])
+                write_all(self._file, [piece for p in group for piece in p.record])
                 t0 = time.perf_counter()
                 os.fsync(self._file)
                 self._observe(time.perf_counter() - t0)

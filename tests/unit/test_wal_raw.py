@@ -127,7 +127,7 @@ def test_wal_records_compressed_or_not_decode_alike(compress: bool) -> None:
                        b'{"level": "ERROR", "component": "PLUGIN", "message": "hi 2"}',
                        None, None, 1 << 20)
     table = b.table.select(batchmod.SCHEMA.names)
-    key, got = decode(encode("k", table, compress=compress)[16:])
+    key, got = decode(b"".join(encode("k", table, compress=compress))[16:])
     assert key == "k" and got.equals(table)
 
 
@@ -147,13 +147,13 @@ def test_the_wal_writer_outlives_a_group_that_fails(tmp_path: Path) -> None:
         assert wal._file is not None
         os.close(wal._file)                          # EBADF for lseek and write
         first: Future = Future()
-        wal.submit(Pending(b"x" * 100, first, lambda n: None))
+        wal.submit(Pending((b"x" * 100,), first, lambda n: None))
         err = first.exception(timeout=10)           # (a TimeoutError if it hung)
         assert isinstance(err, OSError) and err.errno == errno.EBADF, err
         wal._file = None
         wal.open_next()
         second: Future = Future()
-        wal.submit(Pending(b"y" * 100, second, lambda n: None))
+        wal.submit(Pending((b"y" * 100,), second, lambda n: None))
         assert second.result(timeout=10) == wal.number
     finally:
         wal.stop()
