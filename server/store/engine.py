@@ -1041,10 +1041,15 @@ class Store:
         with self._lock:
             segs = [x for x in self._segments if x.path not in self._indexed]
         for seg in sorted(segs, key=lambda x: x.max_ts, reverse=True)[:most]:
-            got = words.state(self.seg_dir / seg.path)
-            if got is not None and not got[1]:
+            cached = self._words.get(seg.path)      # (ingest leaves its new ones there)
+            if cached is not None:
+                lacks = not cached.has_params
+            else:
+                got = words.state(self.seg_dir / seg.path)
+                lacks = got is not None and not got[1]  # (None: missing, rebuilt when read)
+            if lacks:
                 return seg
-            self._indexed.add(seg.path)     # (None: missing, rebuilt when first read)
+            self._indexed.add(seg.path)
         return None
 
     def _complete_indexes(self, budget_s: float = 2.0) -> int:
@@ -1076,9 +1081,9 @@ class Store:
         parameters alone); an index from before template ids is built again whole."""
         path = self.seg_dir / s.path
         index = self.word_index(s)          # (rebuilt whole when missing or corrupt)
-        if index is not None and index.has_params:
+        if index is None or index.has_params:   # (None: the segment is unreadable, said)
             return
-        if index is None or index.version < 2:
+        if index.version < 2:
             index = self._index_segment(s)
         else:
             try:
