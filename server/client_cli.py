@@ -680,15 +680,17 @@ def stats_text(st: dict[str, Any]) -> str:
     parts = st.get("partitions") or []
     span = (f"{iso_utc(st['oldest'])} .. {iso_utc(st['newest'])}" if st.get("oldest") is not None
             else "none yet")
+    stored = (f"{size(st['stored_bytes'])} + {size(st['index_bytes'])} of indexes for "
+              f"{size(st['raw_bytes'])} as NDJSON" + (f" ({ratio}:1)" if ratio else "")
+              if st["segments"] else
+              "nothing in segments yet (records wait in memory and the write-ahead log "
+              "until a flush)")
     lines = [
         f"records     {st['records']:,} ({st['records_in_memory']:,} in memory, "
         f"{size(st['wal_bytes'])} of write-ahead log)",
         f"time span   {span}",
         f"ingest      {st['ingest_rate']:,.0f} records/s (last 10 s)",
-        (f"stored      {size(st['stored_bytes'])} + {size(st['index_bytes'])} of indexes for "
-         f"{size(st['raw_bytes'])} as NDJSON" + (f" ({ratio}:1)" if ratio else "")
-         if st["segments"] else "stored      nothing in segments yet (records wait in memory "
-         "and the write-ahead log until a flush)"),
+        f"stored      {stored}",
         f"segments    {st['segments']} in {len(parts)} partition(s)"
         + (f", {parts[0]} .. {parts[-1]}" if parts else "")
         + (f"; {st['segments_indexing']} still getting their parameter filters (rare "
